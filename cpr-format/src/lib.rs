@@ -1,0 +1,1 @@
+//! The live-update (CPR) image format.
