@@ -1,1 +1,3 @@
+mod machine;
+
 fn main() {}
