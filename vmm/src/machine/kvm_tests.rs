@@ -73,9 +73,19 @@ fn config(name: &str, ram: RamBackendConfig) -> MachineConfig {
 }
 
 fn boot(name: &str, ram: RamBackendConfig) -> (Machine, Capture, Receiver<MachineEvent>) {
+    boot_smp(name, ram, 1)
+}
+
+fn boot_smp(
+    name: &str,
+    ram: RamBackendConfig,
+    vcpus: u8,
+) -> (Machine, Capture, Receiver<MachineEvent>) {
     let out = Capture::default();
     let (tx, rx) = channel();
-    let mut m = Machine::new(&config(name, ram), Box::new(out.clone()), tx).unwrap();
+    let mut cfg = config(name, ram);
+    cfg.vcpus = vcpus;
+    let mut m = Machine::new(&cfg, Box::new(out.clone()), tx).unwrap();
     assert_eq!(m.run_state(), RunState::Prelaunch);
     m.start().unwrap();
     (m, out, rx)
@@ -206,8 +216,8 @@ fn high_ram_block_above_4g() {
 
 /// Pause a running guest, save its state, build a NEW machine (new KVM VM) from that state
 /// over the same memfd RAM, resume: the guest continues exactly where it stopped.
-fn save_restore_continues(name: &str, ram: RamBackendConfig) -> (String, String) {
-    let (mut old, out1, _rx1) = boot(name, ram);
+fn save_restore_continues(name: &str, ram: RamBackendConfig, vcpus: u8) -> (String, String) {
+    let (mut old, out1, _rx1) = boot_smp(name, ram, vcpus);
     out1.wait_for(if name == "counter" {
         "count 3\n"
     } else {
@@ -229,6 +239,7 @@ fn save_restore_continues(name: &str, ram: RamBackendConfig) -> (String, String)
     let (tx, _rx2) = channel();
     let mut new = Machine::restore(&cfg, ram, &state, Box::new(out2.clone()), tx).unwrap();
     assert_eq!(new.run_state(), RunState::Paused);
+    assert_eq!(new.describe_cpus().len(), usize::from(vcpus));
     let again = new.save_state().unwrap();
     assert_eq!(again.vcpus[0].regs, state.vcpus[0].regs);
     assert_eq!(again.vcpus[0].sregs, state.vcpus[0].sregs);
@@ -241,7 +252,7 @@ fn save_restore_continues(name: &str, ram: RamBackendConfig) -> (String, String)
 #[test]
 fn counter_continues_in_a_new_vm_after_save_restore() {
     let (before, after) =
-        save_restore_continues("counter", RamBackendConfig::Memfd { hugetlb: false });
+        save_restore_continues("counter", RamBackendConfig::Memfd { hugetlb: false }, 1);
     // The old process stopped mid-line or between lines; together the outputs are one
     // unbroken sequence 1, 2, 3, ... with nothing repeated or lost.
     let joined = format!("{before}{after}");
@@ -255,10 +266,42 @@ fn counter_continues_in_a_new_vm_after_save_restore() {
     );
 }
 
+fn assert_counts_continue(before: &str, after: &str) {
+    // The old machine stopped mid-line or between lines; together the outputs are one
+    // unbroken sequence 1, 2, 3, ... with nothing repeated or lost.
+    let joined = format!("{before}{after}");
+    let n = counts(&joined);
+    assert!(n.len() >= 6, "{joined}");
+    let expected: Vec<u64> = (1..=n.len() as u64).collect();
+    assert_eq!(n, expected, "before:\n{before}\nafter:\n{after}");
+    assert!(
+        !after.starts_with("count 1\n"),
+        "restarted from zero:\n{after}"
+    );
+}
+
+#[test]
+fn two_vcpu_counter_continues_in_a_new_vm_after_save_restore() {
+    // vCPU 1 sits in wait-for-SIPI inside KVM_RUN: pause must kick it out too, and its
+    // state must round-trip as well.
+    let (before, after) =
+        save_restore_continues("counter", RamBackendConfig::Memfd { hugetlb: false }, 2);
+    assert_counts_continue(&before, &after);
+}
+
+#[test]
+fn file_backed_counter_continues_in_a_new_vm_after_save_restore() {
+    let path = std::env::temp_dir().join(format!("vmm-test-ram-{}", std::process::id()));
+    let (before, after) =
+        save_restore_continues("counter", RamBackendConfig::File { path: path.clone() }, 1);
+    std::fs::remove_file(&path).unwrap();
+    assert_counts_continue(&before, &after);
+}
+
 #[test]
 fn ticker_keeps_ticking_in_a_new_vm_after_save_restore() {
     let (before, after) =
-        save_restore_continues("ticker", RamBackendConfig::Memfd { hugetlb: false });
+        save_restore_continues("ticker", RamBackendConfig::Memfd { hugetlb: false }, 1);
     let joined = format!("{before}{after}");
     assert!(!joined.contains("unexpected"), "{joined}");
     let ticks: Vec<u64> = joined
