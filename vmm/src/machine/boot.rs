@@ -44,6 +44,7 @@ pub const HIMEM_START: u64 = 0x10_0000;
 const EBDA_START: u64 = 0x9fc00;
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
+const XLF_KERNEL_64: u16 = 1;
 
 pub const CODE_SELECTOR: u16 = 0x08;
 pub const DATA_SELECTOR: u16 = 0x10;
@@ -70,6 +71,8 @@ pub enum BootError {
         elf: String,
         bzimage: String,
     },
+    #[error("bzImage {path} has no 64-bit entry point (xloadflags lacks XLF_KERNEL_64)")]
+    No64BitEntry { path: PathBuf },
     #[error("cannot read initrd {path}")]
     ReadInitrd {
         path: PathBuf,
@@ -237,6 +240,12 @@ pub fn load_kernel(
                     bzimage: format!("{bz_err}"),
                 })?;
             if let Some(hdr) = r.setup_header {
+                // The 64-bit entry exists only if the kernel says so (boot protocol 2.12+).
+                if hdr.xloadflags & XLF_KERNEL_64 == 0 {
+                    return Err(BootError::No64BitEntry {
+                        path: kernel.to_path_buf(),
+                    });
+                }
                 params.hdr = hdr;
             }
             // The 64-bit entry point sits 0x200 bytes into the protected-mode kernel.
@@ -316,6 +325,114 @@ pub fn load_kernel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::RamBackendConfig;
+    use vm_memory::GuestMemoryBackend;
+
+    /// A minimal bzImage: one setup sector after the boot sector, header fields at their
+    /// boot-protocol offsets, then `payload` as the protected-mode kernel.
+    fn fake_bzimage(payload: &[u8], xloadflags: u16) -> Vec<u8> {
+        let mut img = vec![0u8; 1024];
+        img[0x1f1] = 1; // setup_sects
+        img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+        img[0x211] = 1; // loadflags: LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        img[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes()); // initrd_addr_max
+        img[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        img.extend_from_slice(payload);
+        img
+    }
+
+    fn write_temp(name: &str, bytes: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("vmm-boot-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn bzimage_gets_zero_page_cmdline_initrd_and_e820() {
+        let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let kernel = write_temp("bz", &fake_bzimage(&payload, XLF_KERNEL_64));
+        let initrd_data = vec![0x5au8; 10_000];
+        let initrd = write_temp("initrd", &initrd_data);
+        let ram = GuestRam::new(&RamBackendConfig::Anonymous, 64 << 20).unwrap();
+        let info = load_kernel(&ram, &kernel, Some(&initrd), Some("console=ttyS0")).unwrap();
+        assert_eq!(info.entry, 0x10_0200);
+
+        let mem = ram.memory();
+        let mut loaded = vec![0u8; payload.len()];
+        mem.read_slice(&mut loaded, GuestAddress(0x10_0000))
+            .unwrap();
+        assert_eq!(loaded, payload);
+
+        let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let hdr = params.hdr;
+        assert_eq!({ hdr.type_of_loader }, 0xff);
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_ADDR as u32);
+        let mut cmd = vec![0u8; 14];
+        mem.read_slice(&mut cmd, GuestAddress(CMDLINE_ADDR))
+            .unwrap();
+        assert_eq!(&cmd, b"console=ttyS0\0");
+        let (rd_addr, rd_size) = ({ hdr.ramdisk_image }, { hdr.ramdisk_size });
+        assert_eq!(rd_size as usize, initrd_data.len());
+        assert_eq!(rd_addr % 4096, 0);
+        assert!(u64::from(rd_addr) + u64::from(rd_size) <= 64 << 20);
+        let mut rd = vec![0u8; initrd_data.len()];
+        mem.read_slice(&mut rd, GuestAddress(u64::from(rd_addr)))
+            .unwrap();
+        assert_eq!(rd, initrd_data);
+
+        let e820: Vec<(u64, u64, u32)> = params.e820_table[..params.e820_entries as usize]
+            .iter()
+            .map(|e| (e.addr, e.size, e.r#type))
+            .collect();
+        assert_eq!(
+            e820,
+            vec![
+                (0, EBDA_START, E820_RAM),
+                (EBDA_START, 0x10_0000 - EBDA_START, E820_RESERVED),
+                (0x10_0000, (64 << 20) - 0x10_0000, E820_RAM),
+            ]
+        );
+        std::fs::remove_file(kernel).unwrap();
+        std::fs::remove_file(initrd).unwrap();
+    }
+
+    #[test]
+    fn bzimage_without_64bit_entry_is_refused() {
+        let kernel = write_temp("bz32", &fake_bzimage(&[0x90; 512], 0));
+        let ram = GuestRam::new(&RamBackendConfig::Anonymous, 16 << 20).unwrap();
+        assert!(matches!(
+            load_kernel(&ram, &kernel, None, None),
+            Err(BootError::No64BitEntry { .. })
+        ));
+        std::fs::remove_file(kernel).unwrap();
+    }
+
+    #[test]
+    fn e820_covers_ram_above_4g() {
+        let kernel = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/guests/exit");
+        let ram = GuestRam::new(&RamBackendConfig::Anonymous, (3 << 30) + (8 << 20)).unwrap();
+        load_kernel(&ram, &kernel, None, None).unwrap();
+        let params: boot_params = ram.memory().read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let n = params.e820_entries as usize;
+        let last = params.e820_table[n - 1];
+        assert_eq!(
+            (last.addr, last.size, last.r#type),
+            (HIGH_RAM_START, 8 << 20, E820_RAM)
+        );
+        assert_eq!(ram.memory().num_regions(), 2);
+    }
+
+    #[test]
+    fn garbage_kernel_is_refused_with_both_reasons() {
+        let kernel = write_temp("junk", &[0u8; 2048]);
+        let ram = GuestRam::new(&RamBackendConfig::Anonymous, 16 << 20).unwrap();
+        let err = load_kernel(&ram, &kernel, None, None).unwrap_err();
+        assert!(matches!(err, BootError::UnknownFormat { .. }), "{err}");
+        std::fs::remove_file(kernel).unwrap();
+    }
 
     #[test]
     fn gdt_entries_decode_to_long_mode_segments() {

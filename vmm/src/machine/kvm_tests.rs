@@ -311,7 +311,7 @@ fn ticker_keeps_ticking_in_a_new_vm_after_save_restore() {
     let last_before = before
         .lines()
         .filter_map(|l| l.strip_prefix("tick ").and_then(|n| n.parse::<u64>().ok()))
-        .last()
+        .next_back()
         .unwrap();
     assert!(*ticks.last().unwrap() > last_before + 2, "{joined}");
     assert!(ticks.windows(2).all(|w| w[1] > w[0]), "{joined}");

@@ -55,12 +55,6 @@ pub enum MemoryError {
     BadLayout { guest_addr: u64 },
     #[error("cannot build the guest memory map")]
     Collection(#[source] vm_memory::GuestRegionCollectionError),
-    #[error("cannot duplicate the fd of RAM block {index}")]
-    DupFd {
-        index: usize,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Where a RAM block sits in the guest and in its backing fd. Part of the saved machine

@@ -197,11 +197,6 @@ impl SerialDevice {
         self.pending.drain(..queued);
         Ok(())
     }
-
-    /// Replaces the output sink (restore into a process whose chardev is new).
-    pub fn writer_mut(&mut self) -> &mut SerialOutput {
-        self.uart.writer_mut()
-    }
 }
 
 #[cfg(test)]
