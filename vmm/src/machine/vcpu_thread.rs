@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::VcpuExit;
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, unblock_signal, SIGRTMIN};
 
 use super::devices::{lock, Devices, IoAction, PmRequest};
 use super::vcpu::Vcpu;
@@ -170,6 +170,9 @@ impl MachineShared {
 
 /// Body of a vCPU thread.
 pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>) {
+    // The thread inherits its creator's signal mask; the kick must get through whatever the
+    // front end blocked. Unblocking an unblocked signal cannot fail.
+    let _ = unblock_signal(kick_signal());
     {
         let mut v = lock(&vcpu);
         let ptr: *mut kvm_run = v.fd.get_kvm_run();
