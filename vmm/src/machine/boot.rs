@@ -126,7 +126,7 @@ fn segment(entry: u64, selector: u16) -> Segment {
             }
         },
         selector,
-        type_: ((entry >> 40) & 0xf) as u8,
+        seg_type: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
         dpl: ((entry >> 45) & 3) as u8,
         db: ((entry >> 54) & 1) as u8,
@@ -440,9 +440,12 @@ mod tests {
         assert_eq!(GDT[2], gdt_entry(0xc093, 0, 0xfffff));
         assert_eq!(GDT[3], gdt_entry(0x808b, 0, 0xfffff));
         let cs = segment(GDT[1], CODE_SELECTOR);
-        assert_eq!((cs.l, cs.db, cs.present, cs.type_, cs.s), (1, 0, 1, 0xb, 1));
+        assert_eq!(
+            (cs.l, cs.db, cs.present, cs.seg_type, cs.s),
+            (1, 0, 1, 0xb, 1)
+        );
         assert_eq!(cs.limit, 0xffff_ffff);
         let tr = segment(GDT[3], TSS_SELECTOR);
-        assert_eq!((tr.type_, tr.s, tr.present), (0xb, 0, 1));
+        assert_eq!((tr.seg_type, tr.s, tr.present), (0xb, 0, 1));
     }
 }

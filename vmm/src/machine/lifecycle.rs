@@ -186,7 +186,7 @@ pub(super) fn reset(m: &mut Machine) -> Result<(), MachineError> {
 }
 
 fn seg_line(name: &str, s: &super::vcpu_state::Segment) -> String {
-    let flags = (u32::from(s.type_) << 8)
+    let flags = (u32::from(s.seg_type) << 8)
         | (u32::from(s.s) << 12)
         | (u32::from(s.dpl) << 13)
         | (u32::from(s.present) << 15)

@@ -154,7 +154,7 @@ impl GuestRam {
             RamBackendConfig::Memfd { hugetlb: true } => HUGE_PAGE_SIZE,
             _ => 4096,
         };
-        if mem_size == 0 || mem_size % align != 0 {
+        if mem_size == 0 || !mem_size.is_multiple_of(align) {
             return Err(MemoryError::BadSize {
                 size: mem_size,
                 align,

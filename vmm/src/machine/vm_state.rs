@@ -1,33 +1,93 @@
 //! Named mirrors of the VM-wide in-kernel device state: the 8259 pair, the IOAPIC, the PIT
-//! (i8254) and kvmclock. Conversions both ways, as in `vcpu_state`.
+//! (i8254) and kvmclock. Conversions both ways, as in `vcpu_state`. Declared with
+//! cpr-format's `state!`: sections `kvm.irqchip`, `kvm.pit` and `kvm.clock`.
 
 use kvm_bindings::{
     kvm_clock_data, kvm_ioapic_state, kvm_irqchip, kvm_pic_state, kvm_pit_channel_state,
     kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
-use serde::{Deserialize, Serialize};
 
 /// IOAPIC redirection table size in KVM.
 pub const IOAPIC_PINS: usize = 24;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PicState {
-    pub last_irr: u8,
-    pub irr: u8,
-    pub imr: u8,
-    pub isr: u8,
-    pub priority_add: u8,
-    pub irq_base: u8,
-    pub read_reg_select: u8,
-    pub poll: u8,
-    pub special_mask: u8,
-    pub init_state: u8,
-    pub auto_eoi: u8,
-    pub rotate_on_auto_eoi: u8,
-    pub special_fully_nested_mode: u8,
-    pub init4: u8,
-    pub elcr: u8,
-    pub elcr_mask: u8,
+cpr_format::state! {
+    /// One 8259 PIC (KVM_GET_IRQCHIP, chip 0 master or 1 slave).
+    #[derive(Copy, Default, Eq)]
+    pub struct PicState {
+        #[hint(hex)] pub last_irr: u8,
+        #[hint(hex)] pub irr: u8,
+        #[hint(hex)] pub imr: u8,
+        #[hint(hex)] pub isr: u8,
+        pub priority_add: u8,
+        #[hint(hex)] pub irq_base: u8,
+        pub read_reg_select: u8,
+        pub poll: u8,
+        pub special_mask: u8,
+        pub init_state: u8,
+        pub auto_eoi: u8,
+        pub rotate_on_auto_eoi: u8,
+        pub special_fully_nested_mode: u8,
+        pub init4: u8,
+        #[hint(hex)] pub elcr: u8,
+        #[hint(hex)] pub elcr_mask: u8,
+    }
+
+    /// The IOAPIC (KVM_GET_IRQCHIP, chip 2).
+    #[derive(Default, Eq)]
+    pub struct IoapicState {
+        #[hint(addr)] pub base_address: u64,
+        #[hint(hex)] pub ioregsel: u32,
+        pub id: u32,
+        #[hint(hex)] pub irr: u32,
+        /// Redirection table entries, 64 bits each (vector, delivery mode, mask, destination).
+        #[hint(hex)] pub redirtbl: Vec<u64>,
+    }
+
+    /// The three in-kernel interrupt controllers (KVM_GET_IRQCHIP x3).
+    #[section(name = "kvm.irqchip", version = 1, min_version = 1, required = true)]
+    #[derive(Default, Eq)]
+    pub struct IrqchipState {
+        pub pic_master: PicState,
+        pub pic_slave: PicState,
+        pub ioapic: IoapicState,
+    }
+
+    /// One i8254 channel.
+    #[derive(Copy, Default, Eq)]
+    pub struct PitChannel {
+        pub count: u32,
+        pub latched_count: u16,
+        pub count_latched: u8,
+        pub status_latched: u8,
+        #[hint(hex)] pub status: u8,
+        pub read_state: u8,
+        pub write_state: u8,
+        pub write_latch: u8,
+        pub rw_mode: u8,
+        pub mode: u8,
+        pub bcd: u8,
+        pub gate: u8,
+        /// Host-relative load time (KVM rebases it on set).
+        #[hint(unit("ns"))] pub count_load_time: i64,
+    }
+
+    /// The in-kernel PIT (KVM_GET_PIT2).
+    #[section(name = "kvm.pit", version = 1, min_version = 1, required = true)]
+    #[derive(Default, Eq)]
+    pub struct PitState {
+        pub channels: Vec<PitChannel>,
+        #[hint(flags)] pub flags: u32,
+    }
+
+    /// kvmclock (KVM_GET_CLOCK): guest clock and the flags KVM reported.
+    #[section(name = "kvm.clock", version = 1, min_version = 1, required = true)]
+    #[derive(Copy, Default, Eq)]
+    pub struct ClockState {
+        #[hint(unit("ns"))] pub clock: u64,
+        #[hint(flags)] pub flags: u32,
+        #[hint(unit("ns"))] pub realtime: u64,
+        pub host_tsc: u64,
+    }
 }
 
 macro_rules! pic_fields {
@@ -65,16 +125,6 @@ impl From<&PicState> for kvm_pic_state {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IoapicState {
-    pub base_address: u64,
-    pub ioregsel: u32,
-    pub id: u32,
-    pub irr: u32,
-    /// Redirection table entries, 64 bits each (vector, delivery mode, mask, destination...).
-    pub redirtbl: Vec<u64>,
-}
-
 impl From<&kvm_ioapic_state> for IoapicState {
     fn from(s: &kvm_ioapic_state) -> Self {
         IoapicState {
@@ -102,14 +152,6 @@ impl From<&IoapicState> for kvm_ioapic_state {
         }
         k
     }
-}
-
-/// The three in-kernel interrupt controllers (KVM_GET_IRQCHIP x3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IrqchipState {
-    pub pic_master: PicState,
-    pub pic_slave: PicState,
-    pub ioapic: IoapicState,
 }
 
 impl IrqchipState {
@@ -147,24 +189,6 @@ impl IrqchipState {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PitChannel {
-    pub count: u32,
-    pub latched_count: u16,
-    pub count_latched: u8,
-    pub status_latched: u8,
-    pub status: u8,
-    pub read_state: u8,
-    pub write_state: u8,
-    pub write_latch: u8,
-    pub rw_mode: u8,
-    pub mode: u8,
-    pub bcd: u8,
-    pub gate: u8,
-    /// Host-relative load time in ns (KVM rebases it on set).
-    pub count_load_time: i64,
-}
-
 macro_rules! pit_fields {
     ($from:expr, $to:ident) => {
         $to {
@@ -183,12 +207,6 @@ macro_rules! pit_fields {
             count_load_time: $from.count_load_time,
         }
     };
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PitState {
-    pub channels: Vec<PitChannel>,
-    pub flags: u32,
 }
 
 impl From<&kvm_pit_state2> for PitState {
@@ -215,15 +233,6 @@ impl From<&PitState> for kvm_pit_state2 {
         }
         k
     }
-}
-
-/// kvmclock (KVM_GET_CLOCK): guest clock in ns and the flags KVM reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClockState {
-    pub clock: u64,
-    pub flags: u32,
-    pub realtime: u64,
-    pub host_tsc: u64,
 }
 
 impl From<&kvm_clock_data> for ClockState {

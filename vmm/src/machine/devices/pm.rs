@@ -5,8 +5,6 @@
 //! So `out 0x604, 0x2400` suspends and `out 0x604, 0x2000` powers off. Other SLP_TYP values
 //! are ignored. Reads return the last value written with SLP_EN clear (it is write-only).
 
-use serde::{Deserialize, Serialize};
-
 pub const PM1_CNT_PORT: u16 = 0x604;
 pub const SLP_EN: u16 = 1 << 13;
 pub const SLP_TYP_SHIFT: u16 = 10;
@@ -24,10 +22,14 @@ pub struct PmControl {
     pm1_cnt: u16,
 }
 
-/// Saved PM1a control register.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PmState {
-    pub pm1_cnt: u16,
+cpr_format::state! {
+    /// Saved PM1a control register.
+    #[section(name = "pm", version = 1, min_version = 1, required = true)]
+    #[derive(Copy, Default, Eq)]
+    pub struct PmState {
+        /// Last value written, SLP_EN clear.
+        #[hint(hex)] pub pm1_cnt: u16,
+    }
 }
 
 impl PmControl {

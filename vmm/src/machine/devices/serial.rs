@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 use std::io;
 
-use serde::{Deserialize, Serialize};
 use vm_superio::serial::{NoEvents, SerialState as SuperioSerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -42,20 +41,26 @@ impl Trigger for IrqEventFd {
     }
 }
 
-/// Saved UART: the registers vm-superio keeps, its receive FIFO, and input not yet queued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialState {
-    pub baud_divisor_low: u8,
-    pub baud_divisor_high: u8,
-    pub interrupt_enable: u8,
-    pub interrupt_identification: u8,
-    pub line_control: u8,
-    pub line_status: u8,
-    pub modem_control: u8,
-    pub modem_status: u8,
-    pub scratch: u8,
-    pub rx_fifo: Vec<u8>,
-    pub pending_input: Vec<u8>,
+cpr_format::state! {
+    /// Saved UART: the registers vm-superio keeps, its receive FIFO, and input not yet
+    /// queued.
+    #[section(name = "serial.uart8250", version = 1, min_version = 1, required = true)]
+    #[derive(Eq)]
+    pub struct SerialState {
+        #[hint(hex)] pub baud_divisor_low: u8,
+        #[hint(hex)] pub baud_divisor_high: u8,
+        #[hint(hex)] pub interrupt_enable: u8,
+        #[hint(hex)] pub interrupt_identification: u8,
+        #[hint(hex)] pub line_control: u8,
+        #[hint(hex)] pub line_status: u8,
+        #[hint(hex)] pub modem_control: u8,
+        #[hint(hex)] pub modem_status: u8,
+        #[hint(hex)] pub scratch: u8,
+        /// Received bytes the guest has not read (at most 64).
+        pub rx_fifo: cpr_format::Bytes,
+        /// Input typed by the user that did not fit in the FIFO yet.
+        pub pending_input: cpr_format::Bytes,
+    }
 }
 
 pub struct SerialDevice {
@@ -98,7 +103,7 @@ impl SerialDevice {
             modem_control: state.modem_control,
             modem_status: state.modem_status,
             scratch: state.scratch,
-            in_buffer: state.rx_fifo.clone(),
+            in_buffer: state.rx_fifo.to_vec(),
         };
         if state.rx_fifo.len() > UART_FIFO_SIZE {
             return Err(SerialError::FifoOverfull {
@@ -145,8 +150,8 @@ impl SerialDevice {
             modem_control: s.modem_control,
             modem_status: s.modem_status,
             scratch: s.scratch,
-            rx_fifo: s.in_buffer,
-            pending_input: self.pending.iter().copied().collect(),
+            rx_fifo: s.in_buffer.into(),
+            pending_input: self.pending.iter().copied().collect::<Vec<u8>>().into(),
         }
     }
 
@@ -268,7 +273,7 @@ mod tests {
     fn overfull_fifo_is_rejected() {
         let (dev, _irq) = SerialDevice::new(Box::new(Sink::default())).unwrap();
         let mut state = dev.save();
-        state.rx_fifo = vec![0; 65];
+        state.rx_fifo = vec![0; 65].into();
         assert!(matches!(
             SerialDevice::restore(&state, Box::new(Sink::default())),
             Err(SerialError::FifoOverfull { len: 65, .. })
