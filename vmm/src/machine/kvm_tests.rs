@@ -225,6 +225,7 @@ fn save_restore_continues(name: &str, ram: RamBackendConfig, vcpus: u8) -> (Stri
     });
     old.pause().unwrap();
     let state = old.save_state().unwrap();
+    let saved_at = Instant::now();
     assert!(old.save_state().is_ok(), "saving twice is fine");
     // Every part goes through a cpr-format image as its own section and comes back equal.
     let state = through_image(&state);
@@ -238,6 +239,16 @@ fn save_restore_continues(name: &str, ram: RamBackendConfig, vcpus: u8) -> (Stri
     let (tx, _rx2) = channel();
     let mut new = Machine::restore(&cfg, ram, &state, Box::new(out2.clone()), tx).unwrap();
     assert_eq!(new.run_state(), RunState::Paused);
+    // kvmclock resumes from the saved value: the guest does not see the time the machine
+    // spent saved (it advances at most by the real time since the save, not by wall time
+    // since the VM was created).
+    let clock = new.vm_fd().get_clock().unwrap().clock;
+    let since_save = saved_at.elapsed().as_nanos() as u64;
+    assert!(
+        clock >= state.clock.clock && clock - state.clock.clock <= since_save,
+        "clock {clock} saved {} elapsed {since_save}",
+        state.clock.clock
+    );
     assert_eq!(new.describe_cpus().len(), usize::from(vcpus));
     let again = new.save_state().unwrap();
     assert_eq!(again.vcpus[0].regs, state.vcpus[0].regs);
@@ -364,4 +375,58 @@ fn save_state_requires_pause() {
             ..
         })
     ));
+}
+
+/// Makes sure `pages` 2 MiB huge pages are free, reserving more as root if needed, and
+/// gives the extra back on drop.
+struct HugePages {
+    added: u64,
+}
+
+impl HugePages {
+    const NR: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(pages: u64) -> HugePages {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let free: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("HugePages_Free in /proc/meminfo");
+        let added = pages.saturating_sub(free);
+        if added > 0 {
+            let nr: u64 = std::fs::read_to_string(Self::NR)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            std::fs::write(Self::NR, (nr + added).to_string())
+                .expect("reserving huge pages needs root");
+        }
+        HugePages { added }
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if self.added > 0 {
+            if let Some(nr) = std::fs::read_to_string(Self::NR)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
+                let _ = std::fs::write(Self::NR, nr.saturating_sub(self.added).to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn hugetlb_memfd_counter_continues_in_a_new_vm_after_save_restore() {
+    let _pages = HugePages::reserve(32); // 64 MiB of guest RAM
+    let ram = GuestRam::new(&RamBackendConfig::Memfd { hugetlb: true }, 2 << 20).unwrap();
+    assert_eq!(ram.blocks()[0].page_size, 2 << 20);
+    drop(ram);
+    let (before, after) =
+        save_restore_continues("counter", RamBackendConfig::Memfd { hugetlb: true }, 1);
+    assert_counts_continue(&before, &after);
 }

@@ -72,10 +72,21 @@ pub struct RamBlock {
     pub desc: RamBlockDesc,
     /// The backing fd; `None` for private anonymous memory (which cannot survive exec).
     pub file: Option<Arc<File>>,
+    /// Page size of the backing: 2 MiB for hugetlbfs (read from the fd), else 4 KiB.
+    pub page_size: u64,
     region: Arc<GuestRegionMmap>,
 }
 
 impl RamBlock {
+    /// Stable name for the fd manifest: `ram-below-4g` or `ram-above-4g` (the memfd names).
+    pub fn name(&self) -> &'static str {
+        if self.desc.guest_addr < HIGH_RAM_START {
+            "ram-below-4g"
+        } else {
+            "ram-above-4g"
+        }
+    }
+
     /// Host address of the first byte of the block.
     pub fn host_addr(&self) -> u64 {
         self.region.as_ptr() as u64
@@ -126,6 +137,25 @@ fn memfd(name: &str, size: u64, hugetlb: bool) -> Result<File, MemoryError> {
     file.set_len(size)
         .map_err(|source| MemoryError::Truncate { size, source })?;
     Ok(file)
+}
+
+/// The page size of an fd's filesystem: hugetlbfs reports its huge page size as f_bsize.
+fn page_size_of(file: &File) -> u64 {
+    use std::os::fd::AsRawFd;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes at most one statfs into the buffer we own; result checked.
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) };
+    if r != 0 {
+        return 4096;
+    }
+    // SAFETY: fstatfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    if st.f_type as i64 == HUGETLBFS_MAGIC {
+        st.f_bsize as u64
+    } else {
+        4096
+    }
 }
 
 fn map_block(desc: RamBlockDesc, file: Option<&Arc<File>>) -> Result<GuestRegionMmap, MemoryError> {
@@ -244,7 +274,13 @@ impl GuestRam {
                 });
             }
             let region = Arc::new(map_block(desc, file.as_ref())?);
-            blocks.push(RamBlock { desc, file, region });
+            let page_size = file.as_deref().map_or(4096, page_size_of);
+            blocks.push(RamBlock {
+                desc,
+                file,
+                page_size,
+                region,
+            });
         }
         let mem =
             GuestMemoryMmap::from_arc_regions(blocks.iter().map(|b| b.region.clone()).collect())
@@ -319,6 +355,8 @@ mod tests {
         let again = GuestRam::from_fds(ram.share_fds().unwrap()).unwrap();
         let v: u32 = again.memory().read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(v, 0x1234_5678);
+        assert_eq!(again.blocks()[0].page_size, 4096);
+        assert_eq!(again.blocks()[0].name(), "ram-below-4g");
     }
 
     #[test]
