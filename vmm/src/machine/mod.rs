@@ -17,9 +17,6 @@ pub mod vcpu_thread;
 pub mod vm;
 pub mod vm_state;
 
-#[cfg(test)]
-mod kvm_tests;
-
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};

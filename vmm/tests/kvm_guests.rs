@@ -8,7 +8,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::*;
+use vmm::machine::*;
 
 const GIVE_UP: Duration = Duration::from_secs(120);
 
@@ -261,10 +261,10 @@ fn save_restore_continues(name: &str, ram: RamBackendConfig, vcpus: u8) -> (Stri
 
 /// Writes each section of `state` into a cpr-format image, reads it back, reassembles.
 fn through_image(state: &MachineState) -> MachineState {
-    use super::devices::pm::PmState;
-    use super::devices::serial::SerialState;
-    use super::vcpu_state::VcpuState;
-    use super::vm_state::{ClockState, IrqchipState, PitState};
+    use vmm::machine::devices::pm::PmState;
+    use vmm::machine::devices::serial::SerialState;
+    use vmm::machine::vcpu_state::VcpuState;
+    use vmm::machine::vm_state::{ClockState, IrqchipState, PitState};
 
     let mut w = cpr_format::ImageWriter::new(cpr_format::sample::header());
     for v in &state.vcpus {
