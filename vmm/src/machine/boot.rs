@@ -257,6 +257,10 @@ pub fn load_kernel(
     params.hdr.boot_flag = 0xaa55;
     params.hdr.header = 0x5372_6448; // "HdrS"
     params.hdr.loadflags |= 0x01; // LOADED_HIGH
+    if params.hdr.kernel_alignment == 0 {
+        // vmlinux has no setup header; Linux expects its 16 MiB default here.
+        params.hdr.kernel_alignment = 0x0100_0000;
+    }
 
     let cmdline = cmdline.unwrap_or("");
     if cmdline.len() + 1 > CMDLINE_MAX {

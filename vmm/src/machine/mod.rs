@@ -10,6 +10,7 @@ pub mod cpuid;
 pub mod devices;
 mod lifecycle;
 pub mod memory;
+pub mod mptable;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vcpu_state;
