@@ -231,6 +231,8 @@ fn save_restore_continues(name: &str, ram: RamBackendConfig, vcpus: u8) -> (Stri
     let state = through_image(&state);
     let before = out1.text();
 
+    old.mark_postmigrate().unwrap();
+    assert_eq!(old.run_state(), RunState::Postmigrate);
     let fds = old.ram().share_fds().expect("memfd RAM has fds");
     let cfg = old.config().clone();
     drop(old);

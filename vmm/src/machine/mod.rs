@@ -326,6 +326,22 @@ impl Machine {
         }
     }
 
+    /// After a successful save for live update (cpr-save), the old machine stays stopped in
+    /// state Postmigrate, as QEMU's does; `resume` still runs it (a failed update falls back).
+    pub fn mark_postmigrate(&mut self) -> Result<(), MachineError> {
+        let mut rs = devices::lock(&self.shared.run_state);
+        match *rs {
+            RunState::Paused | RunState::Postmigrate => {
+                *rs = RunState::Postmigrate;
+                Ok(())
+            }
+            state => Err(MachineError::BadRunState {
+                op: "mark_postmigrate",
+                state,
+            }),
+        }
+    }
+
     pub fn config(&self) -> &MachineConfig {
         &self.config
     }

@@ -39,7 +39,11 @@ impl Machine {
     /// be stopped at an exit.
     pub fn save_state(&self) -> Result<MachineState, MachineError> {
         let state = self.run_state();
-        if !matches!(state, RunState::Paused | RunState::Prelaunch) || !self.all_stopped() {
+        if !matches!(
+            state,
+            RunState::Paused | RunState::Prelaunch | RunState::Postmigrate
+        ) || !self.all_stopped()
+        {
             return Err(MachineError::BadRunState {
                 op: "save_state",
                 state,
