@@ -283,3 +283,63 @@ impl RawQmp {
         }
     }
 }
+
+/// Path of a test guest built by fixtures/guests/Makefile; fails loudly if it is missing.
+pub fn guest(name: &str) -> String {
+    let p = workspace_root().join("fixtures/guests").join(name);
+    assert!(
+        p.is_file(),
+        "test guest {} is missing (run make in fixtures/guests)",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+/// Collects a child's output stream on a thread so a test can wait for a line to appear.
+pub struct Watch {
+    rx: std::sync::mpsc::Receiver<String>,
+    pub seen: String,
+}
+
+impl Watch {
+    pub fn new<R: Read + Send + 'static>(mut r: R) -> Watch {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0
+                    || tx
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Watch {
+            rx,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits until `needle` has appeared in the stream; returns everything seen so far.
+    pub fn wait_for(&mut self, needle: &str) -> &str {
+        let start = Instant::now();
+        while !self.seen.contains(needle) {
+            let left = PATIENCE.saturating_sub(start.elapsed());
+            match self.rx.recv_timeout(left) {
+                Ok(s) => self.seen.push_str(&s),
+                Err(e) => panic!("waiting for {needle:?} ({e}); saw {:?}", self.seen),
+            }
+        }
+        &self.seen
+    }
+
+    /// Reads until the stream ends (the process exited).
+    pub fn rest(&mut self) -> &str {
+        while let Ok(s) = self.rx.recv_timeout(PATIENCE) {
+            self.seen.push_str(&s);
+        }
+        &self.seen
+    }
+}
