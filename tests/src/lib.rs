@@ -120,9 +120,14 @@ pub struct Vmm {
 impl Vmm {
     /// Starts `vmm` with stdin closed and stdout/stderr piped.
     pub fn spawn(args: &[&str]) -> Vmm {
+        Vmm::spawn_with(args, Stdio::null())
+    }
+
+    /// Starts `vmm` with the given stdin and stdout/stderr piped.
+    pub fn spawn_with(args: &[&str], stdin: Stdio) -> Vmm {
         let child = Command::new(vmm_bin())
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

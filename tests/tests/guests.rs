@@ -202,3 +202,36 @@ fn serial_to_a_file_chardev() {
         "exiting 42\n"
     );
 }
+
+#[test]
+fn serial_on_a_pty() {
+    let dir = Scratch::new("g-pty");
+    let sock = dir.str("mon.sock");
+    let chardev = format!("socket,id=mon,path={sock},server=on,wait=off");
+    let kernel = guest("counter");
+    let mut vmm = Vmm::spawn(&[
+        "-kernel",
+        &kernel,
+        "-S",
+        "-serial",
+        "pty",
+        "-chardev",
+        &chardev,
+        "-monitor",
+        "chardev:mon",
+    ]);
+    let mut err = Watch::new(vmm.child.stderr.take().expect("stderr piped"));
+    let line = err.wait_for(" (label serial0)\n").to_string();
+    let path = line
+        .strip_prefix("char device redirected to ")
+        .and_then(|l| l.strip_suffix(" (label serial0)\n"))
+        .unwrap_or_else(|| panic!("unexpected pty message {line:?}"))
+        .to_string();
+    assert!(path.starts_with("/dev/pts/"), "{path}");
+    let tty = std::fs::File::open(&path).expect("open the pty");
+    let mut out = Watch::new(tty);
+    let (mut hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    assert_eq!(hmp.cmd("cont"), "");
+    out.wait_for("count 2\n");
+    quit(vmm, hmp);
+}

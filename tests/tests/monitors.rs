@@ -163,3 +163,96 @@ fn qmp_bad_input_over_a_raw_socket() {
     let (status, _, stderr) = vmm.wait();
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
 }
+
+#[test]
+fn hmp_on_stdio() {
+    let kernel = guest("counter");
+    let mut vmm = Vmm::spawn_with(
+        &["-kernel", &kernel, "-S", "-monitor", "stdio"],
+        std::process::Stdio::piped(),
+    );
+    let mut stdin = vmm.child.stdin.take().expect("stdin piped");
+    use std::io::Write;
+    stdin
+        .write_all(b"info status\nquit\n")
+        .expect("type into the monitor");
+    let (status, stdout, stderr) = vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "vmm {} monitor - type 'help' for more information\r\n(vmm) VM status: paused (prelaunch)\r\n(vmm) ",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[test]
+fn hmp_over_tcp_socket_chardev() {
+    // Take a free port from the kernel, then hand it to the VMM.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let chardev = format!("socket,id=mon,host=127.0.0.1,port={port},server=on,wait=off");
+    let kernel = guest("counter");
+    let mut vmm = Vmm::spawn(&[
+        "-kernel",
+        &kernel,
+        "-S",
+        "-serial",
+        "null",
+        "-chardev",
+        &chardev,
+        "-monitor",
+        "chardev:mon",
+    ]);
+    let start = std::time::Instant::now();
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(vmm.child.try_wait().unwrap().is_none(), "vmm exited");
+                assert!(start.elapsed() < cpr_tests::PATIENCE, "never listened: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    };
+    stream.set_read_timeout(Some(cpr_tests::PATIENCE)).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = cpr_tests::Watch::new(stream);
+    r.wait_for("(vmm) ");
+    use std::io::Write;
+    w.write_all(b"info status\r\n").unwrap();
+    r.wait_for("VM status: paused (prelaunch)\r\n(vmm) ");
+    w.write_all(b"quit\r\n").unwrap();
+    let (status, _, stderr) = vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn sigterm_shuts_down_like_qemu() {
+    let dir = Scratch::new("sigterm");
+    let qmp_arg = format!("unix:{},server=on,wait=off", dir.str("qmp.sock"));
+    let kernel = guest("counter");
+    let mut vmm = Vmm::spawn(&["-kernel", &kernel, "-serial", "null", "-qmp", &qmp_arg]);
+    let mut q = RawQmp::new(vmm.connect(dir.path("qmp.sock").as_path()));
+    q.line();
+    let mut events = Vec::new();
+    q.request(r#"{"execute": "qmp_capabilities"}"#, &mut events);
+    // SAFETY: kill() on our own child's pid; no memory is involved.
+    assert_eq!(
+        unsafe { libc::kill(vmm.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let ev: serde_json::Value = serde_json::from_str(&q.line()).expect("event JSON");
+    assert_eq!(ev["event"], "SHUTDOWN");
+    assert_eq!(
+        ev["data"],
+        serde_json::json!({"guest": false, "reason": "host-signal"})
+    );
+    let (status, _, stderr) = vmm.wait();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(stderr, "vmm: terminating on signal 15\n");
+}

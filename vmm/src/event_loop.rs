@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
 
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::chardev::{Chardev, ChardevError, ChardevEvent, ChardevOutput};
@@ -23,6 +25,17 @@ pub enum StartError {
     EventFd(#[source] std::io::Error),
     #[error("poll() failed")]
     Poll(#[source] std::io::Error),
+    #[error("could not set up termination signal handling")]
+    Signals(#[source] nix::Error),
+}
+
+/// Signals that end the VMM the way QEMU ends on them (SHUTDOWN event, exit 0).
+fn termination_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set
 }
 
 /// What is attached to a chardev.
@@ -151,6 +164,7 @@ pub fn run_loop<V: VmControl>(
     f: &mut Frontends,
     ctl: &mut Controller<V>,
     wake: &EventFd,
+    signals: &SignalFd,
     events: &Receiver<MachineEvent>,
 ) -> Result<i32, StartError> {
     use std::os::fd::AsRawFd;
@@ -206,7 +220,12 @@ pub fn run_loop<V: VmControl>(
                 }
             }
         }
-        for (pfd, &i) in fds[1..].iter().zip(&owners) {
+        if fds[1].revents != 0 {
+            if let Ok(Some(info)) = signals.read_signal() {
+                ctl.on_signal(info.ssi_signo as i32);
+            }
+        }
+        for (pfd, &i) in fds[2..].iter().zip(&owners) {
             if pfd.revents == 0 || ctl.exit().is_some() {
                 continue;
             }
@@ -229,6 +248,13 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    // Termination signals are read from a signalfd by the loop; block them first, before any
+    // thread exists, so every thread (vCPUs included) inherits the mask.
+    let sigs = termination_signals();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
+        .map_err(StartError::Signals)?;
+    let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(StartError::Signals)?;
     let mut frontends = Frontends::open(config)?;
     let wake = EventFd::new(EFD_NONBLOCK).map_err(StartError::EventFd)?;
     let forward_wake = wake.try_clone().map_err(StartError::EventFd)?;
@@ -254,7 +280,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     if !config.start_paused {
         ctl.vm.start().map_err(StartError::Start)?;
     }
-    let code = run_loop(&mut frontends, &mut ctl, &wake, &loop_rx);
+    let code = run_loop(&mut frontends, &mut ctl, &wake, &signals, &loop_rx);
     ctl.vm.shutdown();
     code
 }

@@ -227,6 +227,16 @@ impl<V: VmControl> Controller<V> {
         Ok(())
     }
 
+    /// SIGINT/SIGTERM/SIGHUP: QEMU's "terminating on signal" and a host-signal SHUTDOWN.
+    pub fn on_signal(&mut self, signo: i32) {
+        eprintln!("vmm: terminating on signal {signo}");
+        self.emit(
+            "SHUTDOWN",
+            Some(json!({"guest": false, "reason": "host-signal"})),
+        );
+        self.exit = Some(Exit(0));
+    }
+
     /// Turns a machine happening into events and, for some, the process exit status.
     pub fn on_machine_event(&mut self, ev: MachineEvent) {
         match ev {
