@@ -1,3 +1,51 @@
-mod machine;
+//! `vmm`: a KVM virtual machine monitor driven like QEMU (command line, HMP, QMP).
 
-fn main() {}
+mod chardev;
+mod cli;
+mod event_loop;
+mod machine;
+mod monitor;
+
+use std::process::ExitCode;
+
+/// An error and its sources, joined with ": " (messages never repeat their source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let action = match cli::parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match action {
+        cli::Action::Help => {
+            print!("{}", cli::HELP);
+            ExitCode::SUCCESS
+        }
+        cli::Action::Version => {
+            println!("vmm version {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "A KVM virtual machine monitor with live update (cpr-save / cpr-exec / cpr-load)"
+            );
+            ExitCode::SUCCESS
+        }
+        cli::Action::Run(config) => match event_loop::run(&config) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("vmm: {}", error_chain(&e));
+                ExitCode::from(1)
+            }
+        },
+    }
+}

@@ -1,0 +1,191 @@
+use super::*;
+
+fn kernel() -> String {
+    // Any readable file stands in for the kernel at parse time.
+    env!("CARGO_MANIFEST_PATH").to_string()
+}
+
+fn parse(args: &[&str]) -> Result<Action, CliError> {
+    parse_args(args.iter().map(|s| s.to_string()))
+}
+
+fn run(args: &[&str]) -> VmmConfig {
+    let k = kernel();
+    let mut v = vec!["-kernel", k.as_str()];
+    v.extend_from_slice(args);
+    match parse(&v) {
+        Ok(Action::Run(c)) => *c,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn error(args: &[&str]) -> String {
+    let k = kernel();
+    let mut v = vec!["-kernel", k.as_str()];
+    v.extend_from_slice(args);
+    match parse(&v) {
+        Err(e) => e.0,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_and_basic_options() {
+    let c = run(&[
+        "-m",
+        "1G",
+        "-smp",
+        "2",
+        "-name",
+        "vm1",
+        "-append",
+        "console=ttyS0",
+        "-S",
+    ]);
+    assert_eq!(c.mem_size, 1 << 30);
+    assert_eq!(c.vcpus, 2);
+    assert_eq!(c.name.as_deref(), Some("vm1"));
+    assert!(c.start_paused);
+    assert_eq!(c.ram, RamSpec::Anonymous);
+    // No -serial: the UART talks on stdio.
+    assert_eq!(c.serial.as_deref(), Some("serial0"));
+    let c = run(&["-m", "512"]);
+    assert_eq!(c.mem_size, 512 << 20);
+    assert_eq!(run(&[]).mem_size, 128 << 20);
+    assert!(run(&["-only-cpr-capable"]).only_cpr_capable);
+    assert_eq!(parse(&["-version"]), Ok(Action::Version));
+    assert_eq!(parse(&["--help"]), Ok(Action::Help));
+}
+
+#[test]
+fn memory_backends() {
+    assert_eq!(
+        run(&["-machine", "memfd-alloc=on"]).ram,
+        RamSpec::Memfd {
+            id: None,
+            hugetlb: false
+        }
+    );
+    let c = run(&[
+        "-m",
+        "256M",
+        "-object",
+        "memory-backend-memfd,id=ram0,size=256M,share=on,hugetlb=on",
+        "-machine",
+        "memory-backend=ram0",
+    ]);
+    assert_eq!(
+        c.ram,
+        RamSpec::Memfd {
+            id: Some("ram0".into()),
+            hugetlb: true
+        }
+    );
+    assert_eq!(
+        c.machine_config().ram,
+        RamBackendConfig::Memfd { hugetlb: true }
+    );
+    // Without -m the backend's size is the RAM size.
+    let c = run(&[
+        "-object",
+        "memory-backend-file,id=f,size=64M,mem-path=/dev/shm/x,share=on",
+        "-M",
+        "memory-backend=f",
+    ]);
+    assert_eq!(c.mem_size, 64 << 20);
+    assert_eq!(
+        c.machine_config().ram,
+        RamBackendConfig::File {
+            path: "/dev/shm/x".into()
+        }
+    );
+    assert_eq!(
+        error(&[
+            "-m",
+            "128M",
+            "-object",
+            "memory-backend-memfd,id=r,size=64M,share=on",
+            "-machine",
+            "memory-backend=r"
+        ]),
+        "Machine memory size does not match the size of the memory backend"
+    );
+    assert_eq!(
+        error(&["-machine", "memory-backend=nope"]),
+        "Memory backend 'nope' not found"
+    );
+}
+
+#[test]
+fn chardevs_and_frontends() {
+    let c = run(&[
+        "-chardev",
+        "socket,id=mon,path=/tmp/m.sock,server=on,wait=off",
+        "-monitor",
+        "chardev:mon",
+        "-qmp",
+        "unix:/tmp/q.sock,server=on,wait=off",
+        "-serial",
+        "null",
+    ]);
+    assert_eq!(c.monitors.len(), 2);
+    assert_eq!(
+        c.monitors[0],
+        MonitorSpec {
+            chardev: "mon".into(),
+            mode: MonitorMode::Hmp
+        }
+    );
+    assert_eq!(c.monitors[1].mode, MonitorMode::Qmp);
+    assert_eq!(c.chardevs.len(), 3);
+    // The config round-trips through serde (a live update compares it).
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<VmmConfig>(&json).unwrap(), c);
+    assert_eq!(
+        error(&["-serial", "chardev:nope"]),
+        "chardev 'nope' not found"
+    );
+    assert_eq!(
+        error(&[
+            "-chardev",
+            "null,id=a",
+            "-serial",
+            "chardev:a",
+            "-monitor",
+            "chardev:a"
+        ]),
+        "Device 'a' is in use"
+    );
+    assert_eq!(
+        error(&["-monitor", "stdio", "-serial", "stdio"]),
+        "cannot use stdio by multiple character devices"
+    );
+}
+
+#[test]
+fn bad_options_give_one_line_errors() {
+    assert_eq!(error(&["-foo"]), "-foo: invalid option");
+    assert_eq!(error(&["-m"]), "-m: requires an argument");
+    assert_eq!(
+        error(&["-m", "lots"]),
+        "-m lots: Parameter 'size' expects a non-negative number below 2^64"
+    );
+    assert_eq!(
+        error(&["-smp", "x"]),
+        "-smp x: Parameter 'cpus' expects a number"
+    );
+    assert_eq!(
+        error(&["-chardev", "bogus,id=x"]),
+        "-chardev bogus,id=x: 'bogus' is not a valid char driver name"
+    );
+    assert_eq!(
+        parse(&["-kernel", "/nonexistent/k"]),
+        Err(CliError(
+            "could not load kernel '/nonexistent/k': No such file or directory".into()
+        ))
+    );
+    assert_eq!(
+        parse(&[]),
+        Err(CliError("no kernel given: use -kernel FILE".into()))
+    );
+}

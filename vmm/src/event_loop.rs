@@ -1,0 +1,286 @@
+//! The front end's single thread: one poll() over the chardevs (listening sockets, clients,
+//! stdin, pty masters) and an eventfd that wakes it for machine events.
+
+use std::io::Write;
+use std::sync::mpsc::{channel, Receiver, TryRecvError};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::chardev::{Chardev, ChardevError, ChardevEvent, ChardevOutput};
+use crate::cli::{MonitorMode, VmmConfig};
+use crate::machine::{Machine, MachineError, MachineEvent};
+use crate::monitor::{hmp, qmp, Controller, VmControl};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Chardev(#[from] ChardevError),
+    #[error("could not create the machine")]
+    Machine(#[source] MachineError),
+    #[error("could not start the guest")]
+    Start(#[source] MachineError),
+    #[error("could not create the event loop's eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("poll() failed")]
+    Poll(#[source] std::io::Error),
+    #[error("could not set up termination signal handling")]
+    Signals(#[source] nix::Error),
+}
+
+/// Signals that end the VMM the way QEMU ends on them (SHUTDOWN event, exit 0).
+fn termination_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// What is attached to a chardev.
+enum Frontend {
+    None,
+    Serial,
+    Hmp(hmp::Session),
+    Qmp(qmp::Session),
+}
+
+/// The chardevs with their front ends.
+pub struct Frontends {
+    chardevs: Vec<Chardev>,
+    frontends: Vec<Frontend>,
+}
+
+impl Frontends {
+    /// Opens every chardev of `config` and attaches the serial port and monitors.
+    pub fn open(config: &VmmConfig) -> Result<Frontends, ChardevError> {
+        let chardevs = config
+            .chardevs
+            .iter()
+            .map(Chardev::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let frontends = chardevs
+            .iter()
+            .map(|c| {
+                if config.serial.as_deref() == Some(c.spec.id.as_str()) {
+                    return Frontend::Serial;
+                }
+                match config
+                    .monitors
+                    .iter()
+                    .find(|m| m.chardev == c.spec.id)
+                    .map(|m| m.mode)
+                {
+                    Some(MonitorMode::Hmp) => Frontend::Hmp(hmp::Session::default()),
+                    Some(MonitorMode::Qmp) => Frontend::Qmp(qmp::Session::default()),
+                    None => Frontend::None,
+                }
+            })
+            .collect();
+        Ok(Frontends {
+            chardevs,
+            frontends,
+        })
+    }
+
+    /// The writer the UART's output goes to.
+    pub fn serial_output(&self) -> ChardevOutput {
+        self.chardevs
+            .iter()
+            .zip(&self.frontends)
+            .find(|(_, f)| matches!(f, Frontend::Serial))
+            .map(|(c, _)| c.output())
+            .unwrap_or_else(ChardevOutput::discard)
+    }
+
+    /// The chardevs, e.g. to list the fds a live update must keep.
+    pub fn chardevs(&self) -> &[Chardev] {
+        &self.chardevs
+    }
+}
+
+fn send(c: &Chardev, text: &str) {
+    if !text.is_empty() {
+        let _ = c.output().write_all(text.as_bytes());
+    }
+}
+
+/// Handles one chardev happening for its front end.
+fn service<V: VmControl>(chardev: &mut Chardev, frontend: &mut Frontend, ctl: &mut Controller<V>) {
+    let ev = chardev.on_readable();
+    match (frontend, ev) {
+        (_, ChardevEvent::Nothing) => {}
+        (Frontend::Hmp(s), ChardevEvent::Connected) => {
+            s.reset();
+            send(chardev, &hmp::banner());
+        }
+        (Frontend::Hmp(s), ChardevEvent::Data(d)) => {
+            let out = s.on_input(ctl, &d);
+            send(chardev, &out);
+        }
+        (Frontend::Hmp(s), ChardevEvent::Disconnected) => s.reset(),
+        (Frontend::Qmp(s), ChardevEvent::Connected) => {
+            let g = s.greeting();
+            send(chardev, &g);
+        }
+        (Frontend::Qmp(s), ChardevEvent::Data(d)) => {
+            let out = s.on_input(ctl, &d);
+            send(chardev, &out);
+        }
+        (Frontend::Qmp(s), ChardevEvent::Disconnected) => *s = qmp::Session::default(),
+        (Frontend::Serial, ChardevEvent::Data(d)) => {
+            if let Err(e) = ctl.vm.serial_input(&d) {
+                eprintln!("vmm: serial input dropped: {}", crate::error_chain(&e));
+            }
+        }
+        (
+            Frontend::Serial | Frontend::None,
+            ChardevEvent::Connected | ChardevEvent::Disconnected,
+        ) => {}
+        (Frontend::None, ChardevEvent::Data(_)) => {}
+    }
+}
+
+/// Sends queued events to every negotiated QMP client.
+fn broadcast<V: VmControl>(f: &mut Frontends, ctl: &mut Controller<V>) {
+    let events = ctl.take_events();
+    if events.is_empty() {
+        return;
+    }
+    for (c, fe) in f.chardevs.iter().zip(&f.frontends) {
+        if let Frontend::Qmp(s) = fe {
+            if s.is_negotiated() && c.is_connected() {
+                for ev in &events {
+                    send(c, &qmp::event_line(ev));
+                }
+            }
+        }
+    }
+}
+
+/// Runs until quit, guest shutdown or debug exit; returns the process exit status.
+pub fn run_loop<V: VmControl>(
+    f: &mut Frontends,
+    ctl: &mut Controller<V>,
+    wake: &EventFd,
+    signals: &SignalFd,
+    events: &Receiver<MachineEvent>,
+) -> Result<i32, StartError> {
+    use std::os::fd::AsRawFd;
+    // Greet peers that are there from the start (stdio, pty, a socket that waited).
+    for (c, fe) in f.chardevs.iter_mut().zip(f.frontends.iter_mut()) {
+        if c.is_connected() {
+            match fe {
+                Frontend::Hmp(_) => send(c, &hmp::banner()),
+                Frontend::Qmp(s) => {
+                    let g = s.greeting();
+                    send(c, &g);
+                }
+                _ => {}
+            }
+        }
+    }
+    loop {
+        if let Some(exit) = ctl.exit() {
+            broadcast(f, ctl);
+            return Ok(exit.0);
+        }
+        let mut fds = vec![libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let mut owners = Vec::new();
+        for (i, c) in f.chardevs.iter().enumerate() {
+            if let Some(fd) = c.poll_fd() {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                owners.push(i);
+            }
+        }
+        // SAFETY: fds is a valid array of fds.len() pollfd structs for the call's duration.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(StartError::Poll(e));
+        }
+        if fds[0].revents != 0 {
+            let _ = wake.read();
+            loop {
+                match events.try_recv() {
+                    Ok(ev) => ctl.on_machine_event(ev),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            if let Ok(Some(info)) = signals.read_signal() {
+                ctl.on_signal(info.ssi_signo as i32);
+            }
+        }
+        for (pfd, &i) in fds[2..].iter().zip(&owners) {
+            if pfd.revents == 0 || ctl.exit().is_some() {
+                continue;
+            }
+            if pfd.revents & libc::POLLNVAL != 0 {
+                // Never poll a closed fd again in a tight loop.
+                return Err(StartError::Poll(std::io::Error::from_raw_os_error(
+                    libc::EBADF,
+                )));
+            }
+            service(&mut f.chardevs[i], &mut f.frontends[i], ctl);
+        }
+        broadcast(f, ctl);
+    }
+}
+
+/// Builds everything from the config and runs the VM until it ends.
+pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
+    // A client closing its socket must not kill the VMM when we write to it.
+    // SAFETY: setting SIGPIPE to SIG_IGN installs no handler code; it is process-wide by intent.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    // Termination signals are read from a signalfd by the loop; block them first, before any
+    // thread exists, so every thread (vCPUs included) inherits the mask.
+    let sigs = termination_signals();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&sigs), None)
+        .map_err(StartError::Signals)?;
+    let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(StartError::Signals)?;
+    let mut frontends = Frontends::open(config)?;
+    let wake = EventFd::new(EFD_NONBLOCK).map_err(StartError::EventFd)?;
+    let forward_wake = wake.try_clone().map_err(StartError::EventFd)?;
+    let (machine_tx, machine_rx) = channel::<MachineEvent>();
+    let (loop_tx, loop_rx) = channel::<MachineEvent>();
+    // The machine reports on an mpsc channel; this thread turns each report into an eventfd
+    // wakeup so the poll() loop needs no timeout.
+    std::thread::Builder::new()
+        .name("machine-events".into())
+        .spawn(move || {
+            for ev in machine_rx {
+                if loop_tx.send(ev).is_err() {
+                    break;
+                }
+                let _ = forward_wake.write(1);
+            }
+        })
+        .map_err(StartError::EventFd)?;
+    let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
+    let machine =
+        Machine::new(&config.machine_config(), serial, machine_tx).map_err(StartError::Machine)?;
+    let mut ctl = Controller::new(machine);
+    if !config.start_paused {
+        ctl.vm.start().map_err(StartError::Start)?;
+    }
+    let code = run_loop(&mut frontends, &mut ctl, &wake, &signals, &loop_rx);
+    ctl.vm.shutdown();
+    code
+}
