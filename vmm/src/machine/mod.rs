@@ -2,8 +2,20 @@
 //! emulated devices (UART, PM port, debug-exit port).
 //!
 //! CONTRACT between the machine (this module) and the front end (CLI, chardevs, monitor).
-//! The signatures below are the agreed interface; the bodies are placeholders to be replaced
-//! by the real implementation. The front end must only use what is declared here.
+//! The signatures below are the agreed interface. The front end must only use what is
+//! declared here.
+//!
+//! Live update (the machine half):
+//! ```text
+//! old process:  m.pause()?; let state = m.save_state()?;       // MachineState: serde,
+//!               m.mark_postmigrate()?;                          // sections via state!
+//!               for b in m.ram().blocks() { b.name(), b.desc, b.file (memfd) -> fd manifest }
+//! new process:  let ram = GuestRam::from_fds(vec![RamBlockFd { file, desc }, ...])?;
+//!               let mut m = Machine::restore(&config, ram, &state, serial_out, events)?;
+//!               m.resume()?;                                    // Running (or Suspended)
+//! ```
+//! vCPU threads are kicked out of KVM_RUN with SIGRTMIN + 0 (`vcpu_thread::kick_signal`);
+//! the front end must leave that signal alone.
 
 pub mod boot;
 pub mod cpuid;
