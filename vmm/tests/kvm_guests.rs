@@ -432,3 +432,59 @@ fn hugetlb_memfd_counter_continues_in_a_new_vm_after_save_restore() {
         save_restore_continues("counter", RamBackendConfig::Memfd { hugetlb: true }, 1);
     assert_counts_continue(&before, &after);
 }
+
+/// Saves a paused machine and builds a new one from the state over the same RAM fds.
+fn move_to_new_vm(old: Machine) -> (Machine, Capture, Receiver<MachineEvent>) {
+    let state = through_image(&old.save_state().unwrap());
+    let fds = old.ram().share_fds().expect("memfd RAM has fds");
+    let cfg = old.config().clone();
+    drop(old);
+    let out = Capture::default();
+    let (tx, rx) = channel();
+    let m = Machine::restore(
+        &cfg,
+        GuestRam::from_fds(fds).unwrap(),
+        &state,
+        Box::new(out.clone()),
+        tx,
+    )
+    .unwrap();
+    (m, out, rx)
+}
+
+#[test]
+fn suspended_guest_stays_suspended_in_a_new_vm_and_wakes_there() {
+    let (mut old, out1, rx1) = boot("suspend", RamBackendConfig::Memfd { hugetlb: false });
+    assert_eq!(next_event(&rx1, &out1), MachineEvent::GuestSuspend);
+    old.pause().unwrap();
+    assert_eq!(old.run_state(), RunState::Paused);
+    let (mut new, out2, rx2) = move_to_new_vm(old);
+    assert!(new.save_state().unwrap().suspended);
+    new.resume().unwrap();
+    assert_eq!(new.run_state(), RunState::Suspended);
+    assert_eq!(
+        out2.text(),
+        "",
+        "a suspended guest does not run before wakeup"
+    );
+    new.wakeup().unwrap();
+    assert_eq!(next_event(&rx2, &out2), MachineEvent::GuestShutdown);
+    assert_eq!(out2.text(), "resumed\n");
+}
+
+#[test]
+fn serial_input_typed_while_paused_reaches_the_guest_in_a_new_vm() {
+    let (mut old, out1, _rx1) = boot("echo", RamBackendConfig::Memfd { hugetlb: false });
+    out1.wait_for("echo ready\n");
+    old.pause().unwrap();
+    // Lands in the old UART's FIFO and raises its interrupt while no vCPU runs: both the
+    // FIFO and the pending interrupt must move to the new VM.
+    old.serial_input(b"moved\n").unwrap();
+    let (mut new, out2, _rx2) = move_to_new_vm(old);
+    new.resume().unwrap();
+    // The guest sleeps in HLT until a UART interrupt: only the restored one can wake it.
+    out2.wait_for("echo: moved\n");
+    new.serial_input(b"after\n").unwrap();
+    let text = out2.wait_for("echo: after\n");
+    assert_eq!(text, "echo: moved\necho: after\n");
+}
