@@ -240,6 +240,8 @@ impl Machine {
                 Ok(())
             }
             RunState::Running => Ok(()),
+            // `cont` before the first start starts the machine, as in QEMU.
+            RunState::Prelaunch => self.start(),
             state => Err(MachineError::BadRunState {
                 op: "resume",
                 state,
