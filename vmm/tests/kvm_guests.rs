@@ -210,6 +210,14 @@ fn high_ram_block_above_4g() {
     assert_eq!(descs.len(), 2);
     assert_eq!(descs[1].guest_addr, 4 << 30);
     assert_eq!(descs[1].size, 16 << 20);
+    let desc = m.describe();
+    assert_eq!(desc.vcpus, 1);
+    let names: Vec<&str> = desc.ram_blocks.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["ram-below-4g", "ram-above-4g"]);
+    assert!(desc
+        .ram_blocks
+        .iter()
+        .all(|b| b.backing == cpr_format::RamBacking::Memfd && b.page_size == 4096));
     m.start().unwrap();
     out.wait_for("memcheck ok pass 1\n");
 }

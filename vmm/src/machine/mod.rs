@@ -356,6 +356,23 @@ impl Machine {
         }
     }
 
+    /// The machine as a cpr-format image header describes it (vCPUs, RAM blocks, devices).
+    pub fn describe(&self) -> cpr_format::MachineDesc {
+        let device = |id: &str, kind: &str| cpr_format::DeviceDesc {
+            id: id.to_string(),
+            kind: kind.to_string(),
+        };
+        cpr_format::MachineDesc {
+            vcpus: u32::from(self.config.vcpus),
+            ram_blocks: self.ram.blocks().iter().map(|b| b.format_desc()).collect(),
+            devices: vec![
+                device("serial0", "uart-8250"),
+                device("pm0", "pm1a-cnt"),
+                device("debug-exit0", "debug-exit"),
+            ],
+        }
+    }
+
     pub fn config(&self) -> &MachineConfig {
         &self.config
     }
