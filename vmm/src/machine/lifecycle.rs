@@ -31,6 +31,8 @@ pub(super) struct Parts {
     pub ram: GuestRam,
     pub vcpus: Vec<Vcpu>,
     pub msr_list: Vec<u32>,
+    /// MSRs KVM lists but cannot read for this guest's CPUID (not saved).
+    pub unsaved_msrs: Vec<u32>,
     pub boot_state: BootSnapshot,
 }
 
@@ -68,6 +70,10 @@ pub(super) fn create(config: &MachineConfig, ram: GuestRam) -> Result<Parts, Mac
         v.set_fpu(&boot::boot_fpu())?;
         vcpus.push(v);
     }
+    let (msr_list, unsaved_msrs) = match vcpus.first() {
+        Some(v) => v.readable_msrs(&msr_list)?,
+        None => (msr_list, Vec::new()),
+    };
     let boot_state = BootSnapshot {
         vcpus: vcpus
             .iter()
@@ -82,6 +88,7 @@ pub(super) fn create(config: &MachineConfig, ram: GuestRam) -> Result<Parts, Mac
         ram,
         vcpus,
         msr_list,
+        unsaved_msrs,
         boot_state,
     })
 }
@@ -163,6 +170,7 @@ pub(super) fn finish(
         ram: parts.ram,
         serial_irq,
         msr_list: parts.msr_list,
+        unsaved_msrs: parts.unsaved_msrs,
         boot_state: parts.boot_state,
         paused_while_suspended,
     };

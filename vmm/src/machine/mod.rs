@@ -151,6 +151,7 @@ pub struct Machine {
     ram: GuestRam,
     serial_irq: EventFd,
     msr_list: Vec<u32>,
+    unsaved_msrs: Vec<u32>,
     /// vCPU, irqchip and PIT state right after creation: `reset` returns to it.
     boot_state: lifecycle::BootSnapshot,
     /// The guest was in S3 when paused: `resume` returns it to Suspended, not Running.
@@ -371,6 +372,16 @@ impl Machine {
                 device("debug-exit0", "debug-exit"),
             ],
         }
+    }
+
+    /// MSRs that state save covers (from KVM_GET_MSR_INDEX_LIST, minus `unsaved_msrs`).
+    pub fn saved_msrs(&self) -> &[u32] {
+        &self.msr_list
+    }
+
+    /// MSRs KVM lists but refuses to read for this guest's CPUID; they are not saved.
+    pub fn unsaved_msrs(&self) -> &[u32] {
+        &self.unsaved_msrs
     }
 
     pub fn config(&self) -> &MachineConfig {

@@ -135,6 +135,23 @@ impl Vcpu {
             .map_err(self.io("KVM_SET_MP_STATE"))
     }
 
+    /// The MSRs of `candidates` (KVM_GET_MSR_INDEX_LIST) this vCPU can actually read, and
+    /// those it cannot. The index list can name MSRs whose feature the guest's CPUID hides
+    /// (e.g. PMU MSRs once the PMU leaf is cleared); KVM_GET_MSRS stops at the first such
+    /// MSR, so drop it and try again, as Cloud Hypervisor does. Done once per VM, so that
+    /// `save` can insist on a full count.
+    pub fn readable_msrs(&self, candidates: &[u32]) -> Result<(Vec<u32>, Vec<u32>), VcpuError> {
+        let mut ok = candidates.to_vec();
+        let mut dropped = Vec::new();
+        loop {
+            match self.get_msrs(&ok) {
+                Ok(_) => return Ok((ok, dropped)),
+                Err(VcpuError::MsrShortCount { done, .. }) => dropped.push(ok.remove(done)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn get_msrs(&self, indices: &[u32]) -> Result<Vec<MsrEntry>, VcpuError> {
         let entries: Vec<kvm_msr_entry> = indices
             .iter()
