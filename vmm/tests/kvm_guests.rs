@@ -514,12 +514,37 @@ fn unreadable_msrs_are_dropped_from_the_save_list() {
     let kvm = kvm_ioctls::Kvm::new().unwrap();
     let vm = kvm.create_vm().unwrap();
     vm.create_irq_chip().unwrap();
-    let v = Vcpu {
-        index: 0,
-        fd: vm.create_vcpu(0).unwrap(),
-    };
+    let v = Vcpu::new(0, vm.create_vcpu(0).unwrap(), 0);
     // 0x4b564dff is in KVM's paravirtual MSR range but not an MSR KVM implements.
     let (ok, dropped) = v.readable_msrs(&[0x10, 0x4b56_4dff, 0x174]).unwrap();
     assert_eq!(ok, [0x10, 0x174]);
     assert_eq!(dropped, [0x4b56_4dff]);
+}
+
+#[test]
+fn xsave2_path_round_trips_the_xsave_area() {
+    use vmm::machine::vcpu::Vcpu;
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    vm.create_irq_chip().unwrap();
+    let size = vm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+    assert!(size >= 4096, "KVM_CAP_XSAVE2 reports {size}");
+    // Force the KVM_GET/SET_XSAVE2 path (taken on AMX hosts) with a larger buffer than
+    // this host needs: KVM fills and reads only its own size.
+    let big = Vcpu::new(0, vm.create_vcpu(0).unwrap(), 8192);
+    let legacy = Vcpu::new(1, vm.create_vcpu(1).unwrap(), 0);
+    let msrs: Vec<u32> = Vec::new();
+    let mut state = big.save(&msrs).unwrap();
+    assert_eq!(state.xsave.region.len(), 8192);
+    let legacy_state = legacy.save(&msrs).unwrap();
+    assert_eq!(legacy_state.xsave.region.len(), 4096);
+    assert_eq!(state.xsave.region[..4096], legacy_state.xsave.region[..]);
+    // MXCSR lives at byte 24 of the legacy area: change it and write it back through XSAVE2.
+    // XSTATE_BV (byte 512) must mark the SSE component present for MXCSR to be loaded.
+    state.xsave.region[24..28].copy_from_slice(&0x1f00u32.to_le_bytes());
+    state.xsave.region[512] |= 0x3;
+    state.fpu.mxcsr = 0x1f00;
+    big.restore(&state).unwrap();
+    let again = big.save(&msrs).unwrap();
+    assert_eq!(again.xsave.region[24..28], 0x1f00u32.to_le_bytes());
 }

@@ -57,13 +57,14 @@ pub(super) fn create(config: &MachineConfig, ram: GuestRam) -> Result<Parts, Mac
         .map_err(kvm_io("KVM_GET_MSR_INDEX_LIST"))?
         .as_slice()
         .to_vec();
+    let xsave2_size = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
     let count = u32::from(config.vcpus);
     let mut vcpus = Vec::new();
     for index in 0..count {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(kvm_io("KVM_CREATE_VCPU"))?;
-        let v = Vcpu { index, fd };
+        let v = Vcpu::new(index, fd, xsave2_size);
         v.set_cpuid(&cpuid::filter(&supported, index, count))?;
         v.setup_boot_msrs()?;
         v.setup_lint()?;
