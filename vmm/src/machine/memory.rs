@@ -182,7 +182,10 @@ fn page_size_of(file: &File) -> u64 {
     }
     // SAFETY: fstatfs succeeded and filled the struct.
     let st = unsafe { st.assume_init() };
-    if st.f_type as i64 == HUGETLBFS_MAGIC {
+    // f_type is c_long on glibc x86_64 but other widths elsewhere (musl, 32-bit).
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = st.f_type as i64;
+    if f_type == HUGETLBFS_MAGIC {
         st.f_bsize as u64
     } else {
         4096
