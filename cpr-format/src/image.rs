@@ -431,6 +431,25 @@ impl Image {
         Ok(data)
     }
 
+    /// Check every section payload against the embedded schema (types, required fields,
+    /// ranges), as a tool's "verify" does; opening does not decode payloads.
+    pub fn verify_payloads(&self) -> Result<()> {
+        for s in &self.sections {
+            let schema = self
+                .schema
+                .get(&s.name)
+                .ok_or_else(|| inconsistent(s.location(), "no schema for this section".into()))?;
+            let v = s.value()?;
+            crate::describe::check(&v, &schema.payload).map_err(|m| Error::Decode {
+                location: s.location(),
+                offset: s.offset,
+                field: m.path,
+                reason: m.reason,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Check every region against its digest.
     pub fn verify_regions(&self) -> Result<()> {
         for r in &self.regions {

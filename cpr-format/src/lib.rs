@@ -61,6 +61,13 @@
 //! bytes. No input makes the reader panic, loop without bound or allocate more than the
 //! input's size (see [`Limits`]).
 //!
+//! # Without the Rust types
+//!
+//! [`describe::check`] validates a payload value tree against its schema,
+//! [`describe::flatten`] turns it into leaves (path, type, hint, value) for display, and
+//! [`describe::diff`] compares two payloads field by field, even of different versions.
+//! [`Image::verify_payloads`] checks every section against the embedded schema.
+//!
 //! # Compatibility
 //!
 //! [`compat::check`] compares an image's [`Schema`] with a reader's and lists findings
@@ -74,6 +81,7 @@ extern crate self as cpr_format;
 mod cbor;
 pub mod compat;
 mod de;
+pub mod describe;
 mod error;
 mod image;
 mod layout;
