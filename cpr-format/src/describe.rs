@@ -213,7 +213,10 @@ fn walk_value(
     };
     match ty {
         T::Bool => match v {
-            Value::Bool(_) => Ok(leaf(emit)),
+            Value::Bool(_) => {
+                leaf(emit);
+                Ok(())
+            }
             _ => Err(mismatch(path, "expected bool")),
         },
         T::U8 => int_in(0, u8::MAX.into()).map(|()| leaf(emit)),
@@ -225,11 +228,17 @@ fn walk_value(
         T::I32 => int_in(i32::MIN.into(), i32::MAX.into()).map(|()| leaf(emit)),
         T::I64 => int_in(i64::MIN.into(), i64::MAX.into()).map(|()| leaf(emit)),
         T::Text => match v {
-            Value::Text(_) => Ok(leaf(emit)),
+            Value::Text(_) => {
+                leaf(emit);
+                Ok(())
+            }
             _ => Err(mismatch(path, "expected text")),
         },
         T::Bytes { len } => match v {
-            Value::Bytes(b) if len.is_none_or(|n| b.len() as u64 == n) => Ok(leaf(emit)),
+            Value::Bytes(b) if len.map_or(true, |n| b.len() as u64 == n) => {
+                leaf(emit);
+                Ok(())
+            }
             Value::Bytes(b) => Err(mismatch(
                 path,
                 format!("expected {} bytes, found {}", len.unwrap_or(0), b.len()),
