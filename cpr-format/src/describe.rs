@@ -235,7 +235,7 @@ fn walk_value(
             _ => Err(mismatch(path, "expected text")),
         },
         T::Bytes { len } => match v {
-            Value::Bytes(b) if len.map_or(true, |n| b.len() as u64 == n) => {
+            Value::Bytes(b) if !matches!(len, Some(n) if b.len() as u64 != *n) => {
                 leaf(emit);
                 Ok(())
             }

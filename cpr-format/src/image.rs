@@ -286,7 +286,7 @@ impl Image {
                 return Err(inconsistent(loc, "duplicate region name".into()));
             }
             let end = r.offset.checked_add(r.length);
-            if r.offset != next || end.map_or(true, |e| e > self.file_len) {
+            if r.offset != next || !matches!(end, Some(e) if e <= self.file_len) {
                 return Err(inconsistent(
                     loc,
                     format!("region at {} length {} is not at the next aligned offset {next} inside the {}-byte file", r.offset, r.length, self.file_len),
