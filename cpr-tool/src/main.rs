@@ -1,6 +1,7 @@
 //! `cpr-tool`: inspect, diff and verify live-update images of any version,
 //! reading them through their embedded schema (cpr-format only, never the VMM).
 
+mod cborjson;
 mod cli;
 mod error;
 mod glob;
