@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 /// Exit status: 0 when all is well, 1 when images differ or are incompatible,
 /// 2 on any error (the reason is printed on one line on stderr).
 #[derive(Debug, Parser)]
-#[command(name = "cpr-tool", version, propagate_version = true)]
+#[command(name = "cpr-tool", version)]
 pub struct Cli {
     /// Print machine-readable JSON on stdout instead of tables (every command).
     #[arg(long, global = true)]
@@ -148,4 +148,14 @@ pub struct EncodeArgs {
     /// The image file to write.
     #[arg(short, long, value_name = "IMAGE")]
     pub output: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -89,6 +89,10 @@ pub enum ToolError {
         what: &'static str,
         flag: &'static str,
     },
+    #[error("{}: the image does not survive a JSON round trip byte for byte", path.display())]
+    NotLossless { path: PathBuf },
+    #[error("Cannot write to stdout")]
+    Stdout(#[source] std::io::Error),
     #[error("Cannot encode the image")]
     Encode {
         #[source]

@@ -3,8 +3,13 @@
 
 mod cborjson;
 mod cli;
+mod cmd;
+mod compat;
+mod diff;
 mod error;
+mod flatten;
 mod glob;
+mod load;
 mod output;
 mod renames;
 mod sniff;
@@ -13,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, SchemaCommand};
 use crate::error::{one_line, Outcome, ToolError, EXIT_ERROR};
 
 fn main() -> ExitCode {
@@ -28,16 +33,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Outcome, ToolError> {
-    let _json = cli.json;
-    match cli.command {
-        Command::Inspect(_)
-        | Command::Diff(_)
-        | Command::Verify(_)
-        | Command::Schema(_)
-        | Command::Json(_)
-        | Command::Encode(_) => Err(ToolError::NotFound {
-            what: "the image reader",
-            flag: "nothing",
-        }),
+    let json = cli.json;
+    match &cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a, json),
+        Command::Diff(a) => cmd::diff::run(a, json),
+        Command::Verify(a) => cmd::verify::run(a, json),
+        Command::Schema(SchemaCommand::Dump(a)) => cmd::schema::dump(a, json),
+        Command::Schema(SchemaCommand::Check(a)) => cmd::schema::check(a, json),
+        Command::Json(a) => cmd::encode::json(a),
+        Command::Encode(a) => cmd::encode::encode(a, json),
     }
 }

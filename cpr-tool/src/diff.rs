@@ -1,0 +1,363 @@
+//! The semantic diff: two images flattened into leaves, matched by section,
+//! instance and field path (through the renames table), then compared.
+
+use ciborium::Value;
+use cpr_format::Hint;
+use serde::Serialize;
+
+use crate::flatten::Leaf;
+use crate::glob;
+use crate::renames::Renames;
+
+/// One section of an image (or a pseudo-section: `header`, `machine`, `fds`), flattened.
+#[derive(Debug, Clone)]
+pub struct SectionDoc {
+    pub name: String,
+    /// Empty for pseudo-sections.
+    pub instance: String,
+    /// Section version (0 for pseudo-sections).
+    pub version: u32,
+    pub leaves: Vec<Leaf>,
+}
+
+/// A whole image, flattened for comparison.
+#[derive(Debug, Clone, Default)]
+pub struct Doc {
+    pub sections: Vec<SectionDoc>,
+}
+
+/// What to leave out of the comparison.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub timestamps: bool,
+    pub tsc: bool,
+    pub globs: Vec<String>,
+}
+
+impl Filters {
+    /// Whether the leaf at `path` (whose last component is `field`) is ignored.
+    fn ignores(&self, path: &str, leaf_path: &str) -> bool {
+        let last = last_component(leaf_path).to_ascii_lowercase();
+        if self.timestamps
+            && (path.starts_with("header/created")
+                || last.contains("time")
+                || last.contains("clock"))
+        {
+            return true;
+        }
+        if self.tsc && last.contains("tsc") {
+            return true;
+        }
+        self.globs.iter().any(|g| glob::matches(g, path))
+    }
+}
+
+/// The last name in a leaf path: `msrs[3].tsc_offset` -> `tsc_offset`, `lapic[2]` -> `lapic`.
+fn last_component(path: &str) -> &str {
+    let base = path.rsplit('.').next().unwrap_or(path);
+    base.split('[').next().unwrap_or(base)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Changed,
+    Added,
+    Removed,
+}
+
+/// One differing field.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldChange {
+    /// `section/instance/field` (`section/field` for header, machine, fds).
+    pub path: String,
+    pub section: String,
+    pub instance: String,
+    pub field: String,
+    pub kind: ChangeKind,
+    /// The value in A, formatted with its display hint (absent when added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b: Option<String>,
+    /// The field's name in A when the renames table matched it to a new name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
+    /// Type in A and B when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub type_change: Option<(String, String)>,
+    /// For flags: which bits were set and cleared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A section present on one side only, or whose version changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SectionChange {
+    pub section: String,
+    pub instance: String,
+    pub kind: ChangeKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_a: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_b: Option<u32>,
+    /// The section's name in A when the renames table matched it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
+}
+
+/// A field matched across a rename from the renames table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenameUsed {
+    pub section: String,
+    pub instance: String,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiffResult {
+    pub sections: Vec<SectionChange>,
+    pub fields: Vec<FieldChange>,
+    /// Fields matched through the renames table (whether or not their value changed).
+    pub renamed: Vec<RenameUsed>,
+    /// How many differing fields the filters left out.
+    pub ignored: usize,
+}
+
+impl DiffResult {
+    pub fn is_empty(&self) -> bool {
+        self.sections.is_empty() && self.fields.is_empty()
+    }
+}
+
+fn full_path(section: &str, instance: &str, field: &str) -> String {
+    if instance.is_empty() {
+        format!("{section}/{field}")
+    } else {
+        format!("{section}/{instance}/{field}")
+    }
+}
+
+/// `path` with the renamed field prefix `from` replaced by `to`.
+fn rename_path(path: &str, from: &str, to: &str) -> Option<String> {
+    let rest = path.strip_prefix(from)?;
+    if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
+        Some(format!("{to}{rest}"))
+    } else {
+        None
+    }
+}
+
+pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResult {
+    let mut out = DiffResult::default();
+    // A's sections under their newer names.
+    let a_named: Vec<(String, &SectionDoc)> = a
+        .sections
+        .iter()
+        .map(|s| {
+            let name = renames
+                .section_new_name(&s.name)
+                .unwrap_or(&s.name)
+                .to_owned();
+            (name, s)
+        })
+        .collect();
+    let find_b = |name: &str, inst: &str| {
+        b.sections
+            .iter()
+            .find(|s| s.name == name && s.instance == inst)
+    };
+    for (name, sa) in &a_named {
+        // Only apply a section rename when B does not still use the old name.
+        let (name, renamed_from) = if *name != sa.name && find_b(&sa.name, &sa.instance).is_none() {
+            (name.clone(), Some(sa.name.clone()))
+        } else {
+            (sa.name.clone(), None)
+        };
+        match find_b(&name, &sa.instance) {
+            None => out.sections.push(SectionChange {
+                section: sa.name.clone(),
+                instance: sa.instance.clone(),
+                kind: ChangeKind::Removed,
+                version_a: Some(sa.version),
+                version_b: None,
+                renamed_from: None,
+            }),
+            Some(sb) => {
+                if sa.version != sb.version || renamed_from.is_some() {
+                    out.sections.push(SectionChange {
+                        section: name.clone(),
+                        instance: sa.instance.clone(),
+                        kind: ChangeKind::Changed,
+                        version_a: Some(sa.version),
+                        version_b: Some(sb.version),
+                        renamed_from: renamed_from.clone(),
+                    });
+                }
+                diff_section(sa, sb, &name, renames, filters, &mut out);
+            }
+        }
+    }
+    for sb in &b.sections {
+        let matched = a_named
+            .iter()
+            .any(|(n, sa)| sa.instance == sb.instance && (*n == sb.name || sa.name == sb.name));
+        if !matched {
+            out.sections.push(SectionChange {
+                section: sb.name.clone(),
+                instance: sb.instance.clone(),
+                kind: ChangeKind::Added,
+                version_a: None,
+                version_b: Some(sb.version),
+                renamed_from: None,
+            });
+        }
+    }
+    out
+}
+
+fn diff_section(
+    sa: &SectionDoc,
+    sb: &SectionDoc,
+    name: &str,
+    renames: &Renames,
+    filters: &Filters,
+    out: &mut DiffResult,
+) {
+    let b_has = |p: &str| sb.leaves.iter().any(|l| l.path == p);
+    // A's leaves under B's names.
+    let a_leaves: Vec<(String, Option<String>, &Leaf)> = sa
+        .leaves
+        .iter()
+        .map(|l| {
+            for r in renames.fields_of(name) {
+                if let Some(new) = rename_path(&l.path, &r.from, &r.to) {
+                    if !b_has(&l.path) && b_has(&new) {
+                        return (new, Some(r.from.clone()), l);
+                    }
+                }
+            }
+            (l.path.clone(), None, l)
+        })
+        .collect();
+    for (_, from, _) in &a_leaves {
+        let Some(from) = from else { continue };
+        let Some(r) = renames.fields_of(name).find(|r| &r.from == from) else {
+            continue;
+        };
+        let used = RenameUsed {
+            section: name.to_owned(),
+            instance: sa.instance.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+        };
+        if !out.renamed.contains(&used) {
+            out.renamed.push(used);
+        }
+    }
+    let mut push = |change: FieldChange| {
+        if filters.ignores(&change.path, &change.field) {
+            out.ignored += 1;
+        } else {
+            out.fields.push(change);
+        }
+    };
+    for (path, renamed_from, la) in &a_leaves {
+        let lb = sb.leaves.iter().find(|l| &l.path == path);
+        let base = |kind, a: Option<String>, b: Option<String>| FieldChange {
+            path: full_path(name, &sa.instance, path),
+            section: name.to_owned(),
+            instance: sa.instance.clone(),
+            field: path.clone(),
+            kind,
+            a,
+            b,
+            renamed_from: renamed_from.clone(),
+            type_change: None,
+            detail: None,
+        };
+        match lb {
+            // An absent optional field and a field the other version lacks say the same.
+            None if la.value == Value::Null => {}
+            None => push(base(ChangeKind::Removed, Some(la.display.clone()), None)),
+            Some(lb) => {
+                let type_changed = la.ty != lb.ty && la.ty != "?" && lb.ty != "?";
+                if la.value != lb.value {
+                    let mut c = base(
+                        ChangeKind::Changed,
+                        Some(la.display.clone()),
+                        Some(lb.display.clone()),
+                    );
+                    if type_changed {
+                        c.type_change = Some((la.ty.clone(), lb.ty.clone()));
+                    }
+                    if lb.hint == Hint::Flags {
+                        c.detail = flag_detail(&la.value, &lb.value);
+                    }
+                    push(c);
+                } else if type_changed {
+                    let mut c = base(
+                        ChangeKind::Changed,
+                        Some(la.display.clone()),
+                        Some(lb.display.clone()),
+                    );
+                    c.type_change = Some((la.ty.clone(), lb.ty.clone()));
+                    push(c);
+                }
+            }
+        }
+    }
+    for lb in &sb.leaves {
+        if lb.value != Value::Null && !a_leaves.iter().any(|(p, _, _)| *p == lb.path) {
+            push(FieldChange {
+                path: full_path(name, &sb.instance, &lb.path),
+                section: name.to_owned(),
+                instance: sb.instance.clone(),
+                field: lb.path.clone(),
+                kind: ChangeKind::Added,
+                a: None,
+                b: Some(lb.display.clone()),
+                renamed_from: None,
+                type_change: None,
+                detail: None,
+            });
+        }
+    }
+}
+
+/// "set bit 9; cleared bits 0, 3" for two integers shown as flags.
+fn flag_detail(a: &Value, b: &Value) -> Option<String> {
+    let (Value::Integer(a), Value::Integer(b)) = (a, b) else {
+        return None;
+    };
+    let (a, b) = (i128::from(*a) as u128, i128::from(*b) as u128);
+    let bits = |m: u128| -> Vec<String> {
+        (0..128)
+            .filter(|i| m >> i & 1 == 1)
+            .map(|i: u32| i.to_string())
+            .collect()
+    };
+    let set = bits(b & !a);
+    let cleared = bits(a & !b);
+    let mut parts = Vec::new();
+    if !set.is_empty() {
+        parts.push(format!("set bit{} {}", plural(set.len()), set.join(", ")));
+    }
+    if !cleared.is_empty() {
+        parts.push(format!(
+            "cleared bit{} {}",
+            plural(cleared.len()),
+            cleared.join(", ")
+        ));
+    }
+    Some(parts.join("; "))
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

@@ -1,0 +1,143 @@
+//! Opening inputs: images (with a useful message for non-images), stored schemas,
+//! and the schemas directory.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use cpr_format::{Error as FormatError, Image, Schema};
+
+use crate::error::ToolError;
+use crate::renames::find_upwards;
+use crate::sniff;
+
+/// How much of a non-image to read to say what it looks like.
+const SNIFF_LIMIT: u64 = 16 << 20;
+
+/// Open and fully validate an image, region data included: a command never shows
+/// an image whose bytes it has not checked.
+pub fn image(path: &Path) -> Result<Image, ToolError> {
+    let len = std::fs::metadata(path)
+        .map_err(|source| ToolError::Read {
+            path: path.to_owned(),
+            source,
+        })?
+        .len();
+    if len == 0 {
+        return Err(ToolError::NotAnImage {
+            path: path.to_owned(),
+            looks_like: sniff::describe(&[]),
+        });
+    }
+    let bad = |source: FormatError| ToolError::BadImage {
+        path: path.to_owned(),
+        source: Box::new(source),
+    };
+    match Image::open(path) {
+        Ok(img) => {
+            img.verify_regions().map_err(bad)?;
+            Ok(img)
+        }
+        // A mangled signature is better explained by the format's own message.
+        Err(FormatError::BadSignature {
+            text_mode_mangled: false,
+            ..
+        }) => Err(ToolError::NotAnImage {
+            path: path.to_owned(),
+            looks_like: sniff::describe(&head(path)?),
+        }),
+        Err(FormatError::Io { source, .. }) => Err(ToolError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) => Err(bad(e)),
+    }
+}
+
+fn head(path: &Path) -> Result<Vec<u8>, ToolError> {
+    let read = |source| ToolError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read)?
+        .take(SNIFF_LIMIT)
+        .read_to_end(&mut buf)
+        .map_err(read)?;
+    Ok(buf)
+}
+
+/// The schemas directory: `--schemas-dir`, `$CPR_TOOL_SCHEMAS_DIR`, or
+/// fixtures/schemas found upwards from the current directory.
+pub fn schemas_dir(explicit: Option<&Path>) -> Result<PathBuf, ToolError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("CPR_TOOL_SCHEMAS_DIR") {
+        return Ok(PathBuf::from(p));
+    }
+    find_upwards("fixtures/schemas").ok_or(ToolError::NotFound {
+        what: "the schemas directory (fixtures/schemas)",
+        flag: "--schemas-dir",
+    })
+}
+
+/// A schema stored as JSON (as `fixtures/schemas/VERSION.json`).
+pub fn schema_file(path: &Path) -> Result<Schema, ToolError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ToolError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ToolError::BadSchema {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// The stored schema of VMM `version`.
+pub fn schema_version(version: &str, dir: &Path) -> Result<(Schema, PathBuf), ToolError> {
+    // A version is a name in the directory, never a path out of it.
+    if version.is_empty() || version.contains(['/', '\\']) || version.starts_with('.') {
+        return Err(ToolError::NoSchema {
+            version: version.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    let path = dir.join(format!("{version}.json"));
+    if !path.exists() {
+        return Err(ToolError::NoSchema {
+            version: version.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    Ok((schema_file(&path)?, path))
+}
+
+/// Where a schema for `schema check` came from.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum SchemaSource {
+    File(String),
+    Version(String),
+    Image(String),
+}
+
+/// A schema named on the command line: an existing file (JSON schema or image), else
+/// a version in the schemas directory.
+pub fn schema_any(arg: &str, dir: Option<&Path>) -> Result<(Schema, SchemaSource), ToolError> {
+    let p = Path::new(arg);
+    if p.is_file() {
+        let looks_json = head(p)?
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'{');
+        if looks_json {
+            return Ok((schema_file(p)?, SchemaSource::File(arg.to_owned())));
+        }
+        let img = image(p)?;
+        return Ok((img.schema().clone(), SchemaSource::Image(arg.to_owned())));
+    }
+    let dir = schemas_dir(dir)?;
+    let (s, _) = schema_version(arg, &dir)?;
+    Ok((s, SchemaSource::Version(arg.to_owned())))
+}
