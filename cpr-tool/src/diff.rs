@@ -5,6 +5,7 @@ use ciborium::Value;
 use cpr_format::Hint;
 use serde::Serialize;
 
+use crate::cborjson;
 use crate::flatten::Leaf;
 use crate::glob;
 use crate::renames::Renames;
@@ -15,8 +16,8 @@ pub struct SectionDoc {
     pub name: String,
     /// Empty for pseudo-sections.
     pub instance: String,
-    /// Section version (0 for pseudo-sections).
-    pub version: u32,
+    /// Section version (`None` for pseudo-sections).
+    pub version: Option<u32>,
     pub leaves: Vec<Leaf>,
 }
 
@@ -80,6 +81,11 @@ pub struct FieldChange {
     pub a: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub b: Option<String>,
+    /// The values themselves, as `cpr-tool json` writes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub a_value: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b_value: Option<serde_json::Value>,
     /// The field's name in A when the renames table matched it to a new name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renamed_from: Option<String>,
@@ -180,7 +186,7 @@ pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResul
                 section: sa.name.clone(),
                 instance: sa.instance.clone(),
                 kind: ChangeKind::Removed,
-                version_a: Some(sa.version),
+                version_a: sa.version,
                 version_b: None,
                 renamed_from: None,
             }),
@@ -190,8 +196,8 @@ pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResul
                         section: name.clone(),
                         instance: sa.instance.clone(),
                         kind: ChangeKind::Changed,
-                        version_a: Some(sa.version),
-                        version_b: Some(sb.version),
+                        version_a: sa.version,
+                        version_b: sb.version,
                         renamed_from: renamed_from.clone(),
                     });
                 }
@@ -209,7 +215,7 @@ pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResul
                 instance: sb.instance.clone(),
                 kind: ChangeKind::Added,
                 version_a: None,
-                version_b: Some(sb.version),
+                version_b: sb.version,
                 renamed_from: None,
             });
         }
@@ -271,6 +277,11 @@ fn diff_section(
             instance: sa.instance.clone(),
             field: path.clone(),
             kind,
+            a_value: a.as_ref().map(|_| cborjson::to_json(&la.value)),
+            b_value: match (&b, lb) {
+                (Some(_), Some(lb)) => Some(cborjson::to_json(&lb.value)),
+                _ => None,
+            },
             a,
             b,
             renamed_from: renamed_from.clone(),
@@ -318,6 +329,8 @@ fn diff_section(
                 kind: ChangeKind::Added,
                 a: None,
                 b: Some(lb.display.clone()),
+                a_value: None,
+                b_value: Some(cborjson::to_json(&lb.value)),
                 renamed_from: None,
                 type_change: None,
                 detail: None,

@@ -1,7 +1,8 @@
 //! Section states as VMM 0.2.0 writes them: `serial` v2 renamed `scratch` to `scr`
-//! (listed in fixtures/renames.toml) and added an optional `fifo_enabled`;
-//! `cpu.regs` v2 adds the other general-purpose registers as optional fields;
-//! a new optional `cpu.xsave` section carries the XSAVE area.
+//! (listed in fixtures/renames.toml) and added an optional `fifo_enabled`, still
+//! loadable by v1 readers; `cpu.regs` v2 adds registers as optional fields; a new
+//! required `cpu.xsave` section carries the XSAVE area, so 0.1.0 cannot load 0.2.0
+//! images while 0.2.0 loads 0.1.0 images (upgrade only).
 
 pub use super::v1::{Clock, Msrs, Sregs};
 
@@ -22,7 +23,7 @@ cpr_format::state! {
     }
 
     /// 16550 UART registers.
-    #[section(name = "serial", version = 2, min_version = 2, required = true)]
+    #[section(name = "serial", version = 2, min_version = 1, required = true)]
     pub struct Serial {
         #[hint(hex)] pub ier: u8,
         #[hint(hex)] pub iir: u8,
@@ -38,7 +39,7 @@ cpr_format::state! {
     }
 
     /// The XSAVE area of one vCPU.
-    #[section(name = "cpu.xsave", version = 1, min_version = 1, required = false)]
+    #[section(name = "cpu.xsave", version = 1, min_version = 1, required = true)]
     pub struct Xsave {
         #[hint(flags)] pub xcr0: u64,
         pub region: cpr_format::Bytes

@@ -36,7 +36,7 @@ fn pseudo(name: &str, instance: &str, v: &Value) -> SectionDoc {
     SectionDoc {
         name: name.to_owned(),
         instance: instance.to_owned(),
-        version: 0,
+        version: None,
         leaves,
     }
 }
@@ -92,7 +92,7 @@ pub fn document(path: &Path, img: &Image) -> Result<Doc, ToolError> {
         sections.push(SectionDoc {
             name: s.name.clone(),
             instance: s.instance.clone(),
-            version: s.version,
+            version: Some(s.version),
             leaves: super::section_leaves(path, img, s)?,
         });
     }
