@@ -197,7 +197,7 @@ pub fn hex_encode(b: &[u8]) -> String {
 }
 
 pub fn hex_decode(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if s.len() & 1 != 0 {
         return Err(format!("odd number of hex digits ({})", s.len()));
     }
     s.as_bytes()
