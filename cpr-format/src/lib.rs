@@ -78,6 +78,7 @@ mod image;
 mod layout;
 mod macros;
 mod model;
+pub mod sample;
 mod schema;
 mod writer;
 
