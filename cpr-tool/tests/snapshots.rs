@@ -28,6 +28,16 @@ const RENAMES: &str = "../../renames.toml";
 fn inspect() {
     snap("inspect_vm_0.1.0", &["inspect", "vm-0.1.0.cpr"], 0);
     snap("inspect_reboot_0.2.0", &["inspect", "reboot-0.2.0.cpr"], 0);
+    snap(
+        "inspect_format_typical",
+        &["inspect", "format-typical.cpr"],
+        0,
+    );
+    snap(
+        "inspect_format_typical",
+        &["inspect", "format-typical.cpr"],
+        0,
+    );
 }
 
 #[test]
@@ -50,6 +60,22 @@ fn inspect_section() {
     snap(
         "inspect_section_msrs",
         &["inspect", "vm-0.1.0.cpr", "--section", "cpu.msrs/1"],
+        0,
+    );
+    // Long byte strings, fixed arrays, options with and without a value.
+    snap(
+        "inspect_section_typical_ext",
+        &["inspect", "format-typical.cpr", "--section", "cpu.ext/2"],
+        0,
+    );
+    snap(
+        "inspect_section_typical_dev",
+        &[
+            "inspect",
+            "format-typical.cpr",
+            "--section",
+            "dev.generic/dev1",
+        ],
         0,
     );
 }
@@ -99,6 +125,12 @@ fn diff() {
 #[test]
 fn verify() {
     snap("verify_integrity", &["verify", "reboot-0.2.0.cpr"], 0);
+    // cpr-format's typical sample has made-up fd identities: verify says what is wrong.
+    snap("verify_inconsistent", &["verify", "format-typical.cpr"], 1);
+    snap("verify_small", &["verify", "format-small.cpr"], 1);
+    // cpr-format's typical sample has made-up fd identities: verify says what is wrong.
+    snap("verify_inconsistent", &["verify", "format-typical.cpr"], 1);
+    snap("verify_small", &["verify", "format-small.cpr"], 1);
     snap(
         "verify_target_ok",
         &[

@@ -299,6 +299,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write(image_v2(1, Mode::Restart)?, "vm-0.2.0.cpr")?;
     write(image_v2(2, Mode::Restart)?, "vm-0.2.0-later.cpr")?;
     write(image_v2(1, Mode::Reboot)?, "reboot-0.2.0.cpr")?;
+    // cpr-format's own samples: a larger machine (4 vCPUs, 12 devices, 20 fds with
+    // made-up identities) and a tiny one with a region.
+    write(cpr_format::sample::typical_writer()?, "format-typical.cpr")?;
+    write(cpr_format::sample::small_writer()?, "format-small.cpr")?;
     write_schema(&schema_v1(), "0.1.0")?;
     write_schema(&schema_v2(), "0.2.0")?;
     Ok(())

@@ -24,7 +24,20 @@ pub enum Status {
 pub struct Check {
     pub check: &'static str,
     pub status: Status,
+    /// The problems joined with "; " (or what was checked, when ok).
     pub detail: String,
+    /// Each problem found, one per entry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+fn failed(check: &'static str, status: Status, problems: Vec<String>) -> Check {
+    Check {
+        check,
+        status,
+        detail: problems.join("; "),
+        problems,
+    }
 }
 
 fn ok(check: &'static str, detail: String) -> Check {
@@ -32,6 +45,7 @@ fn ok(check: &'static str, detail: String) -> Check {
         check,
         status: Status::Ok,
         detail,
+        problems: Vec::new(),
     }
 }
 
@@ -66,10 +80,16 @@ impl Report for VerifyReport {
         let mut out = String::new();
         let mut t = table(&["check", "result", "detail"]);
         for c in &self.checks {
+            // One problem per line: a long joined sentence is unreadable in a table.
+            let detail = if c.problems.is_empty() {
+                c.detail.clone()
+            } else {
+                c.problems.join("\n")
+            };
             t.add_row(vec![
                 c.check.to_owned(),
                 status_word(c.status).to_owned(),
-                c.detail.clone(),
+                detail,
             ]);
         }
         output::section(&mut out, &format!("Integrity of {}", self.file), &t);
@@ -205,7 +225,7 @@ fn ram_check(img: &Image) -> Check {
         if !needs_fd {
             continue;
         }
-        // By name first (ram.NAME or NAME), else the one RAM fd of the block's size.
+        // By name first (ram.NAME or NAME), else the one unused RAM fd of the block's size.
         let by_name = fds
             .iter()
             .find(|f| is_ram_fd(&f.kind) && (f.name == region_name || f.name == b.name));
@@ -215,11 +235,23 @@ fn ram_check(img: &Image) -> Check {
                 is_ram_fd(&f.kind) && f.identity.size == b.size && !used.contains(f.name.as_str())
             })
             .collect();
-        let fd = by_name.or(if by_size.len() == 1 {
-            Some(by_size[0])
-        } else {
-            None
-        });
+        let unused: Vec<_> = fds
+            .iter()
+            .filter(|f| is_ram_fd(&f.kind) && !used.contains(f.name.as_str()))
+            .collect();
+        // Failing name and size, the only RAM fd left is the block's (with a size
+        // problem reported below) rather than "missing" plus "unmatched".
+        let fd = by_name
+            .or(if by_size.len() == 1 {
+                Some(by_size[0])
+            } else {
+                None
+            })
+            .or(if unused.len() == 1 {
+                Some(unused[0])
+            } else {
+                None
+            });
         match fd {
             None => problems.push(format!("{}: no memfd in the fd manifest", b.name)),
             Some(f) => {
@@ -247,11 +279,7 @@ fn ram_check(img: &Image) -> Check {
             "ram blocks",
             format!("{n} block{} backed as the {} mode needs", plural(n), h.mode),
         ),
-        false => Check {
-            check: "ram blocks",
-            status: Status::Error,
-            detail: problems.join("; "),
-        },
+        false => failed("ram blocks", Status::Error, problems),
     }
 }
 
@@ -295,11 +323,7 @@ fn fd_check(img: &Image) -> Check {
             ),
         )
     } else {
-        Check {
-            check: "fd manifest",
-            status: Status::Error,
-            detail: problems.join("; "),
-        }
+        failed("fd manifest", Status::Error, problems)
     }
 }
 
@@ -356,11 +380,7 @@ fn machine_check(img: &Image) -> Vec<Check> {
             ),
         )
     } else {
-        Check {
-            check: "vcpus",
-            status: Status::Error,
-            detail: errors.join("; "),
-        }
+        failed("vcpus", Status::Error, errors)
     }];
     out.push(if warnings.is_empty() {
         ok(
@@ -372,11 +392,7 @@ fn machine_check(img: &Image) -> Vec<Check> {
             ),
         )
     } else {
-        Check {
-            check: "devices",
-            status: Status::Warning,
-            detail: warnings.join("; "),
-        }
+        failed("devices", Status::Warning, warnings)
     });
     out
 }
