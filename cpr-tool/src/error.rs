@@ -66,6 +66,17 @@ pub enum ToolError {
         wanted: String,
         available: String,
     },
+    /// The format's own message already says "Not a cpr image".
+    #[error("{}", path.display())]
+    BadSignature {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "--raw shows one section, but {selector} matches {count} instances: give NAME/INSTANCE"
+    )]
+    Ambiguous { selector: String, count: usize },
     #[error("Bad section selector {0:?}: expected NAME or NAME/INSTANCE")]
     BadSelector(String),
     #[error("No stored schema for version {version} in {}", dir.display())]

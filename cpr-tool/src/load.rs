@@ -10,6 +10,10 @@ use crate::error::ToolError;
 use crate::renames::find_upwards;
 use crate::sniff;
 
+/// A signature mismatch at or after this offset (past the self-describe tag, the
+/// array head, the byte-string head and the signature's first byte) is damage.
+const DAMAGED_SIGNATURE_FROM: u64 = 6;
+
 /// How much of a non-image to read to say what it looks like.
 const SNIFF_LIMIT: u64 = 16 << 20;
 
@@ -37,11 +41,21 @@ pub fn image(path: &Path) -> Result<Image, ToolError> {
             img.verify_regions().map_err(bad)?;
             Ok(img)
         }
-        // A mangled signature is better explained by the format's own message.
-        Err(FormatError::BadSignature {
-            text_mode_mangled: false,
-            ..
-        }) => Err(ToolError::NotAnImage {
+        // A file that starts like an image (tag, array and signature heads) but whose
+        // signature differs later, or was mangled in transfer, is a damaged image:
+        // the format's message says where. Anything else is named by what it is.
+        Err(
+            e @ FormatError::BadSignature {
+                offset,
+                text_mode_mangled,
+            },
+        ) if text_mode_mangled || offset >= DAMAGED_SIGNATURE_FROM => {
+            Err(ToolError::BadSignature {
+                path: path.to_owned(),
+                source: Box::new(e),
+            })
+        }
+        Err(FormatError::BadSignature { .. }) => Err(ToolError::NotAnImage {
             path: path.to_owned(),
             looks_like: sniff::describe(&head(path)?),
         }),

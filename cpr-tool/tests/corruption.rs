@@ -97,4 +97,27 @@ fn damage_is_named() {
     std::fs::write(dir.join("short.cpr"), &good[..100]).unwrap();
     let r = run_in(&dir, &["inspect", "short.cpr"]);
     assert!(r.stderr.contains("Truncated image"), "{}", r.stderr);
+
+    // Damage inside the signature is a damaged image, not "some other CBOR".
+    let mut bad = good.clone();
+    bad[7] ^= 0x80;
+    std::fs::write(dir.join("sig.cpr"), &bad).unwrap();
+    let r = run_in(&dir, &["inspect", "sig.cpr"]);
+    assert_error(&r, "signature flip");
+    assert_eq!(
+        r.stderr,
+        "cpr-tool: sig.cpr: Not a cpr image: bad signature at byte 7\n"
+    );
+    // A text-mode transfer turned the signature's CR LF into LF.
+    let pos = good.windows(2).position(|w| w == b"\r\n").unwrap();
+    let mut mangled = good[..pos].to_vec();
+    mangled.extend_from_slice(&good[pos + 1..]);
+    std::fs::write(dir.join("text.cpr"), &mangled).unwrap();
+    let r = run_in(&dir, &["inspect", "text.cpr"]);
+    assert_error(&r, "text-mode transfer");
+    assert!(
+        r.stderr.contains("mangled by a text-mode transfer"),
+        "{}",
+        r.stderr
+    );
 }

@@ -323,6 +323,21 @@ impl Report for Raw {
     }
 }
 
+fn read_prefix(path: &std::path::Path, len: u64) -> Result<Vec<u8>, ToolError> {
+    use std::io::Read;
+    let read = |source| ToolError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read)?
+        .take(len)
+        .read_to_end(&mut buf)
+        .map_err(read)?;
+    Ok(buf)
+}
+
 /// Sections selected by `NAME` or `NAME/INSTANCE`.
 pub fn select<'a>(
     img: &'a Image,
@@ -362,15 +377,8 @@ pub fn run(args: &InspectArgs, json: bool) -> Result<Outcome, ToolError> {
     match (&args.section, args.raw) {
         (None, false) => emit(&overview(args, &img), json).map_err(write)?,
         (None, true) => {
-            let bytes = img
-                .to_bytes()
-                .map_err(|e| ToolError::BadImage {
-                    path: args.image.clone(),
-                    source: Box::new(e),
-                })?
-                .into_iter()
-                .take(img.metadata_len() as usize)
-                .collect::<Vec<u8>>();
+            // The metadata only: region data (guest RAM) can be gigabytes.
+            let bytes = read_prefix(&args.image, img.metadata_len())?;
             let raw = Raw {
                 file,
                 what: "metadata".into(),
@@ -384,10 +392,10 @@ pub fn run(args: &InspectArgs, json: bool) -> Result<Outcome, ToolError> {
         (Some(sel), true) => {
             let sections = select(&img, sel, &args.image)?;
             let [s] = sections.as_slice() else {
-                return Err(ToolError::BadSelector(format!(
-                    "{sel} (matches {} instances; --raw needs NAME/INSTANCE)",
-                    sections.len()
-                )));
+                return Err(ToolError::Ambiguous {
+                    selector: sel.clone(),
+                    count: sections.len(),
+                });
             };
             let bytes = s.payload_bytes().to_vec();
             let raw = Raw {
