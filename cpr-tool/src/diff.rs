@@ -155,33 +155,63 @@ fn rename_path(path: &str, from: &str, to: &str) -> Option<String> {
     }
 }
 
+/// Each section of `doc` under the name to match it by: the newer name from the
+/// renames table when `other` uses that name (and not the old one), with the old name.
+fn section_keys<'a>(
+    doc: &'a Doc,
+    other: &Doc,
+    renames: &Renames,
+) -> Vec<(String, Option<String>, &'a SectionDoc)> {
+    let has = |d: &Doc, name: &str, inst: &str| {
+        d.sections
+            .iter()
+            .any(|s| s.name == name && s.instance == inst)
+    };
+    doc.sections
+        .iter()
+        .map(|s| match renames.section_new_name(&s.name) {
+            Some(to) if !has(other, &s.name, &s.instance) && has(other, to, &s.instance) => {
+                (to.to_owned(), Some(s.name.clone()), s)
+            }
+            _ => (s.name.clone(), None, s),
+        })
+        .collect()
+}
+
+/// Each leaf of `leaves` under the path to match it by (see [`section_keys`]).
+fn leaf_keys<'a>(
+    leaves: &'a [Leaf],
+    other: &[Leaf],
+    section: &str,
+    renames: &Renames,
+) -> Vec<(String, Option<String>, &'a Leaf)> {
+    let other_has = |p: &str| other.iter().any(|l| l.path == p);
+    leaves
+        .iter()
+        .map(|l| {
+            for r in renames.fields_of(section) {
+                if let Some(new) = rename_path(&l.path, &r.from, &r.to) {
+                    if !other_has(&l.path) && other_has(&new) {
+                        return (new, Some(r.from.clone()), l);
+                    }
+                }
+            }
+            (l.path.clone(), None, l)
+        })
+        .collect()
+}
+
+/// Compare two flattened images. Renames apply in both directions, so an older
+/// image may be A or B.
 pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResult {
     let mut out = DiffResult::default();
-    // A's sections under their newer names.
-    let a_named: Vec<(String, &SectionDoc)> = a
-        .sections
-        .iter()
-        .map(|s| {
-            let name = renames
-                .section_new_name(&s.name)
-                .unwrap_or(&s.name)
-                .to_owned();
-            (name, s)
-        })
-        .collect();
-    let find_b = |name: &str, inst: &str| {
-        b.sections
+    let a_keys = section_keys(a, b, renames);
+    let b_keys = section_keys(b, a, renames);
+    for (name, a_from, sa) in &a_keys {
+        let sb = b_keys
             .iter()
-            .find(|s| s.name == name && s.instance == inst)
-    };
-    for (name, sa) in &a_named {
-        // Only apply a section rename when B does not still use the old name.
-        let (name, renamed_from) = if *name != sa.name && find_b(&sa.name, &sa.instance).is_none() {
-            (name.clone(), Some(sa.name.clone()))
-        } else {
-            (sa.name.clone(), None)
-        };
-        match find_b(&name, &sa.instance) {
+            .find(|(n, _, sb)| n == name && sb.instance == sa.instance);
+        match sb {
             None => out.sections.push(SectionChange {
                 section: sa.name.clone(),
                 instance: sa.instance.clone(),
@@ -190,7 +220,8 @@ pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResul
                 version_b: None,
                 renamed_from: None,
             }),
-            Some(sb) => {
+            Some((_, b_from, sb)) => {
+                let renamed_from = a_from.clone().or_else(|| b_from.clone());
                 if sa.version != sb.version || renamed_from.is_some() {
                     out.sections.push(SectionChange {
                         section: name.clone(),
@@ -198,18 +229,18 @@ pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResul
                         kind: ChangeKind::Changed,
                         version_a: sa.version,
                         version_b: sb.version,
-                        renamed_from: renamed_from.clone(),
+                        renamed_from,
                     });
                 }
-                diff_section(sa, sb, &name, renames, filters, &mut out);
+                diff_section(sa, sb, name, renames, filters, &mut out);
             }
         }
     }
-    for sb in &b.sections {
-        let matched = a_named
+    for (name, _, sb) in &b_keys {
+        if !a_keys
             .iter()
-            .any(|(n, sa)| sa.instance == sb.instance && (*n == sb.name || sa.name == sb.name));
-        if !matched {
+            .any(|(n, _, sa)| n == name && sa.instance == sb.instance)
+        {
             out.sections.push(SectionChange {
                 section: sb.name.clone(),
                 instance: sb.instance.clone(),
@@ -231,23 +262,9 @@ fn diff_section(
     filters: &Filters,
     out: &mut DiffResult,
 ) {
-    let b_has = |p: &str| sb.leaves.iter().any(|l| l.path == p);
-    // A's leaves under B's names.
-    let a_leaves: Vec<(String, Option<String>, &Leaf)> = sa
-        .leaves
-        .iter()
-        .map(|l| {
-            for r in renames.fields_of(name) {
-                if let Some(new) = rename_path(&l.path, &r.from, &r.to) {
-                    if !b_has(&l.path) && b_has(&new) {
-                        return (new, Some(r.from.clone()), l);
-                    }
-                }
-            }
-            (l.path.clone(), None, l)
-        })
-        .collect();
-    for (_, from, _) in &a_leaves {
+    let a_leaves = leaf_keys(&sa.leaves, &sb.leaves, name, renames);
+    let b_leaves = leaf_keys(&sb.leaves, &sa.leaves, name, renames);
+    for (_, from, _) in a_leaves.iter().chain(&b_leaves) {
         let Some(from) = from else { continue };
         let Some(r) = renames.fields_of(name).find(|r| &r.from == from) else {
             continue;
@@ -269,8 +286,12 @@ fn diff_section(
             out.fields.push(change);
         }
     };
-    for (path, renamed_from, la) in &a_leaves {
-        let lb = sb.leaves.iter().find(|l| &l.path == path);
+    for (path, a_from, la) in &a_leaves {
+        let matched = b_leaves.iter().find(|(p, _, _)| p == path);
+        let lb = matched.map(|(_, _, l)| *l);
+        let renamed_from = a_from
+            .clone()
+            .or_else(|| matched.and_then(|(_, f, _)| f.clone()));
         let base = |kind, a: Option<String>, b: Option<String>| FieldChange {
             path: full_path(name, &sa.instance, path),
             section: name.to_owned(),
@@ -319,13 +340,13 @@ fn diff_section(
             }
         }
     }
-    for lb in &sb.leaves {
-        if lb.value != Value::Null && !a_leaves.iter().any(|(p, _, _)| *p == lb.path) {
+    for (path, _, lb) in &b_leaves {
+        if lb.value != Value::Null && !a_leaves.iter().any(|(p, _, _)| p == path) {
             push(FieldChange {
-                path: full_path(name, &sb.instance, &lb.path),
+                path: full_path(name, &sb.instance, path),
                 section: name.to_owned(),
                 instance: sb.instance.clone(),
-                field: lb.path.clone(),
+                field: path.clone(),
                 kind: ChangeKind::Added,
                 a: None,
                 b: Some(lb.display.clone()),
@@ -372,5 +393,116 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn leaf(path: &str, v: u64) -> Leaf {
+        Leaf {
+            path: path.into(),
+            ty: "u64".into(),
+            hint: Hint::Hex,
+            display: format!("{v:#x}"),
+            value: Value::Integer(v.into()),
+        }
+    }
+
+    fn doc(section: &str, leaves: Vec<Leaf>) -> Doc {
+        Doc {
+            sections: vec![SectionDoc {
+                name: section.into(),
+                instance: "0".into(),
+                version: Some(1),
+                leaves,
+            }],
+        }
+    }
+
+    fn table() -> Renames {
+        Renames::parse(
+            "[[section]]\nfrom = 'uart'\nto = 'serial'\n\n\
+             [[field]]\nsection = 'serial'\nfrom = 'regs.scratch'\nto = 'regs.scr'\n",
+            Path::new("renames.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn section_and_nested_field_renames_match_in_both_directions() {
+        let old = doc("uart", vec![leaf("regs.scratch", 1), leaf("lcr", 3)]);
+        let new = doc("serial", vec![leaf("regs.scr", 2), leaf("lcr", 3)]);
+        for (a, b) in [(&old, &new), (&new, &old)] {
+            let r = diff(a, b, &table(), &Filters::default());
+            assert_eq!(r.sections.len(), 1, "{:?}", r.sections);
+            assert_eq!(r.sections[0].kind, ChangeKind::Changed);
+            assert_eq!(r.sections[0].section, "serial");
+            assert_eq!(r.sections[0].renamed_from.as_deref(), Some("uart"));
+            assert_eq!(r.fields.len(), 1, "{:?}", r.fields);
+            assert_eq!(r.fields[0].path, "serial/0/regs.scr");
+            assert_eq!(r.fields[0].renamed_from.as_deref(), Some("regs.scratch"));
+            assert_eq!(r.renamed.len(), 1);
+        }
+    }
+
+    #[test]
+    fn without_the_table_renames_are_removals_and_additions() {
+        let old = doc("serial", vec![leaf("regs.scratch", 1)]);
+        let new = doc("serial", vec![leaf("regs.scr", 1)]);
+        let r = diff(&old, &new, &Renames::default(), &Filters::default());
+        let kinds: Vec<_> = r
+            .fields
+            .iter()
+            .map(|f| (f.kind, f.field.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ChangeKind::Removed, "regs.scratch"),
+                (ChangeKind::Added, "regs.scr")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_still_in_use_is_not_renamed() {
+        // B has both the old and the new name: they are different fields.
+        let a = doc("serial", vec![leaf("regs.scratch", 1)]);
+        let b = doc("serial", vec![leaf("regs.scratch", 1), leaf("regs.scr", 1)]);
+        let r = diff(&a, &b, &table(), &Filters::default());
+        assert_eq!(r.fields.len(), 1);
+        assert_eq!(r.fields[0].kind, ChangeKind::Added);
+        assert!(r.renamed.is_empty());
+    }
+
+    #[test]
+    fn filters_count_what_they_hide() {
+        let flags = |v: u64| Leaf {
+            hint: Hint::Flags,
+            ..leaf("efer", v)
+        };
+        let a = doc(
+            "cpu.msrs",
+            vec![leaf("tsc", 1), leaf("tsc_deadline", 1), flags(1)],
+        );
+        let b = doc(
+            "cpu.msrs",
+            vec![leaf("tsc", 2), leaf("tsc_deadline", 2), flags(2)],
+        );
+        let f = Filters {
+            tsc: true,
+            ..Filters::default()
+        };
+        let r = diff(&a, &b, &Renames::default(), &f);
+        assert_eq!(r.ignored, 2);
+        assert_eq!(r.fields.len(), 1);
+        assert_eq!(r.fields[0].path, "cpu.msrs/0/efer");
+        assert_eq!(
+            r.fields[0].detail.as_deref(),
+            Some("set bit 1; cleared bit 0")
+        );
     }
 }
