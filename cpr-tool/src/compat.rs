@@ -231,4 +231,26 @@ mod tests {
         assert_eq!(bridged.len(), 1);
         assert_eq!(bridged[0].from, "scratch");
     }
+
+    #[test]
+    fn renamed_section_is_not_unknown() {
+        let renames = Renames::parse(
+            "[[section]]\nfrom = 'uart'\nto = 'serial'\n",
+            std::path::Path::new("r.toml"),
+        )
+        .unwrap();
+        let mut old = schema("scr");
+        let mut sec = old.get("serial").cloned().unwrap();
+        old.sections.clear();
+        sec.name = "uart".into();
+        old.insert(sec);
+        let new = schema("scr");
+        assert!(!compat::check(&old, &new).is_compatible());
+        let (report, bridged) = check(&old, &new, &renames);
+        assert!(report.findings.is_empty(), "{report:?}");
+        assert_eq!(bridged[0].field, None);
+        // The other direction (old reader, new image) is bridged too.
+        let (report, _) = check(&new, &old, &renames);
+        assert!(report.findings.is_empty(), "{report:?}");
+    }
 }

@@ -156,3 +156,23 @@ fn bad_renames_table_is_an_error() {
     common::assert_error(&r, "bad renames table");
     assert!(r.stderr.contains("invalid renames table"), "{}", r.stderr);
 }
+
+#[test]
+fn rename_is_matched_with_the_older_image_second() {
+    let (_, v) = diff_json(&[
+        "vm-0.2.0.cpr",
+        "vm-0.1.0.cpr",
+        "--renames",
+        "../../renames.toml",
+    ]);
+    let scr = v["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "serial/serial0/scr")
+        .expect("matched under the newer name");
+    assert_eq!(scr["renamed_from"], "scratch");
+    assert_eq!(scr["a"], "0x5b");
+    assert_eq!(scr["b"], "0x5a");
+    assert!(!field_paths(&v).iter().any(|p| p.contains("scratch")));
+}

@@ -18,6 +18,9 @@ struct Overview {
     metadata_len: u64,
     header: HeaderView,
     machine: cpr_format::MachineDesc,
+    /// Each device with the sections (instance = device id) and back-end fds
+    /// (named `ID.something`) that belong to it.
+    devices: Vec<DeviceRow>,
     sections: Vec<SectionRow>,
     fds: Vec<FdEntry>,
     regions: Vec<RegionRow>,
@@ -30,6 +33,14 @@ struct HeaderView {
     created: String,
     host: cpr_format::HostInfo,
     mode: cpr_format::Mode,
+}
+
+#[derive(Serialize)]
+struct DeviceRow {
+    id: String,
+    kind: String,
+    sections: Vec<String>,
+    fds: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -106,6 +117,27 @@ fn overview(args: &InspectArgs, img: &Image) -> Overview {
             mode: h.mode,
         },
         machine: h.machine.clone(),
+        devices: h
+            .machine
+            .devices
+            .iter()
+            .map(|d| DeviceRow {
+                id: d.id.clone(),
+                kind: d.kind.clone(),
+                sections: img
+                    .sections()
+                    .iter()
+                    .filter(|s| s.instance == d.id)
+                    .map(|s| s.name.clone())
+                    .collect(),
+                fds: img
+                    .fd_manifest()
+                    .iter()
+                    .filter(|f| f.name.split('.').next() == Some(d.id.as_str()))
+                    .map(|f| f.name.clone())
+                    .collect(),
+            })
+            .collect(),
         sections: img.sections().iter().map(section_row).collect(),
         fds: img.fd_manifest().to_vec(),
         // load::image verified every region digest.
@@ -166,9 +198,14 @@ impl Report for Overview {
         }
         output::section(&mut out, "RAM blocks", &t);
 
-        let mut t = table(&["id", "kind"]);
-        for d in &self.machine.devices {
-            t.add_row(vec![d.id.clone(), d.kind.clone()]);
+        let mut t = table(&["id", "kind", "sections", "fds"]);
+        for d in &self.devices {
+            t.add_row(vec![
+                d.id.clone(),
+                d.kind.clone(),
+                d.sections.join(", "),
+                d.fds.join(", "),
+            ]);
         }
         output::section(&mut out, "Devices", &t);
 
