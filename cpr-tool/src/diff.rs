@@ -36,6 +36,17 @@ pub struct Filters {
 }
 
 impl Filters {
+    /// Whether a whole section's change is ignored: a glob matches `section/instance`
+    /// (or `section` for pseudo-sections without an instance).
+    fn ignores_section(&self, section: &str, instance: &str) -> bool {
+        let path = if instance.is_empty() {
+            section.to_owned()
+        } else {
+            format!("{section}/{instance}")
+        };
+        self.globs.iter().any(|g| glob::matches(g, &path))
+    }
+
     /// Whether the leaf at `path` (whose last component is `field`) is ignored.
     fn ignores(&self, path: &str, leaf_path: &str) -> bool {
         let last = last_component(leaf_path).to_ascii_lowercase();
@@ -251,6 +262,10 @@ pub fn diff(a: &Doc, b: &Doc, renames: &Renames, filters: &Filters) -> DiffResul
             });
         }
     }
+    let before = out.sections.len();
+    out.sections
+        .retain(|c| !filters.ignores_section(&c.section, &c.instance));
+    out.ignored += before - out.sections.len();
     out
 }
 

@@ -79,8 +79,12 @@ pub enum ToolError {
     Ambiguous { selector: String, count: usize },
     #[error("Bad section selector {0:?}: expected NAME or NAME/INSTANCE")]
     BadSelector(String),
-    #[error("No stored schema for version {version} in {}", dir.display())]
-    NoSchema { version: String, dir: PathBuf },
+    #[error("No stored schema for version {version} in {} (available: {available})", dir.display())]
+    NoSchema {
+        version: String,
+        dir: PathBuf,
+        available: String,
+    },
     #[error("{}: invalid schema", path.display())]
     BadSchema {
         path: PathBuf,

@@ -115,6 +115,7 @@ pub fn schema_version(version: &str, dir: &Path) -> Result<(Schema, PathBuf), To
         return Err(ToolError::NoSchema {
             version: version.to_owned(),
             dir: dir.to_owned(),
+            available: stored_versions(dir),
         });
     }
     let path = dir.join(format!("{version}.json"));
@@ -122,9 +123,29 @@ pub fn schema_version(version: &str, dir: &Path) -> Result<(Schema, PathBuf), To
         return Err(ToolError::NoSchema {
             version: version.to_owned(),
             dir: dir.to_owned(),
+            available: stored_versions(dir),
         });
     }
     Ok((schema_file(&path)?, path))
+}
+
+/// The versions stored in `dir`, for error messages.
+fn stored_versions(dir: &Path) -> String {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json").map(str::to_owned)
+        })
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 /// Where a schema for `schema check` came from.

@@ -176,3 +176,21 @@ fn rename_is_matched_with_the_older_image_second() {
     assert_eq!(scr["b"], "0x5a");
     assert!(!field_paths(&v).iter().any(|p| p.contains("scratch")));
 }
+
+#[test]
+fn globs_also_hide_whole_sections() {
+    let (code, v) = diff_json(&[
+        "vm-0.2.0.cpr",
+        "reboot-0.2.0.cpr",
+        "--ignore",
+        "fd/*",
+        "--ignore",
+        "region/*",
+        "--ignore",
+        "ram/*",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(v["sections"], Value::Array(vec![]));
+    assert_eq!(field_paths(&v), ["changed header/mode"]);
+    assert_eq!(v["ignored"], 5);
+}
