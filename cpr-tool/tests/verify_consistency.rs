@@ -166,7 +166,7 @@ fn unknown_target_is_an_error() {
     common::assert_error(&r, "unknown target");
     assert_eq!(
         r.stderr,
-        "cpr-tool: No stored schema for version 9.9.9 in ../../schemas/samples\n"
+        "cpr-tool: No stored schema for version 9.9.9 in ../../schemas/samples (available: 0.1.0, 0.2.0)\n"
     );
     let r = common::run(&[
         "verify",
