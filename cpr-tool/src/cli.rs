@@ -96,7 +96,7 @@ pub struct SchemasDir {
 
 #[derive(Debug, Subcommand)]
 pub enum SchemaCommand {
-    /// Print a stored schema (--version) or the schema embedded in an image (--image).
+    /// Print a stored schema (--version, default the newest) or an image's embedded schema (--image).
     Dump(SchemaDumpArgs),
     /// Compare two schemas both ways: can NEW load OLD's images, can OLD load NEW's?
     Check(SchemaCheckArgs),
@@ -104,13 +104,9 @@ pub enum SchemaCommand {
 
 #[derive(Debug, Args)]
 pub struct SchemaDumpArgs {
-    /// A VMM version whose schema is stored in the schemas directory.
-    #[arg(
-        long,
-        value_name = "V",
-        required_unless_present = "image",
-        conflicts_with = "image"
-    )]
+    /// A VMM version whose schema is stored in the schemas directory (default: the
+    /// newest stored version).
+    #[arg(long, value_name = "V", conflicts_with = "image")]
     pub version: Option<String>,
     /// An image whose embedded schema to print.
     #[arg(long, value_name = "IMAGE")]

@@ -129,8 +129,28 @@ pub fn schema_version(version: &str, dir: &Path) -> Result<(Schema, PathBuf), To
     Ok((schema_file(&path)?, path))
 }
 
+/// The newest version stored in `dir`, comparing dotted numbers numerically
+/// (`0.10.0` after `0.9.1`).
+pub fn newest_version(dir: &Path) -> Option<String> {
+    let key = |v: &str| -> Vec<(u64, String)> {
+        v.split('.')
+            .map(|p| (p.parse::<u64>().unwrap_or(0), p.to_owned()))
+            .collect()
+    };
+    versions(dir).into_iter().max_by_key(|v| key(v))
+}
+
 /// The versions stored in `dir`, for error messages.
 fn stored_versions(dir: &Path) -> String {
+    let v = versions(dir);
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn versions(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -141,11 +161,7 @@ fn stored_versions(dir: &Path) -> String {
         })
         .collect();
     v.sort();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
-    }
+    v
 }
 
 /// Where a schema for `schema check` came from.

@@ -222,3 +222,30 @@ fn json_export() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     insta::assert_snapshot!("json_vm_0.1.0", r.stdout);
 }
+
+#[test]
+fn schema_dump_defaults_to_the_newest_version() {
+    let newest = run(&["schema", "dump", "--schemas-dir", SCHEMAS]);
+    let explicit = run(&[
+        "schema",
+        "dump",
+        "--version",
+        "0.2.0",
+        "--schemas-dir",
+        SCHEMAS,
+    ]);
+    assert_eq!(newest.code, 0, "{}", newest.stderr);
+    assert_eq!(newest.stdout, explicit.stdout);
+    // The stored schema is what the writer of a 0.2.0 image embedded.
+    let image = run(&["--json", "schema", "dump", "--image", "vm-0.2.0.cpr"]);
+    let stored = run(&[
+        "--json",
+        "schema",
+        "dump",
+        "--version",
+        "0.2.0",
+        "--schemas-dir",
+        SCHEMAS,
+    ]);
+    assert_eq!(image.stdout, stored.stdout);
+}

@@ -92,10 +92,12 @@ pub fn dump(args: &SchemaDumpArgs, json: bool) -> Result<Outcome, ToolError> {
         }
         // clap requires one of them.
         (None, None) => {
-            return Err(ToolError::NotFound {
-                what: "a schema to dump",
-                flag: "--version or --image",
-            })
+            let dir = load::schemas_dir(args.schemas.schemas_dir.as_deref())?;
+            let newest = load::newest_version(&dir).ok_or(ToolError::NotFound {
+                what: "a stored schema",
+                flag: "--version, --image or --schemas-dir",
+            })?;
+            load::schema_version(&newest, &dir)?.0
         }
     };
     emit(&Dump(schema), json).map_err(ToolError::Stdout)?;
