@@ -103,6 +103,17 @@ fn flatten_field(v: &Value, ty: &FieldType, hint: &Hint, path: &str, out: &mut V
             value: Value::Null,
         }),
         (FieldType::Optional(inner), _) => flatten_field(v, inner, hint, path, out),
+        (FieldType::List(_) | FieldType::Array { .. }, Value::Array(items))
+            if items.len() > MAX_EXPANDED =>
+        {
+            out.push(Leaf {
+                path: path.to_owned(),
+                ty: ty.display_name(),
+                hint: hint.clone(),
+                display: summary(items),
+                value: v.clone(),
+            })
+        }
         (FieldType::List(elem), Value::Array(items))
         | (FieldType::Array { elem, .. }, Value::Array(items)) => {
             if items.is_empty() {
@@ -142,6 +153,13 @@ pub fn flatten_untyped(v: &Value, prefix: &str, out: &mut Vec<Leaf>) {
                 flatten_untyped(x, &join(prefix, &name), out);
             }
         }
+        Value::Array(items) if items.len() > MAX_EXPANDED => out.push(Leaf {
+            path: prefix.to_owned(),
+            ty: "?".into(),
+            hint: Hint::None,
+            display: summary(items),
+            value: v.clone(),
+        }),
         Value::Array(items) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
                 let key = item_key(item).unwrap_or_else(|| i.to_string());
@@ -172,6 +190,19 @@ fn push_untyped(path: &str, v: &Value, out: &mut Vec<Leaf>) {
         display: display_untyped(v),
         value: v.clone(),
     });
+}
+
+/// Lists longer than this are one leaf (shown as a summary, compared whole), so a
+/// hostile or huge payload cannot turn into millions of rows.
+pub const MAX_EXPANDED: usize = 4096;
+
+fn summary(items: &[Value]) -> String {
+    let mut enc = Vec::new();
+    let crc = match ciborium::ser::into_writer(&Value::Array(items.to_vec()), &mut enc) {
+        Ok(()) => format!(", crc32 {:08x}", crc32fast::hash(&enc)),
+        Err(_) => String::new(),
+    };
+    format!("[{} items{crc}]", items.len())
 }
 
 /// Byte strings longer than this are shown abbreviated.
@@ -265,5 +296,41 @@ pub fn display_untyped(v: &Value) -> String {
             format!("{{{}}}", parts.join(", "))
         }
         _ => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_are_one_leaf() {
+        let schema = StructSchema {
+            name: "S".into(),
+            fields: vec![cpr_format::FieldSchema {
+                name: "table".into(),
+                ty: FieldType::List(Box::new(FieldType::U32)),
+                hint: Hint::Hex,
+                since: 1,
+                doc: String::new(),
+            }],
+        };
+        let payload = |n: usize| {
+            Value::Map(vec![(
+                Value::Text("table".into()),
+                Value::Array((0..n).map(|i| Value::Integer((i as u64).into())).collect()),
+            )])
+        };
+        assert_eq!(flatten(&payload(3), &schema).len(), 3);
+        let leaves = flatten(&payload(MAX_EXPANDED + 1), &schema);
+        assert_eq!(leaves.len(), 1);
+        assert!(
+            leaves[0].display.starts_with("[4097 items, crc32 "),
+            "{}",
+            leaves[0].display
+        );
+        let mut untyped = Vec::new();
+        flatten_untyped(&payload(MAX_EXPANDED + 1), "", &mut untyped);
+        assert_eq!(untyped.len(), 1);
     }
 }
