@@ -76,7 +76,8 @@ pub struct VerifyArgs {
     /// Check that this VMM version can load the image (reads SCHEMAS_DIR/VERSION.json).
     #[arg(long, value_name = "VERSION", conflicts_with = "schema")]
     pub target: Option<String>,
-    /// Check that the VMM described by this schema file can load the image.
+    /// Check that the VMM described by this schema can load the image: a schema JSON
+    /// file (as `schema dump --json` writes), or an image whose writer to ask about.
     #[arg(long, value_name = "FILE")]
     pub schema: Option<PathBuf>,
     #[command(flatten)]

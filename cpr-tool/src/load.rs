@@ -211,20 +211,42 @@ pub enum SchemaSource {
     Image(String),
 }
 
+/// The schema in a file: a schema JSON document, or an image's embedded schema.
+pub fn schema_in_file(p: &Path) -> Result<(Schema, SchemaSource), ToolError> {
+    let shown = p.display().to_string();
+    let mut prefix = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::fs::File::open(p)
+            .map_err(|source| ToolError::Read {
+                path: p.to_owned(),
+                source,
+            })?
+            .take(4096),
+        &mut prefix,
+    )
+    .map_err(|source| ToolError::Read {
+        path: p.to_owned(),
+        source,
+    })?;
+    let looks_json = prefix
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    if looks_json {
+        return Ok((schema_file(p)?, SchemaSource::File(shown)));
+    }
+    let img = image(p)?;
+    Ok((img.schema().clone(), SchemaSource::Image(shown)))
+}
+
 /// A schema named on the command line: an existing file (JSON schema or image), else
 /// a version in the schemas directory.
 pub fn schema_any(arg: &str, dir: Option<&Path>) -> Result<(Schema, SchemaSource), ToolError> {
     let p = Path::new(arg);
-    if p.is_file() {
-        let looks_json = head(p)?
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|&b| b == b'{');
-        if looks_json {
-            return Ok((schema_file(p)?, SchemaSource::File(arg.to_owned())));
-        }
-        let img = image(p)?;
-        return Ok((img.schema().clone(), SchemaSource::Image(arg.to_owned())));
+    let looks_like_path = arg.contains('/') || arg.ends_with(".json") || arg.ends_with(".cpr");
+    if p.is_file() || looks_like_path {
+        // A missing file is reported as such, not as an unknown version.
+        return schema_in_file(p);
     }
     let dir = schemas_dir(dir)?;
     let (s, _) = schema_version(arg, &dir)?;

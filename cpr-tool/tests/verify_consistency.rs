@@ -178,3 +178,34 @@ fn unknown_target_is_an_error() {
     ]);
     common::assert_error(&r, "target outside the directory");
 }
+
+#[test]
+fn target_schema_may_come_from_another_image() {
+    let r = common::run(&[
+        "--json",
+        "verify",
+        "vm-0.2.0.cpr",
+        "--schema",
+        "vm-0.1.0.cpr",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["target"]["reader"], "the writer of vm-0.1.0.cpr");
+    assert_eq!(v["target"]["compatible"], false);
+    assert_eq!(v["target"]["findings"][0]["section"], "cpu.xsave");
+    assert_eq!(
+        v["target"]["findings"][0]["kind"]["unknown_section"]["required"],
+        true
+    );
+}
+
+#[test]
+fn a_missing_schema_file_is_not_an_unknown_version() {
+    let r = common::run(&["schema", "check", "old.json", "vm-0.2.0.cpr"]);
+    common::assert_error(&r, "missing schema file");
+    assert!(
+        r.stderr.starts_with("cpr-tool: Cannot read old.json: "),
+        "{}",
+        r.stderr
+    );
+}

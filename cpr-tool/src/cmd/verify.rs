@@ -410,10 +410,14 @@ pub fn run(args: &VerifyArgs, json: bool) -> Result<Outcome, ToolError> {
             let (s, _) = load::schema_version(v, &dir)?;
             Some((format!("VMM {v}"), s))
         }
-        (None, Some(p)) => Some((
-            format!("the reader of {}", p.display()),
-            load::schema_file(p)?,
-        )),
+        (None, Some(p)) => {
+            let (schema, source) = load::schema_in_file(p)?;
+            let name = match source {
+                load::SchemaSource::Image(i) => format!("the writer of {i}"),
+                _ => format!("the reader of {}", p.display()),
+            };
+            Some((name, schema))
+        }
         (None, None) => None,
     };
     let target = match reader {
