@@ -272,4 +272,54 @@ mod tests {
         let e = from_json(&j, "").unwrap_err();
         assert_eq!(e.pointer, "/a/1/$bytes");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<u64>().prop_map(|n| Value::Integer(n.into())),
+                any::<i64>().prop_map(|n| Value::Integer(n.into())),
+                (any::<u64>()).prop_map(|n| {
+                    Value::Integer(
+                        ciborium::value::Integer::try_from(-1 - i128::from(n))
+                            .unwrap_or_else(|_| 0.into()),
+                    )
+                }),
+                proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+                any::<f64>().prop_map(Value::Float),
+                ".{0,12}".prop_map(Value::Text),
+                any::<bool>().prop_map(Value::Bool),
+                Just(Value::Null),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    proptest::collection::vec(
+                        ("[a-z$]{0,6}".prop_map(Value::Text), inner.clone()),
+                        0..6
+                    )
+                    .prop_map(Value::Map),
+                    proptest::collection::vec((inner.clone(), inner.clone()), 0..4)
+                        .prop_map(Value::Map),
+                    (0u64..100_000, inner).prop_map(|(t, v)| Value::Tag(t, Box::new(v))),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Any CBOR value survives JSON text and back with the same encoding,
+            /// including duplicate and non-text map keys, NaN and tags.
+            #[test]
+            fn json_is_lossless(v in value()) {
+                let text = serde_json::to_string(&to_json(&v)).unwrap();
+                let back = from_json(&serde_json::from_str(&text).unwrap(), "").unwrap();
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                ciborium::ser::into_writer(&v, &mut a).unwrap();
+                ciborium::ser::into_writer(&back, &mut b).unwrap();
+                prop_assert_eq!(a, b, "{}", text);
+            }
+        }
+    }
 }
