@@ -143,7 +143,7 @@ impl<'a> Cursor<'a> {
             MAJOR_BYTES => self.take(h.arg, "byte string").map(|_| ()),
             MAJOR_TEXT => {
                 let s = self.take(h.arg, "text string")?;
-                if std::str::from_utf8(s).is_err() {
+                if !s.is_ascii() && std::str::from_utf8(s).is_err() {
                     return Err(self.malformed(start, "text string is not UTF-8"));
                 }
                 Ok(())

@@ -675,66 +675,75 @@ fn decode_elem<T: DeserializeOwned>(
     elem: &'static str,
     limits: &Limits,
 ) -> Result<T> {
-    let start = c.pos;
-    c.skip(1, limits.max_depth)
-        .map_err(|e| scan_err(e, Location::Element(elem)))?;
-    let bytes = &c.buf[start..c.pos];
-    decode(bytes, Location::Element(elem), c.base + start as u64)
+    // The decoder enforces the strict profile, bounds and nesting itself: no pre-scan.
+    let (v, end) = decode_at(
+        c.buf,
+        c.pos,
+        c.base,
+        Location::Element(elem),
+        limits.max_depth,
+        false,
+    )?;
+    c.pos = end;
+    Ok(v)
 }
 
-/// Separates the field path from serde's message inside a ciborium error string.
-const PATH_SEP: char = '\u{1f}';
-
-/// Records the path of the field that failed, via serde_path_to_error; the path travels
-/// inside the error message because ciborium's deserializer is not public.
-struct Tracked<T>(T);
-
-impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Tracked<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        serde_path_to_error::deserialize(d)
-            .map(Tracked)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                <D::Error as serde::de::Error>::custom(format!(
-                    "{path}{PATH_SEP}{}",
-                    e.into_inner()
-                ))
-            })
-    }
-}
-
-/// Decode bytes that already passed the strict scan (so no length in them is larger
-/// than the input and nesting is bounded).
+/// Decode one whole item held in `bytes` (a section payload, which passed the strict
+/// scan at open).
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     location: Location,
     offset: u64,
 ) -> Result<T> {
-    match ciborium::de::from_reader::<Tracked<T>, _>(bytes) {
-        Ok(Tracked(v)) => Ok(v),
-        Err(e) => {
-            let (field, reason, at) = match e {
-                ciborium::de::Error::Semantic(at, msg) => match msg.split_once(PATH_SEP) {
-                    Some((p, m)) => (p.to_owned(), m.to_owned(), at),
-                    None => (".".to_owned(), msg, at),
-                },
-                ciborium::de::Error::Syntax(at) => {
-                    (".".to_owned(), "invalid CBOR".to_owned(), Some(at))
-                }
-                ciborium::de::Error::RecursionLimitExceeded => {
-                    (".".to_owned(), "nested too deeply".to_owned(), None)
-                }
-                ciborium::de::Error::Io(e) => (".".to_owned(), format!("{e:?}"), None),
-            };
-            Err(Error::Decode {
-                location,
-                offset: offset + at.unwrap_or(0) as u64,
-                field,
-                reason,
-            })
-        }
-    }
+    decode_at(bytes, 0, offset, location, u32::MAX, true).map(|(v, _)| v)
 }
+
+/// Decode the item at `bytes[start..]` (absolute offset of `bytes[0]`: `base`); return
+/// it and where it ends. With `whole`, it must end at the end of `bytes`.
+fn decode_at<T: DeserializeOwned>(
+    bytes: &[u8],
+    start: usize,
+    base: u64,
+    location: Location,
+    max_depth: u32,
+    whole: bool,
+) -> Result<(T, usize)> {
+    let max_depth = max_depth.min(DECODE_DEPTH);
+    let mut de = crate::de::Deserializer::new(bytes, start, base, max_depth);
+    // Fast path without path tracking (which doubles the cost); decode a second time
+    // with tracking only to report an error.
+    let first =
+        T::deserialize(&mut de).and_then(|v| if whole { de.end().map(|()| v) } else { Ok(v) });
+    if let Ok(v) = first {
+        return Ok((v, de.c.pos));
+    }
+    let mut de = crate::de::Deserializer::new(bytes, start, base, max_depth);
+    let mut track = serde_path_to_error::Track::new();
+    let r = T::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track));
+    let e = match r.and_then(|v| if whole { de.end().map(|()| v) } else { Ok(v) }) {
+        Ok(v) => return Ok((v, de.c.pos)),
+        Err(e) => e,
+    };
+    let offset = e.offset.unwrap_or(de.last);
+    if e.too_deep {
+        return Err(Error::Limit {
+            location,
+            offset,
+            what: "nesting depth",
+            value: u64::from(max_depth) + 1,
+            limit: u64::from(max_depth),
+        });
+    }
+    Err(Error::Decode {
+        location,
+        offset,
+        field: track.path().to_string(),
+        reason: e.msg,
+    })
+}
+
+/// Nesting bound of the decoder when no lower limit applies (stack safety).
+const DECODE_DEPTH: u32 = 128;
 
 pub(crate) fn scan_err(e: ScanError, location: Location) -> Error {
     match e {

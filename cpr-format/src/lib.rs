@@ -73,6 +73,7 @@ extern crate self as cpr_format;
 
 mod cbor;
 pub mod compat;
+mod de;
 mod error;
 mod image;
 mod layout;
@@ -100,6 +101,11 @@ pub use writer::{ImageWriter, SectionInfo, WriteStats};
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
+
+    /// Decode one strict-profile CBOR item with the crate's decoder (benchmarks).
+    pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> crate::Result<T> {
+        crate::image::decode(bytes, crate::Location::Element("bench"), 0)
+    }
 
     /// The first non-empty doc-comment line, trimmed.
     pub fn first_doc_line(lines: &[&str]) -> String {

@@ -72,6 +72,8 @@ pub struct ImageWriter {
     schema: Schema,
     regions: Vec<PendingRegion>,
     limits: Limits,
+    /// Section name -> Rust type whose schema is in `schema` for it.
+    typed: std::collections::HashMap<&'static str, &'static str>,
 }
 
 impl ImageWriter {
@@ -86,6 +88,7 @@ impl ImageWriter {
             schema: Schema::default(),
             regions: Vec::new(),
             limits: Limits::default(),
+            typed: Default::default(),
         }
     }
 
@@ -99,7 +102,15 @@ impl ImageWriter {
             required: T::REQUIRED,
         };
         let payload = encode(state, &section_loc(&info))?;
-        self.push_section(info, T::schema(), payload)
+        // Building a schema costs more than encoding a payload: once per type is enough.
+        let type_name = std::any::type_name::<T>();
+        if self.typed.get(T::NAME) == Some(&type_name) {
+            self.check_payload(&info, &payload)?;
+            return self.push_checked(info, payload, None);
+        }
+        self.push_section(info, T::schema(), payload)?;
+        self.typed.insert(T::NAME, type_name);
+        Ok(self)
     }
 
     /// Add an untyped section: a value tree (a CBOR map) with its schema. For tools that
@@ -125,16 +136,12 @@ impl ImageWriter {
         self.push_section(info, schema, payload)
     }
 
-    fn push_section(
-        &mut self,
-        info: SectionInfo,
-        schema: SectionSchema,
-        payload: Vec<u8>,
-    ) -> Result<&mut Self> {
-        let loc = section_loc(&info);
+    /// Size bound, a map at the top, strict profile: what the reader will demand.
+    fn check_payload(&self, info: &SectionInfo, payload: &[u8]) -> Result<()> {
+        let loc = || section_loc(info);
         if payload.len() as u64 > self.limits.max_section_len {
             return Err(Error::Encode {
-                location: loc,
+                location: loc(),
                 reason: format!(
                     "payload is {} bytes, limit {}",
                     payload.len(),
@@ -144,14 +151,24 @@ impl ImageWriter {
         }
         if payload.first().map(|b| b >> 5) != Some(MAJOR_MAP) {
             return Err(Error::Encode {
-                location: loc,
+                location: loc(),
                 reason: "payload must be a CBOR map".into(),
             });
         }
-        cbor::check_item(&payload, 0, self.limits.max_depth).map_err(|e| Error::Encode {
-            location: loc.clone(),
+        cbor::check_item(payload, 0, self.limits.max_depth).map_err(|e| Error::Encode {
+            location: loc(),
             reason: format!("payload is outside the strict CBOR profile: {e:?}"),
-        })?;
+        })
+    }
+
+    fn push_section(
+        &mut self,
+        info: SectionInfo,
+        schema: SectionSchema,
+        payload: Vec<u8>,
+    ) -> Result<&mut Self> {
+        self.check_payload(&info, &payload)?;
+        let loc = section_loc(&info);
         if schema.name != info.name
             || schema.version != info.version
             || schema.min_version != info.min_version
@@ -172,16 +189,30 @@ impl ImageWriter {
                 });
             }
         }
+        // Untyped sections may replace what a typed one provided: forget the type.
+        self.typed.remove(info.name.as_str());
+        self.push_checked(info, payload, Some(schema))
+    }
+
+    /// Record a checked section; `schema` is `None` when the table already has it.
+    fn push_checked(
+        &mut self,
+        info: SectionInfo,
+        payload: Vec<u8>,
+        schema: Option<SectionSchema>,
+    ) -> Result<&mut Self> {
         if !self
             .names
             .insert((info.name.clone(), info.instance.clone()))
         {
             return Err(Error::Encode {
-                location: loc,
+                location: section_loc(&info),
                 reason: "duplicate section instance".into(),
             });
         }
-        self.schema.insert(schema);
+        if let Some(schema) = schema {
+            self.schema.insert(schema);
+        }
         put_section_record(&mut self.sections, &info, &payload);
         self.section_count += 1;
         Ok(self)
