@@ -59,12 +59,13 @@ pub struct DiffArgs {
     /// Ignore TSC values and offsets, which always move between saves.
     #[arg(long)]
     pub ignore_tsc: bool,
-    /// Ignore fields whose path matches this glob (`*` and `?`; repeatable),
-    /// e.g. `cpu.regs/*.rip` or `*.tsc*`.
+    /// Ignore fields (and whole sections) whose path matches this glob (`*` and `?`;
+    /// repeatable). Paths are SECTION/INSTANCE/FIELD, e.g. `cpu.regs/*/rip`, `*tsc*`,
+    /// `fd/*`.
     #[arg(long = "ignore", value_name = "FIELD_GLOB")]
     pub ignore: Vec<String>,
-    /// The renames table (default: fixtures/renames.toml, found from the current
-    /// directory upwards, or $CPR_TOOL_RENAMES).
+    /// The renames table (default: $CPR_TOOL_RENAMES, else fixtures/renames.toml found
+    /// from the current directory upwards, else none).
     #[arg(long, value_name = "FILE")]
     pub renames: Option<PathBuf>,
 }
@@ -89,8 +90,8 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SchemasDir {
-    /// Where stored schemas live (default: fixtures/schemas, found from the current
-    /// directory upwards, or $CPR_TOOL_SCHEMAS_DIR).
+    /// Where stored schemas live (default: $CPR_TOOL_SCHEMAS_DIR, else fixtures/schemas
+    /// found from the current directory upwards).
     #[arg(long, value_name = "DIR")]
     pub schemas_dir: Option<PathBuf>,
 }
