@@ -159,6 +159,10 @@ fn broadcast<V: VmControl>(f: &mut Frontends, ctl: &mut Controller<V>) {
     }
 }
 
+const WAKE: usize = 0;
+const SIGNALS: usize = 1;
+const FIXED_SLOTS: usize = 2;
+
 /// Runs until quit, guest shutdown or debug exit; returns the process exit status.
 pub fn run_loop<V: VmControl>(
     f: &mut Frontends,
@@ -186,11 +190,19 @@ pub fn run_loop<V: VmControl>(
             broadcast(f, ctl);
             return Ok(exit.0);
         }
-        let mut fds = vec![libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        // Fixed slots first (WAKE, SIGNALS), then one per chardev with an fd to watch.
+        let mut fds = vec![
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         let mut owners = Vec::new();
         for (i, c) in f.chardevs.iter().enumerate() {
             if let Some(fd) = c.poll_fd() {
@@ -211,7 +223,7 @@ pub fn run_loop<V: VmControl>(
             }
             return Err(StartError::Poll(e));
         }
-        if fds[0].revents != 0 {
+        if fds[WAKE].revents != 0 {
             let _ = wake.read();
             loop {
                 match events.try_recv() {
@@ -220,12 +232,12 @@ pub fn run_loop<V: VmControl>(
                 }
             }
         }
-        if fds[1].revents != 0 {
+        if fds[SIGNALS].revents != 0 {
             if let Ok(Some(info)) = signals.read_signal() {
                 ctl.on_signal(info.ssi_signo as i32);
             }
         }
-        for (pfd, &i) in fds[2..].iter().zip(&owners) {
+        for (pfd, &i) in fds[FIXED_SLOTS..].iter().zip(&owners) {
             if pfd.revents == 0 || ctl.exit().is_some() {
                 continue;
             }
