@@ -1,1 +1,113 @@
-//! The live-update (CPR) image format.
+//! The live-update (CPR) image format: a versioned, self-describing CBOR container.
+//!
+//! An image holds a [`Header`] (producer, host, [`Mode`], [`MachineDesc`]), named and
+//! versioned sections of device and vCPU state (CBOR maps with named fields, each with a
+//! CRC), the schema of those sections, an fd manifest ([`FdEntry`]) and optional raw
+//! page-aligned regions. The byte layout is specified in `docs/FORMAT.md`.
+//!
+//! # Declaring state
+//!
+//! State structs are declared once with [`state!`], which derives serde, the schema
+//! ([`Describe`]) and, for sections, [`SectionState`] (name, version, min_version,
+//! required flag):
+//!
+//! ```
+//! cpr_format::state! {
+//!     /// Registers of one vCPU.
+//!     #[section(name = "cpu.regs", version = 1, min_version = 1, required = true)]
+//!     pub struct RegsState {
+//!         #[hint(hex)] pub rax: u64,
+//!         #[hint(addr)] pub rip: u64,
+//!         #[hint(flags)] pub rflags: u64,
+//!     }
+//! }
+//! # use cpr_format::*;
+//! # fn header() -> Header {
+//! #     Header {
+//! #         producer: Producer { name: "vmm".into(), version: "0.1.0".into(), build_id: "dev".into() },
+//! #         created_unix_ns: 0,
+//! #         host: HostInfo { kernel_release: "6.1.0".into(), page_size: 4096 },
+//! #         mode: Mode::Restart,
+//! #         machine: MachineDesc { vcpus: 1, ram_blocks: vec![], devices: vec![] },
+//! #     }
+//! # }
+//! let mut w = ImageWriter::new(header());
+//! w.add_section("0", &RegsState { rax: 1, rip: 0x1000, rflags: 2 })?;
+//! let bytes = w.to_bytes()?;
+//!
+//! let img = Image::from_bytes(&bytes)?;
+//! let regs: RegsState = img.section("0")?.expect("written above");
+//! assert_eq!(regs.rip, 0x1000);
+//! assert!(img.check_compat(&Schema::new().with::<RegsState>()).is_compatible());
+//! assert_eq!(img.to_bytes()?, bytes);
+//! # Ok::<(), cpr_format::Error>(())
+//! ```
+//!
+//! # Writing
+//!
+//! [`ImageWriter::new`], then [`ImageWriter::add_section`] (typed),
+//! [`ImageWriter::add_value_section`] / [`ImageWriter::add_raw_section`] (untyped, for
+//! tools), [`ImageWriter::add_fd`], [`ImageWriter::add_region`] /
+//! [`ImageWriter::add_region_reader`]; finish with [`ImageWriter::write_atomic`] (temp
+//! file, fsync, rename, fsync of the directory) or [`ImageWriter::to_bytes`].
+//!
+//! # Reading
+//!
+//! [`Image::open`] / [`Image::from_bytes`] validate everything but region data, which is
+//! checked when read ([`Image::read_region`], [`Image::verify_regions`]). Then
+//! [`Image::header`], [`Image::sections`] (untyped: [`Section::value`] with
+//! [`Image::schema`]), [`Image::section`] / [`Image::sections_of`] (typed),
+//! [`Image::fd_manifest`], [`Image::regions`]. [`Image::to_bytes`] gives back the exact
+//! bytes. No input makes the reader panic, loop without bound or allocate more than the
+//! input's size (see [`Limits`]).
+//!
+//! # Compatibility
+//!
+//! [`compat::check`] compares an image's [`Schema`] with a reader's and lists findings
+//! (section unknown, version too new or too old, required field missing, type changed);
+//! [`compat::check_both`] answers both directions. A [`Schema`] serialises to JSON.
+
+#![deny(missing_docs)]
+
+extern crate self as cpr_format;
+
+mod cbor;
+pub mod compat;
+mod error;
+mod image;
+mod layout;
+mod macros;
+mod model;
+pub mod sample;
+mod schema;
+mod writer;
+
+pub use ciborium::Value;
+pub use compat::{CompatReport, Finding, FindingKind, Severity};
+pub use error::{Error, Location, Result};
+pub use image::{Image, Section};
+pub use layout::{Limits, RegionDesc, PREFIX_LEN, REGION_ALIGN, SIGNATURE};
+pub use model::{
+    DeviceDesc, FdEntry, FdIdentity, FdKind, FileType, FormatVersion, Header, HostInfo,
+    MachineDesc, Mode, Producer, RamBacking, RamBlockDesc,
+};
+pub use schema::{
+    Bytes, Describe, FieldSchema, FieldType, Hint, OptionalField, Schema, SectionSchema,
+    SectionState, StructSchema,
+};
+pub use writer::{ImageWriter, SectionInfo, WriteStats};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+
+    /// The first non-empty doc-comment line, trimmed.
+    pub fn first_doc_line(lines: &[&str]) -> String {
+        lines
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| !l.is_empty())
+            .unwrap_or("")
+            .to_owned()
+    }
+}

@@ -2,11 +2,44 @@
 //! emulated devices (UART, PM port, debug-exit port).
 //!
 //! CONTRACT between the machine (this module) and the front end (CLI, chardevs, monitor).
-//! The signatures below are the agreed interface; the bodies are placeholders to be replaced
-//! by the real implementation. The front end must only use what is declared here.
+//! The signatures below are the agreed interface. The front end must only use what is
+//! declared here.
+//!
+//! Live update (the machine half):
+//! ```text
+//! old process:  m.pause()?; let state = m.save_state()?;       // MachineState: serde,
+//!               m.mark_postmigrate()?;                          // sections via state!
+//!               for b in m.ram().blocks() { b.name(), b.desc, b.file (memfd) -> fd manifest }
+//! new process:  let ram = GuestRam::from_fds(vec![RamBlockFd { file, desc }, ...])?;
+//!               let mut m = Machine::restore(&config, ram, &state, serial_out, events)?;
+//!               m.resume()?;                                    // Running (or Suspended)
+//! ```
+//! vCPU threads are kicked out of KVM_RUN with SIGRTMIN + 0 (`vcpu_thread::kick_signal`);
+//! the front end must leave that signal alone.
+
+pub mod boot;
+pub mod cpuid;
+pub mod devices;
+mod lifecycle;
+pub mod memory;
+pub mod mptable;
+pub mod snapshot;
+pub mod vcpu;
+pub mod vcpu_state;
+pub mod vcpu_thread;
+pub mod vm;
+pub mod vm_state;
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use memory::{GuestRam, RamBlockDesc, RamBlockFd};
+pub use snapshot::MachineState;
 
 /// How guest RAM is backed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,59 +96,347 @@ pub type SerialOutput = Box<dyn std::io::Write + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
-    #[error("machine is not implemented yet")]
-    NotImplemented,
+    #[error("cannot set up guest RAM")]
+    Memory(#[from] memory::MemoryError),
+    #[error("KVM VM setup failed")]
+    Vm(#[from] vm::VmError),
+    #[error("vCPU setup or state access failed")]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error("cannot load the kernel")]
+    Boot(#[from] boot::BootError),
+    #[error("UART failed")]
+    Serial(#[from] devices::serial::SerialError),
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] std::io::Error),
+    #[error("cannot register the UART interrupt as irqfd for GSI {gsi}")]
+    Irqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot start the thread of vCPU {index}")]
+    SpawnThread {
+        index: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("machine has {got} vCPUs configured, at least 1 and at most 255 are supported")]
+    VcpuCount { got: u8 },
+    #[error("no vCPU {index} (the machine has {count})")]
+    NoSuchVcpu { index: usize, count: usize },
+    #[error("{op} is not possible in run state {state:?}")]
+    BadRunState { op: &'static str, state: RunState },
+    #[error("saved state has {saved} vCPUs, the machine is configured for {configured}")]
+    VcpuCountMismatch { saved: usize, configured: usize },
+    #[error("saved state's RAM layout {saved:?} differs from the RAM given {given:?}")]
+    RamLayoutMismatch {
+        saved: Vec<RamBlockDesc>,
+        given: Vec<RamBlockDesc>,
+    },
+}
+
+/// Per-vCPU handles kept by the machine.
+struct VcpuHandle {
+    vcpu: Arc<Mutex<vcpu::Vcpu>>,
+    ctl: Arc<vcpu_thread::VcpuCtl>,
+    thread: Option<JoinHandle<()>>,
 }
 
 pub struct Machine {
-    _private: (),
+    config: MachineConfig,
+    // Field order is drop order: vCPU threads are joined in `Drop` before anything else.
+    vcpus: Vec<VcpuHandle>,
+    shared: Arc<vcpu_thread::MachineShared>,
+    vm: VmFd,
+    ram: GuestRam,
+    serial_irq: EventFd,
+    msr_list: Vec<u32>,
+    unsaved_msrs: Vec<u32>,
+    /// vCPU, irqchip and PIT state right after creation: `reset` returns to it.
+    boot_state: lifecycle::BootSnapshot,
+    /// The guest was in S3 when paused: `resume` returns it to Suspended, not Running.
+    paused_while_suspended: bool,
 }
 
 impl Machine {
     /// Builds RAM, the KVM VM, irqchip, PIT, vCPUs and devices, loads the kernel.
     /// vCPUs do not run until `start`.
     pub fn new(
-        _config: &MachineConfig,
-        _serial_out: SerialOutput,
-        _events: Sender<MachineEvent>,
+        config: &MachineConfig,
+        serial_out: SerialOutput,
+        events: Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
-        Err(MachineError::NotImplemented)
+        let ram = GuestRam::new(&config.ram, config.mem_size)?;
+        Self::new_with_ram(config, ram, serial_out, events)
     }
+
+    /// Like `new`, over RAM the caller built (e.g. from fds it holds); the kernel is loaded
+    /// into it.
+    pub fn new_with_ram(
+        config: &MachineConfig,
+        ram: GuestRam,
+        serial_out: SerialOutput,
+        events: Sender<MachineEvent>,
+    ) -> Result<Machine, MachineError> {
+        let parts = lifecycle::create(config, ram)?;
+        if let Some(bsp) = parts.vcpus.first() {
+            lifecycle::boot(config, &parts.ram, bsp)?;
+        }
+        let (serial, serial_irq) = devices::SerialDevice::new(serial_out)?;
+        lifecycle::finish(
+            config,
+            parts,
+            serial,
+            serial_irq,
+            devices::PmControl::default(),
+            events,
+            RunState::Prelaunch,
+            false,
+        )
+    }
+
     /// Starts the vCPU threads; the guest runs (state Running).
     pub fn start(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::NotImplemented)
+        match self.run_state() {
+            RunState::Prelaunch => {
+                self.set_running();
+                Ok(())
+            }
+            state => Err(MachineError::BadRunState { op: "start", state }),
+        }
     }
+
     /// Stops every vCPU at an exit and returns once all are stopped (state Paused).
     pub fn pause(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::NotImplemented)
+        let state = self.run_state();
+        match state {
+            RunState::Running | RunState::Suspended | RunState::Prelaunch => {}
+            RunState::Paused => return Ok(()),
+            state => return Err(MachineError::BadRunState { op: "pause", state }),
+        }
+        self.stop_vcpus();
+        let mut rs = devices::lock(&self.shared.run_state);
+        match *rs {
+            // A guest S3 request may have raced with us: remember it for `resume`.
+            RunState::Suspended => {
+                self.paused_while_suspended = true;
+                *rs = RunState::Paused;
+            }
+            RunState::Shutdown | RunState::InternalError => {}
+            _ => *rs = RunState::Paused,
+        }
+        Ok(())
     }
+
     /// Resumes every vCPU (state Running).
     pub fn resume(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::NotImplemented)
+        match self.run_state() {
+            RunState::Paused | RunState::Postmigrate => {
+                if self.paused_while_suspended {
+                    self.paused_while_suspended = false;
+                    *devices::lock(&self.shared.run_state) = RunState::Suspended;
+                } else {
+                    self.set_running();
+                }
+                Ok(())
+            }
+            RunState::Running => Ok(()),
+            // `cont` before the first start starts the machine, as in QEMU.
+            RunState::Prelaunch => self.start(),
+            state => Err(MachineError::BadRunState {
+                op: "resume",
+                state,
+            }),
+        }
     }
+
     pub fn run_state(&self) -> RunState {
-        RunState::Prelaunch
+        *devices::lock(&self.shared.run_state)
     }
+
     /// Bytes typed into the serial chardev, delivered to the guest UART.
-    pub fn serial_input(&self, _bytes: &[u8]) -> Result<(), MachineError> {
-        Err(MachineError::NotImplemented)
+    pub fn serial_input(&self, bytes: &[u8]) -> Result<(), MachineError> {
+        devices::lock(&self.shared.devices.serial).input(bytes)?;
+        Ok(())
     }
+
     /// `info registers` text for one vCPU (QEMU-like layout).
-    pub fn describe_registers(&self, _vcpu: usize) -> Result<String, MachineError> {
-        Err(MachineError::NotImplemented)
+    pub fn describe_registers(&self, vcpu: usize) -> Result<String, MachineError> {
+        let handle = self.vcpus.get(vcpu).ok_or(MachineError::NoSuchVcpu {
+            index: vcpu,
+            count: self.vcpus.len(),
+        })?;
+        // A running vCPU holds its mutex inside KVM_RUN: stop it briefly, as QEMU does with
+        // run_on_cpu to synchronise state.
+        let was = handle.ctl.state().0;
+        let running = was == vcpu_thread::Is::Running;
+        if running {
+            handle.ctl.request(vcpu_thread::Want::Pause);
+            handle.ctl.wait_stopped();
+        }
+        let text = {
+            let v = devices::lock(&handle.vcpu);
+            lifecycle::describe_registers(&v)
+        };
+        if running && self.run_state() == RunState::Running {
+            handle.ctl.request(vcpu_thread::Want::Run);
+        }
+        text
     }
+
     /// `info cpus` lines: index, thread id, state.
     pub fn describe_cpus(&self) -> Vec<String> {
-        Vec::new()
+        self.vcpus
+            .iter()
+            .map(|h| {
+                let (is, tid) = h.ctl.state();
+                let state = match is {
+                    vcpu_thread::Is::Running => "running",
+                    vcpu_thread::Is::Stopped | vcpu_thread::Is::Starting => "stopped",
+                    vcpu_thread::Is::Exited => "exited",
+                };
+                let star = if h.ctl.index == 0 { "*" } else { " " };
+                format!("{star} CPU #{}: thread_id={tid} ({state})", h.ctl.index)
+            })
+            .collect()
     }
+
     /// Resets the machine to its boot state (system_reset).
     pub fn reset(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::NotImplemented)
+        let state = self.run_state();
+        self.stop_vcpus();
+        lifecycle::reset(self)?;
+        self.paused_while_suspended = false;
+        match state {
+            RunState::Running
+            | RunState::Suspended
+            | RunState::Shutdown
+            | RunState::InternalError => self.set_running(),
+            _ => {}
+        }
+        Ok(())
     }
-    /// Wakes a suspended guest (system_wakeup).
+
+    /// Wakes a suspended guest (system_wakeup): it continues after its S3 request.
     pub fn wakeup(&mut self) -> Result<(), MachineError> {
-        Err(MachineError::NotImplemented)
+        if self.run_state() == RunState::Suspended {
+            self.set_running();
+        } else if self.run_state() == RunState::Paused && self.paused_while_suspended {
+            // Woken while paused: it will run at `resume`.
+            self.paused_while_suspended = false;
+        }
+        Ok(())
     }
+
     /// Stops vCPU threads and releases KVM resources.
-    pub fn shutdown(&mut self) {}
+    pub fn shutdown(&mut self) {
+        for h in &self.vcpus {
+            h.ctl.request(vcpu_thread::Want::Exit);
+        }
+        for h in &mut self.vcpus {
+            if let Some(t) = h.thread.take() {
+                // A vCPU thread that panicked has nothing left to clean up.
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// After a successful save for live update (cpr-save), the old machine stays stopped in
+    /// state Postmigrate, as QEMU's does; `resume` still runs it (a failed update falls back).
+    pub fn mark_postmigrate(&mut self) -> Result<(), MachineError> {
+        let mut rs = devices::lock(&self.shared.run_state);
+        match *rs {
+            RunState::Paused | RunState::Postmigrate => {
+                *rs = RunState::Postmigrate;
+                Ok(())
+            }
+            state => Err(MachineError::BadRunState {
+                op: "mark_postmigrate",
+                state,
+            }),
+        }
+    }
+
+    /// The machine as a cpr-format image header describes it (vCPUs, RAM blocks, devices).
+    pub fn describe(&self) -> cpr_format::MachineDesc {
+        let device = |id: &str, kind: &str| cpr_format::DeviceDesc {
+            id: id.to_string(),
+            kind: kind.to_string(),
+        };
+        cpr_format::MachineDesc {
+            vcpus: u32::from(self.config.vcpus),
+            ram_blocks: self.ram.blocks().iter().map(|b| b.format_desc()).collect(),
+            devices: vec![
+                device("serial0", "uart-8250"),
+                device("pm0", "pm1a-cnt"),
+                device("debug-exit0", "debug-exit"),
+            ],
+        }
+    }
+
+    /// MSRs that state save covers (from KVM_GET_MSR_INDEX_LIST, minus `unsaved_msrs`).
+    pub fn saved_msrs(&self) -> &[u32] {
+        &self.msr_list
+    }
+
+    /// MSRs KVM lists but refuses to read for this guest's CPUID; they are not saved.
+    pub fn unsaved_msrs(&self) -> &[u32] {
+        &self.unsaved_msrs
+    }
+
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// Guest RAM: blocks, fds and mappings (the live-update fd manifest is built from it).
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// The UART's interrupt eventfd (registered as irqfd for GSI 4). A live update detaches
+    /// it from the old VM so an interrupt raised meanwhile stays latched in the eventfd.
+    pub fn serial_irq(&self) -> &EventFd {
+        &self.serial_irq
+    }
+
+    /// The KVM VM fd (for irqfd / ioeventfd wiring by later devices).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    fn stop_vcpus(&self) {
+        for h in &self.vcpus {
+            h.ctl.request(vcpu_thread::Want::Pause);
+        }
+        for h in &self.vcpus {
+            h.ctl.wait_stopped();
+        }
+    }
+
+    fn set_running(&self) {
+        // Tell a kvmclock guest it was paused (KVM_KVMCLOCK_CTRL), so its soft-lockup
+        // watchdog does not fire for the time it spent stopped. KVM refuses this with EINVAL
+        // when the guest has not enabled kvmclock (our test guests): nothing to do then.
+        for h in &self.vcpus {
+            if matches!(h.ctl.state().0, vcpu_thread::Is::Stopped) {
+                let _ = devices::lock(&h.vcpu).fd.kvmclock_ctrl();
+            }
+        }
+        *devices::lock(&self.shared.run_state) = RunState::Running;
+        for h in &self.vcpus {
+            h.ctl.request(vcpu_thread::Want::Run);
+        }
+    }
+
+    fn all_stopped(&self) -> bool {
+        self.vcpus
+            .iter()
+            .all(|h| matches!(h.ctl.state().0, vcpu_thread::Is::Stopped))
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }

@@ -1,0 +1,374 @@
+//! A minimal CBOR scanner and head encoder.
+//!
+//! The scanner checks that an item is well formed and in the strict profile of the
+//! format (definite lengths, shortest heads, text map keys, no tags, no floats) and that
+//! every declared length fits in the input, with bounded nesting, before ciborium
+//! allocates anything for it. Its cost is linear in the input and it never allocates.
+
+/// Why an item was rejected, with the absolute byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanError {
+    /// A declared length runs past the end of the input.
+    Truncated {
+        offset: u64,
+        needed: u64,
+        available: u64,
+    },
+    /// Not in the strict profile, or not well formed.
+    Malformed { offset: u64, reason: String },
+    /// Nested deeper than the limit.
+    TooDeep { offset: u64, limit: u32 },
+}
+
+pub(crate) const MAJOR_UINT: u8 = 0;
+pub(crate) const MAJOR_NINT: u8 = 1;
+pub(crate) const MAJOR_BYTES: u8 = 2;
+pub(crate) const MAJOR_TEXT: u8 = 3;
+pub(crate) const MAJOR_ARRAY: u8 = 4;
+pub(crate) const MAJOR_MAP: u8 = 5;
+pub(crate) const MAJOR_TAG: u8 = 6;
+pub(crate) const MAJOR_SIMPLE: u8 = 7;
+
+/// A decoded item head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Head {
+    pub major: u8,
+    pub arg: u64,
+}
+
+/// A cursor over a byte slice whose first byte is at absolute offset `base`.
+pub(crate) struct Cursor<'a> {
+    pub buf: &'a [u8],
+    pub pos: usize,
+    pub base: u64,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8], base: u64) -> Cursor<'a> {
+        Cursor { buf, pos: 0, base }
+    }
+
+    /// Absolute offset of the next byte.
+    pub fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn malformed(&self, at: usize, reason: impl Into<String>) -> ScanError {
+        ScanError::Malformed {
+            offset: self.base + at as u64,
+            reason: reason.into(),
+        }
+    }
+
+    /// Take `n` bytes.
+    pub fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], ScanError> {
+        let _ = what;
+        if n > self.remaining() as u64 {
+            return Err(ScanError::Truncated {
+                offset: self.offset(),
+                needed: n,
+                available: self.remaining() as u64,
+            });
+        }
+        let n = n as usize;
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    /// Read one head in the strict profile (shortest argument, definite length).
+    pub fn head(&mut self) -> Result<Head, ScanError> {
+        let start = self.pos;
+        let ib = self.take(1, "head")?[0];
+        let major = ib >> 5;
+        let info = ib & 0x1f;
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24 => {
+                let v = u64::from(self.take(1, "head")?[0]);
+                if v < 24 {
+                    return Err(self.malformed(start, "non-shortest integer or length"));
+                }
+                v
+            }
+            25 => {
+                let b = self.take(2, "head")?;
+                let v = u64::from(u16::from_be_bytes([b[0], b[1]]));
+                if v <= 0xff {
+                    return Err(self.malformed(start, "non-shortest integer or length"));
+                }
+                v
+            }
+            26 => {
+                let b = self.take(4, "head")?;
+                let v = u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                if v <= 0xffff {
+                    return Err(self.malformed(start, "non-shortest integer or length"));
+                }
+                v
+            }
+            27 => {
+                let b = self.take(8, "head")?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                let v = u64::from_be_bytes(a);
+                if v <= 0xffff_ffff {
+                    return Err(self.malformed(start, "non-shortest integer or length"));
+                }
+                v
+            }
+            31 => return Err(self.malformed(start, "indefinite length is not allowed")),
+            _ => return Err(self.malformed(start, "reserved additional information")),
+        };
+        Ok(Head { major, arg })
+    }
+
+    /// Skip one complete item in the strict profile, checking all declared lengths and
+    /// the nesting bound. `depth` is the depth of this item (top level: 1).
+    pub fn skip(&mut self, depth: u32, max_depth: u32) -> Result<(), ScanError> {
+        if depth > max_depth {
+            return Err(ScanError::TooDeep {
+                offset: self.offset(),
+                limit: max_depth,
+            });
+        }
+        let start = self.pos;
+        let h = self.head()?;
+        match h.major {
+            MAJOR_UINT | MAJOR_NINT => Ok(()),
+            MAJOR_BYTES => self.take(h.arg, "byte string").map(|_| ()),
+            MAJOR_TEXT => {
+                let s = self.take(h.arg, "text string")?;
+                if std::str::from_utf8(s).is_err() {
+                    return Err(self.malformed(start, "text string is not UTF-8"));
+                }
+                Ok(())
+            }
+            MAJOR_ARRAY => {
+                // Every item takes at least one byte: a count larger than what is left
+                // is an error before we loop over it.
+                if h.arg > self.remaining() as u64 {
+                    return Err(ScanError::Truncated {
+                        offset: self.offset(),
+                        needed: h.arg,
+                        available: self.remaining() as u64,
+                    });
+                }
+                for _ in 0..h.arg {
+                    self.skip(depth + 1, max_depth)?;
+                }
+                Ok(())
+            }
+            MAJOR_MAP => {
+                if h.arg.saturating_mul(2) > self.remaining() as u64 {
+                    return Err(ScanError::Truncated {
+                        offset: self.offset(),
+                        needed: h.arg.saturating_mul(2),
+                        available: self.remaining() as u64,
+                    });
+                }
+                for _ in 0..h.arg {
+                    let key_at = self.pos;
+                    let Some(&b) = self.buf.get(key_at) else {
+                        return Err(ScanError::Truncated {
+                            offset: self.offset(),
+                            needed: 1,
+                            available: 0,
+                        });
+                    };
+                    if b >> 5 != MAJOR_TEXT {
+                        return Err(self.malformed(key_at, "map key is not a text string"));
+                    }
+                    self.skip(depth + 1, max_depth)?;
+                    self.skip(depth + 1, max_depth)?;
+                }
+                Ok(())
+            }
+            MAJOR_TAG => Err(self.malformed(start, "tags are not allowed here")),
+            _ => {
+                match h.arg {
+                    20..=22 => Ok(()),
+                    _ => Err(self
+                        .malformed(start, "only false, true and null simple values are allowed")),
+                }
+            }
+        }
+    }
+
+    /// Read an unsigned integer item.
+    pub fn uint(&mut self, what: &str) -> Result<u64, ScanError> {
+        let at = self.pos;
+        let h = self.head()?;
+        if h.major != MAJOR_UINT {
+            return Err(self.malformed(at, format!("{what}: expected an unsigned integer")));
+        }
+        Ok(h.arg)
+    }
+
+    /// Read a text string item.
+    pub fn text(&mut self, what: &str) -> Result<&'a str, ScanError> {
+        let at = self.pos;
+        let h = self.head()?;
+        if h.major != MAJOR_TEXT {
+            return Err(self.malformed(at, format!("{what}: expected a text string")));
+        }
+        let s = self.take(h.arg, what)?;
+        std::str::from_utf8(s).map_err(|_| self.malformed(at, format!("{what}: not UTF-8")))
+    }
+
+    /// Read a bool item.
+    pub fn boolean(&mut self, what: &str) -> Result<bool, ScanError> {
+        let at = self.pos;
+        let h = self.head()?;
+        match (h.major, h.arg) {
+            (MAJOR_SIMPLE, 20) => Ok(false),
+            (MAJOR_SIMPLE, 21) => Ok(true),
+            _ => Err(self.malformed(at, format!("{what}: expected a bool"))),
+        }
+    }
+
+    /// Read a head that must be of `major`; return its argument.
+    pub fn expect(&mut self, major: u8, what: &str) -> Result<u64, ScanError> {
+        let at = self.pos;
+        let h = self.head()?;
+        if h.major != major {
+            return Err(self.malformed(at, format!("expected {what}")));
+        }
+        Ok(h.arg)
+    }
+}
+
+/// Append a head with the shortest argument encoding.
+pub(crate) fn put_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= 0xff {
+        out.push(m | 24);
+        out.push(arg as u8);
+    } else if arg <= 0xffff {
+        out.push(m | 25);
+        out.extend_from_slice(&(arg as u16).to_be_bytes());
+    } else if arg <= 0xffff_ffff {
+        out.push(m | 26);
+        out.extend_from_slice(&(arg as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
+pub(crate) fn put_text(out: &mut Vec<u8>, s: &str) {
+    put_head(out, MAJOR_TEXT, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub(crate) fn put_uint(out: &mut Vec<u8>, v: u64) {
+    put_head(out, MAJOR_UINT, v);
+}
+
+pub(crate) fn put_bool(out: &mut Vec<u8>, v: bool) {
+    out.push(if v { 0xf5 } else { 0xf4 });
+}
+
+/// Check that `bytes` is exactly one strict item.
+pub(crate) fn check_item(bytes: &[u8], base: u64, max_depth: u32) -> Result<(), ScanError> {
+    let mut c = Cursor::new(bytes, base);
+    c.skip(1, max_depth)?;
+    if c.remaining() != 0 {
+        return Err(c.malformed(c.pos, "trailing bytes after the item"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_round_trip_at_every_width_boundary() {
+        for v in [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_uint(&mut out, v);
+            let mut c = Cursor::new(&out, 0);
+            assert_eq!(c.uint("v").unwrap(), v);
+            assert_eq!(c.remaining(), 0);
+        }
+    }
+
+    #[test]
+    fn non_shortest_heads_are_rejected() {
+        for bad in [
+            &[0x18u8, 0x05][..],
+            &[0x19, 0x00, 0x10],
+            &[0x1a, 0, 0, 0, 1],
+            &[0x1b, 0, 0, 0, 0, 0, 0, 0, 1],
+        ] {
+            assert!(
+                matches!(check_item(bad, 0, 8), Err(ScanError::Malformed { .. })),
+                "{bad:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn declared_lengths_beyond_input_fail_before_allocation() {
+        // A byte string declaring 2^64-1 bytes, an array of 2^32 items, a map of 2^63 pairs.
+        let cases: [&[u8]; 3] = [
+            &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &[0x9b, 0, 0, 0, 1, 0, 0, 0, 0],
+            &[0xbb, 0x80, 0, 0, 0, 0, 0, 0, 0],
+        ];
+        for b in cases {
+            assert!(
+                matches!(check_item(b, 0, 8), Err(ScanError::Truncated { .. })),
+                "{b:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = vec![0x81u8; 100];
+        let mut d = deep.clone();
+        d.push(0);
+        assert_eq!(
+            check_item(&d, 0, 16),
+            Err(ScanError::TooDeep {
+                offset: 16,
+                limit: 16
+            })
+        );
+    }
+
+    #[test]
+    fn tags_floats_indefinite_and_non_text_keys_are_rejected() {
+        for bad in [
+            &[0xc0u8, 0x00][..],
+            &[0xf9, 0, 0],
+            &[0x9f, 0xff],
+            &[0xa1, 0x01, 0x02],
+            &[0xf7],
+        ] {
+            assert!(
+                matches!(check_item(bad, 0, 8), Err(ScanError::Malformed { .. })),
+                "{bad:02x?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! [`ImageWriter`]: builds an image and writes it atomically.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cbor::{
+    self, put_bool, put_head, put_text, put_uint, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP,
+};
+use crate::error::{Error, Location, Result};
+use crate::layout::{self, align_up, Limits, RegionDesc, CRC_FIELD_LEN, PREFIX_LEN};
+use crate::model::{FdEntry, Header};
+use crate::schema::{Schema, SectionSchema, SectionState};
+use crate::Value;
+
+/// Identification of a section, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionInfo {
+    /// Section name (the schema's name).
+    pub name: String,
+    /// Instance id, e.g. the vCPU index or device id; unique per name.
+    pub instance: String,
+    /// Version of the payload.
+    pub version: u32,
+    /// Oldest reader version that can load it.
+    pub min_version: u32,
+    /// Whether a reader that does not know the section must refuse the image.
+    pub required: bool,
+}
+
+/// What [`ImageWriter::write_atomic`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Total file length in bytes.
+    pub file_len: u64,
+    /// Length of the metadata item (everything but region data).
+    pub metadata_len: u64,
+    /// Number of sections.
+    pub sections: usize,
+    /// Number of fd manifest entries.
+    pub fds: usize,
+    /// Number of regions.
+    pub regions: usize,
+}
+
+enum RegionSource {
+    Bytes(Vec<u8>),
+    Reader(Box<dyn Read + Send>),
+}
+
+struct PendingRegion {
+    name: String,
+    len: u64,
+    source: RegionSource,
+}
+
+/// Builds an image: header, sections, fd manifest, regions; the schema of every section
+/// is embedded automatically.
+///
+/// Section payloads are encoded as they are added (so encoding errors surface at the
+/// call that caused them); regions given as readers are streamed when the image is
+/// written.
+pub struct ImageWriter {
+    header: Header,
+    /// Encoded section records, in order.
+    sections: Vec<u8>,
+    section_count: u64,
+    names: std::collections::HashSet<(String, String)>,
+    fds: Vec<FdEntry>,
+    schema: Schema,
+    regions: Vec<PendingRegion>,
+    limits: Limits,
+}
+
+impl ImageWriter {
+    /// A new image with this header.
+    pub fn new(header: Header) -> ImageWriter {
+        ImageWriter {
+            header,
+            sections: Vec::new(),
+            section_count: 0,
+            names: Default::default(),
+            fds: Vec::new(),
+            schema: Schema::default(),
+            regions: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Add a typed section; its schema is embedded.
+    pub fn add_section<T: SectionState>(&mut self, instance: &str, state: &T) -> Result<&mut Self> {
+        let info = SectionInfo {
+            name: T::NAME.to_owned(),
+            instance: instance.to_owned(),
+            version: T::VERSION,
+            min_version: T::MIN_VERSION,
+            required: T::REQUIRED,
+        };
+        let payload = encode(state, &section_loc(&info))?;
+        self.push_section(info, T::schema(), payload)
+    }
+
+    /// Add an untyped section: a value tree (a CBOR map) with its schema. For tools that
+    /// rewrite images without the program's types.
+    pub fn add_value_section(
+        &mut self,
+        info: SectionInfo,
+        schema: SectionSchema,
+        payload: &Value,
+    ) -> Result<&mut Self> {
+        let bytes = encode(payload, &section_loc(&info))?;
+        self.push_section(info, schema, bytes)
+    }
+
+    /// Add a section from its encoded payload bytes (as [`crate::Section::payload_bytes`]
+    /// returns them), for lossless copies.
+    pub fn add_raw_section(
+        &mut self,
+        info: SectionInfo,
+        schema: SectionSchema,
+        payload: Vec<u8>,
+    ) -> Result<&mut Self> {
+        self.push_section(info, schema, payload)
+    }
+
+    fn push_section(
+        &mut self,
+        info: SectionInfo,
+        schema: SectionSchema,
+        payload: Vec<u8>,
+    ) -> Result<&mut Self> {
+        let loc = section_loc(&info);
+        if payload.len() as u64 > self.limits.max_section_len {
+            return Err(Error::Encode {
+                location: loc,
+                reason: format!(
+                    "payload is {} bytes, limit {}",
+                    payload.len(),
+                    self.limits.max_section_len
+                ),
+            });
+        }
+        if payload.first().map(|b| b >> 5) != Some(MAJOR_MAP) {
+            return Err(Error::Encode {
+                location: loc,
+                reason: "payload must be a CBOR map".into(),
+            });
+        }
+        cbor::check_item(&payload, 0, self.limits.max_depth).map_err(|e| Error::Encode {
+            location: loc.clone(),
+            reason: format!("payload is outside the strict CBOR profile: {e:?}"),
+        })?;
+        if schema.name != info.name
+            || schema.version != info.version
+            || schema.min_version != info.min_version
+            || schema.required != info.required
+        {
+            return Err(Error::Encode {
+                location: loc,
+                reason: "schema name, version, min_version or required differ from the section's"
+                    .into(),
+            });
+        }
+        if let Some(existing) = self.schema.get(&info.name) {
+            if *existing != schema {
+                return Err(Error::Encode {
+                    location: loc,
+                    reason: "another instance of this section was added with a different schema"
+                        .into(),
+                });
+            }
+        }
+        if !self
+            .names
+            .insert((info.name.clone(), info.instance.clone()))
+        {
+            return Err(Error::Encode {
+                location: loc,
+                reason: "duplicate section instance".into(),
+            });
+        }
+        self.schema.insert(schema);
+        put_section_record(&mut self.sections, &info, &payload);
+        self.section_count += 1;
+        Ok(self)
+    }
+
+    /// Add a descriptor to the fd manifest; names must be unique.
+    pub fn add_fd(&mut self, fd: FdEntry) -> Result<&mut Self> {
+        if self.fds.iter().any(|f| f.name == fd.name) {
+            return Err(Error::Encode {
+                location: Location::Element("fd_manifest"),
+                reason: format!("duplicate fd name {}", fd.name),
+            });
+        }
+        self.fds.push(fd);
+        Ok(self)
+    }
+
+    /// Add a raw data region from memory.
+    pub fn add_region(&mut self, name: &str, data: Vec<u8>) -> Result<&mut Self> {
+        let len = data.len() as u64;
+        self.push_region(name, len, RegionSource::Bytes(data))
+    }
+
+    /// Add a raw data region streamed from `reader`, which must yield exactly `len` bytes
+    /// when the image is written.
+    pub fn add_region_reader(
+        &mut self,
+        name: &str,
+        len: u64,
+        reader: impl Read + Send + 'static,
+    ) -> Result<&mut Self> {
+        self.push_region(name, len, RegionSource::Reader(Box::new(reader)))
+    }
+
+    fn push_region(&mut self, name: &str, len: u64, source: RegionSource) -> Result<&mut Self> {
+        if self.regions.iter().any(|r| r.name == name) {
+            return Err(Error::Encode {
+                location: Location::Region(name.to_owned()),
+                reason: "duplicate region name".into(),
+            });
+        }
+        self.regions.push(PendingRegion {
+            name: name.to_owned(),
+            len,
+            source,
+        });
+        Ok(self)
+    }
+
+    /// The schema embedded so far.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Encode the whole image in memory (regions from readers are read).
+    pub fn to_bytes(self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let plan = self.plan()?;
+        let ImageWriter { regions, .. } = self;
+        let mut descs = plan.regions.clone();
+        out.resize(plan.file_len as usize, 0);
+        for (r, d) in regions.into_iter().zip(descs.iter_mut()) {
+            let dst = &mut out[d.offset as usize..(d.offset + d.length) as usize];
+            match r.source {
+                RegionSource::Bytes(b) => dst.copy_from_slice(&b),
+                RegionSource::Reader(mut rd) => read_exactly(&mut rd, dst, &r.name)?,
+            }
+            d.crc32 = crc32fast::hash(dst);
+        }
+        let meta = plan.finish(&descs)?;
+        out[..meta.len()].copy_from_slice(&meta);
+        Ok(out)
+    }
+
+    /// Write the image to `path` atomically: a temporary file in the same directory is
+    /// written, synced and renamed over `path`, then the directory is synced, so a crash
+    /// leaves either the old file or the complete new one.
+    pub fn write_atomic(self, path: impl AsRef<Path>) -> Result<WriteStats> {
+        let path = path.as_ref();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = path.file_name().ok_or_else(|| Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(".tmp.{}", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        let result = self.write_tmp(&tmp).and_then(|stats| {
+            std::fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+            let d = File::open(&dir).map_err(io_err("open", &dir))?;
+            d.sync_all().map_err(io_err("sync directory of", path))?;
+            Ok(stats)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_tmp(self, tmp: &Path) -> Result<WriteStats> {
+        let plan = self.plan()?;
+        let stats = WriteStats {
+            file_len: plan.file_len,
+            metadata_len: plan.meta_len,
+            sections: self.section_count as usize,
+            fds: self.fds.len(),
+            regions: self.regions.len(),
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(io_err("create", tmp))?;
+        let mut descs = plan.regions.clone();
+        let mut buf = vec![0u8; 1 << 20];
+        for (r, d) in self.regions.into_iter().zip(descs.iter_mut()) {
+            f.seek(SeekFrom::Start(d.offset))
+                .map_err(io_err("seek", tmp))?;
+            let mut h = crc32fast::Hasher::new();
+            match r.source {
+                RegionSource::Bytes(b) => {
+                    h.update(&b);
+                    f.write_all(&b).map_err(io_err("write", tmp))?;
+                }
+                RegionSource::Reader(mut rd) => {
+                    let mut left = r.len;
+                    while left > 0 {
+                        let n = left.min(buf.len() as u64) as usize;
+                        read_exactly(&mut rd, &mut buf[..n], &r.name)?;
+                        h.update(&buf[..n]);
+                        f.write_all(&buf[..n]).map_err(io_err("write", tmp))?;
+                        left -= n as u64;
+                    }
+                }
+            }
+            d.crc32 = h.finalize();
+        }
+        let meta = plan.finish(&descs)?;
+        f.seek(SeekFrom::Start(0)).map_err(io_err("seek", tmp))?;
+        f.write_all(&meta).map_err(io_err("write", tmp))?;
+        // Gaps between the metadata and regions are holes, which read as zeros.
+        f.set_len(plan.file_len).map_err(io_err("write", tmp))?;
+        f.sync_all().map_err(io_err("sync", tmp))?;
+        Ok(stats)
+    }
+
+    /// Lay the image out: everything but region CRCs is fixed here.
+    fn plan(&self) -> Result<Plan> {
+        let mut body = Vec::with_capacity(self.sections.len() + 4096);
+        append_encoded(&mut body, &self.header, "header")?;
+        put_head(&mut body, MAJOR_ARRAY, self.section_count);
+        body.extend_from_slice(&self.sections);
+        append_encoded(&mut body, &self.fds, "fd_manifest")?;
+        append_encoded(&mut body, &self.schema, "schema")?;
+        // The metadata length depends on the region offsets and the file length, which
+        // depend on the metadata length: iterate to the fixed point (lengths only grow,
+        // so this ends after a few rounds).
+        let mut meta_len = (PREFIX_LEN + body.len()) as u64;
+        for _ in 0..16 {
+            let mut next = align_up(meta_len).ok_or_else(too_big)?;
+            let mut regions = Vec::with_capacity(self.regions.len());
+            for r in &self.regions {
+                regions.push(RegionDesc {
+                    name: r.name.clone(),
+                    offset: next,
+                    length: r.len,
+                    crc32: 0,
+                });
+                next = next
+                    .checked_add(r.len)
+                    .and_then(align_up)
+                    .ok_or_else(too_big)?;
+            }
+            let mut tail = Vec::new();
+            append_encoded(&mut tail, &regions, "regions")?;
+            let file_len = match regions.last() {
+                Some(r) => r.offset + r.length,
+                None => meta_len,
+            };
+            layout::put_trailer(&mut tail, self.section_count, file_len);
+            let total = (PREFIX_LEN + body.len() + tail.len()) as u64;
+            if total == meta_len {
+                return Ok(Plan {
+                    body,
+                    meta_len,
+                    file_len,
+                    regions,
+                    section_count: self.section_count,
+                });
+            }
+            meta_len = total;
+        }
+        Err(too_big())
+    }
+}
+
+struct Plan {
+    body: Vec<u8>,
+    meta_len: u64,
+    file_len: u64,
+    regions: Vec<RegionDesc>,
+    section_count: u64,
+}
+
+impl Plan {
+    /// The complete metadata item, with the region CRCs now known.
+    fn finish(&self, regions: &[RegionDesc]) -> Result<Vec<u8>> {
+        let mut meta = Vec::with_capacity(self.meta_len as usize);
+        meta.extend_from_slice(&layout::prefix(self.meta_len));
+        meta.extend_from_slice(&self.body);
+        append_encoded(&mut meta, &regions, "regions")?;
+        layout::put_trailer(&mut meta, self.section_count, self.file_len);
+        if meta.len() as u64 != self.meta_len {
+            return Err(Error::Encode {
+                location: Location::Element("regions"),
+                reason: "region table changed length after layout".into(),
+            });
+        }
+        let crc_at = meta.len() - CRC_FIELD_LEN + 1;
+        let crc = crc32fast::hash(&meta[..crc_at - 1]);
+        meta[crc_at..].copy_from_slice(&crc.to_be_bytes());
+        Ok(meta)
+    }
+}
+
+/// Encode a section record: map of name, instance, version, min_version, required, crc
+/// and payload (tag 24 around a byte string holding the encoded payload map).
+pub(crate) fn put_section_record(out: &mut Vec<u8>, info: &SectionInfo, payload: &[u8]) {
+    put_head(out, MAJOR_MAP, 7);
+    put_text(out, "name");
+    put_text(out, &info.name);
+    put_text(out, "instance");
+    put_text(out, &info.instance);
+    put_text(out, "version");
+    put_uint(out, u64::from(info.version));
+    put_text(out, "min_version");
+    put_uint(out, u64::from(info.min_version));
+    put_text(out, "required");
+    put_bool(out, info.required);
+    put_text(out, "crc");
+    put_uint(out, u64::from(crc32fast::hash(payload)));
+    put_text(out, "payload");
+    out.extend_from_slice(&[0xd8, 0x18]);
+    put_head(out, MAJOR_BYTES, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+fn encode<T: Serialize + ?Sized>(v: &T, loc: &Location) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(v, &mut out).map_err(|e| Error::Encode {
+        location: loc.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(out)
+}
+
+fn append_encoded<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    v: &T,
+    elem: &'static str,
+) -> Result<()> {
+    ciborium::ser::into_writer(v, &mut *out).map_err(|e| Error::Encode {
+        location: Location::Element(elem),
+        reason: e.to_string(),
+    })
+}
+
+fn section_loc(info: &SectionInfo) -> Location {
+    Location::Section {
+        name: info.name.clone(),
+        instance: info.instance.clone(),
+    }
+}
+
+fn too_big() -> Error {
+    Error::Encode {
+        location: Location::Element("regions"),
+        reason: "image larger than 2^64 bytes".into(),
+    }
+}
+
+fn read_exactly(r: &mut dyn Read, dst: &mut [u8], name: &str) -> Result<()> {
+    r.read_exact(dst).map_err(|e| Error::Encode {
+        location: Location::Region(name.to_owned()),
+        reason: format!("region reader failed or ended early: {e}"),
+    })
+}
+
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

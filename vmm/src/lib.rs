@@ -1,0 +1,4 @@
+//! The vmm crate as a library: the machine (KVM VM, vCPUs, devices, state save/restore), for
+//! the `vmm` binary's front end, examples and integration tests.
+
+pub mod machine;

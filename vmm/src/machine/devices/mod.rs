@@ -1,0 +1,77 @@
+//! Emulated devices on the port I/O bus. The PIC, IOAPIC, LAPIC and PIT are KVM's in-kernel
+//! models (see `vm_state`); everything here runs in the VMM.
+//!
+//! | ports         | device                          |
+//! |---------------|---------------------------------|
+//! | 0x3f8..=0x3ff | 8250 UART (COM1), IRQ 4         |
+//! | 0x604..=0x605 | PM1a control (S3 / power-off)   |
+//! | 0x501         | debug exit                      |
+//!
+//! Reads of other ports return all ones and writes are ignored, as on an ISA bus.
+
+pub mod debug_exit;
+pub mod pm;
+pub mod serial;
+
+use std::sync::Mutex;
+
+pub use debug_exit::DebugExit;
+pub use pm::{PmControl, PmRequest};
+pub use serial::SerialDevice;
+
+/// What a port write asks the machine to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoAction {
+    None,
+    Pm(PmRequest),
+    DebugExit(u8),
+}
+
+/// The port I/O devices, shared by all vCPU threads.
+pub struct Devices {
+    pub serial: Mutex<SerialDevice>,
+    pub pm: Mutex<PmControl>,
+    pub debug_exit: DebugExit,
+}
+
+impl Devices {
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if let Some(offset) = SerialDevice::offset(port) {
+            let mut serial = lock(&self.serial);
+            for b in data.iter_mut() {
+                *b = serial.read(offset);
+            }
+        } else if let Some(offset) = PmControl::offset(port) {
+            lock(&self.pm).read(offset, data);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> Result<IoAction, serial::SerialError> {
+        if let Some(offset) = SerialDevice::offset(port) {
+            let mut serial = lock(&self.serial);
+            for b in data {
+                serial.write(offset, *b)?;
+            }
+            Ok(IoAction::None)
+        } else if let Some(offset) = PmControl::offset(port) {
+            Ok(lock(&self.pm)
+                .write(offset, data)
+                .map_or(IoAction::None, IoAction::Pm))
+        } else if port == debug_exit::DEBUG_EXIT_PORT {
+            Ok(self
+                .debug_exit
+                .write(data)
+                .map_or(IoAction::None, IoAction::DebugExit))
+        } else {
+            Ok(IoAction::None)
+        }
+    }
+}
+
+/// Locks a device mutex. A vCPU thread that panicked while holding it leaves the device in
+/// whatever state it was; the guest sees that state rather than the VMM dying too.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,274 @@
+//! Building a machine (fresh or for restore), booting it, resetting it, and register dumps.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::devices::{self, DebugExit, Devices, PmControl, SerialDevice};
+use super::memory::GuestRam;
+use super::vcpu::Vcpu;
+use super::vcpu_state::VcpuState;
+use super::vcpu_thread::{self, MachineShared, VcpuCtl};
+use super::vm_state::{IrqchipState, PitState};
+use super::{
+    boot, cpuid, vm, Machine, MachineConfig, MachineError, MachineEvent, RunState, VcpuHandle,
+};
+
+/// State of the vCPUs, irqchip and PIT as created, before any guest code ran.
+pub(super) struct BootSnapshot {
+    vcpus: Vec<VcpuState>,
+    irqchip: IrqchipState,
+    pit: PitState,
+}
+
+/// A VM with configured vCPUs, not yet running threads.
+pub(super) struct Parts {
+    /// Kept so /dev/kvm stays open while the VM is being built.
+    pub _kvm: Kvm,
+    pub vm: VmFd,
+    pub ram: GuestRam,
+    pub vcpus: Vec<Vcpu>,
+    pub msr_list: Vec<u32>,
+    /// MSRs KVM lists but cannot read for this guest's CPUID (not saved).
+    pub unsaved_msrs: Vec<u32>,
+    pub boot_state: BootSnapshot,
+}
+
+fn kvm_io(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
+    move |source| MachineError::Vm(vm::VmError::Ioctl { ioctl, source })
+}
+
+/// Creates the VM over `ram` and its vCPUs with firmware-like boot configuration (CPUID,
+/// MSRs, LAPIC LINT pins, FPU). Writes nothing into guest RAM.
+pub(super) fn create(config: &MachineConfig, ram: GuestRam) -> Result<Parts, MachineError> {
+    if config.vcpus == 0 || config.vcpus == u8::MAX {
+        return Err(MachineError::VcpuCount { got: config.vcpus });
+    }
+    vcpu_thread::install_kick_handler().map_err(MachineError::Signal)?;
+    let kvm = Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))?;
+    let vm = vm::create_vm(&kvm, &ram)?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_io("KVM_GET_SUPPORTED_CPUID"))?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map_err(kvm_io("KVM_GET_MSR_INDEX_LIST"))?
+        .as_slice()
+        .to_vec();
+    let xsave2_size = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
+    let count = u32::from(config.vcpus);
+    let mut vcpus = Vec::new();
+    for index in 0..count {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_io("KVM_CREATE_VCPU"))?;
+        let v = Vcpu::new(index, fd, xsave2_size);
+        v.set_cpuid(&cpuid::filter(&supported, index, count))?;
+        v.setup_boot_msrs()?;
+        v.setup_lint()?;
+        v.set_fpu(&boot::boot_fpu())?;
+        vcpus.push(v);
+    }
+    let (msr_list, unsaved_msrs) = match vcpus.first() {
+        Some(v) => v.readable_msrs(&msr_list)?,
+        None => (msr_list, Vec::new()),
+    };
+    let boot_state = BootSnapshot {
+        vcpus: vcpus
+            .iter()
+            .map(|v| v.save(&msr_list))
+            .collect::<Result<_, _>>()?,
+        irqchip: vm::get_irqchip(&vm)?,
+        pit: vm::get_pit(&vm)?,
+    };
+    Ok(Parts {
+        _kvm: kvm,
+        vm,
+        ram,
+        vcpus,
+        msr_list,
+        unsaved_msrs,
+        boot_state,
+    })
+}
+
+/// Loads the kernel and points the boot vCPU at it in long mode. Other vCPUs stay in
+/// wait-for-SIPI, as after a real reset.
+pub(super) fn boot(config: &MachineConfig, ram: &GuestRam, bsp: &Vcpu) -> Result<(), MachineError> {
+    let info = boot::load_kernel(
+        ram,
+        &config.kernel,
+        config.initrd.as_deref(),
+        config.cmdline.as_deref(),
+    )?;
+    super::mptable::write(ram.memory(), config.vcpus)?;
+    let sregs = boot::setup_long_mode(ram.memory(), &bsp.get_sregs()?)?;
+    bsp.set_sregs(&sregs)?;
+    bsp.set_regs(&boot::boot_regs(info.entry))?;
+    bsp.set_runnable()?;
+    Ok(())
+}
+
+/// Wires the devices, starts the (stopped) vCPU threads and returns the machine.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish(
+    config: &MachineConfig,
+    parts: Parts,
+    serial: SerialDevice,
+    serial_irq: EventFd,
+    pm: PmControl,
+    events: std::sync::mpsc::Sender<MachineEvent>,
+    run_state: RunState,
+    paused_while_suspended: bool,
+) -> Result<Machine, MachineError> {
+    // Registered after the irqchip state is final: an interrupt the UART raised while being
+    // restored is already latched in the eventfd and KVM injects it at registration.
+    parts
+        .vm
+        .register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
+        .map_err(|source| MachineError::Irqfd {
+            gsi: devices::serial::COM1_IRQ,
+            source,
+        })?;
+    let devices = Arc::new(Devices {
+        serial: Mutex::new(serial),
+        pm: Mutex::new(pm),
+        debug_exit: DebugExit,
+    });
+    let ctls: Vec<Arc<VcpuCtl>> = parts
+        .vcpus
+        .iter()
+        .map(|v| Arc::new(VcpuCtl::new(v.index)))
+        .collect();
+    let shared = Arc::new(MachineShared {
+        run_state: Mutex::new(run_state),
+        events: Mutex::new(events),
+        vcpus: ctls.clone(),
+        devices,
+    });
+    let mut handles = Vec::new();
+    for (v, ctl) in parts.vcpus.into_iter().zip(ctls) {
+        let index = v.index;
+        let vcpu = Arc::new(Mutex::new(v));
+        let (tv, tc, ts) = (vcpu.clone(), ctl.clone(), shared.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu_thread::run(tv, tc, ts))
+            .map_err(|source| MachineError::SpawnThread { index, source })?;
+        handles.push(VcpuHandle {
+            vcpu,
+            ctl,
+            thread: Some(thread),
+        });
+    }
+    let machine = Machine {
+        config: config.clone(),
+        vcpus: handles,
+        shared,
+        vm: parts.vm,
+        ram: parts.ram,
+        serial_irq,
+        msr_list: parts.msr_list,
+        unsaved_msrs: parts.unsaved_msrs,
+        boot_state: parts.boot_state,
+        paused_while_suspended,
+    };
+    machine.stop_vcpus();
+    Ok(machine)
+}
+
+/// Returns vCPUs, irqchip, PIT and devices to boot state and reloads the kernel. The caller
+/// has stopped the vCPUs.
+pub(super) fn reset(m: &mut Machine) -> Result<(), MachineError> {
+    for (h, state) in m.vcpus.iter().zip(&m.boot_state.vcpus) {
+        devices::lock(&h.vcpu).restore(state)?;
+    }
+    vm::set_irqchip(&m.vm, &m.boot_state.irqchip)?;
+    vm::set_pit(&m.vm, &m.boot_state.pit)?;
+    if let Some(h) = m.vcpus.first() {
+        boot(&m.config, &m.ram, &devices::lock(&h.vcpu))?;
+    }
+    devices::lock(&m.shared.devices.serial).reset()?;
+    *devices::lock(&m.shared.devices.pm) = PmControl::default();
+    Ok(())
+}
+
+fn seg_line(name: &str, s: &super::vcpu_state::Segment) -> String {
+    let flags = (u32::from(s.seg_type) << 8)
+        | (u32::from(s.s) << 12)
+        | (u32::from(s.dpl) << 13)
+        | (u32::from(s.present) << 15)
+        | (u32::from(s.avl) << 20)
+        | (u32::from(s.l) << 21)
+        | (u32::from(s.db) << 22)
+        | (u32::from(s.g) << 23);
+    format!(
+        "{name:<3}={:04x} {:016x} {:08x} {:08x} DPL={}\n",
+        s.selector, s.base, s.limit, flags, s.dpl
+    )
+}
+
+/// QEMU `info registers`-like text.
+pub(super) fn describe_registers(v: &Vcpu) -> Result<String, MachineError> {
+    let r = v.get_regs()?;
+    let s = v.get_sregs()?;
+    let d = super::vcpu_state::DebugRegs::from(&v.fd.get_debug_regs().map_err(|source| {
+        super::vcpu::VcpuError::Ioctl {
+            index: v.index,
+            ioctl: "KVM_GET_DEBUGREGS",
+            source,
+        }
+    })?);
+    let mp = v.fd.get_mp_state().map(|m| m.mp_state).unwrap_or(u32::MAX);
+    let mut out = format!("CPU#{}\n", v.index);
+    out += &format!(
+        "RAX={:016x} RBX={:016x} RCX={:016x} RDX={:016x}\n",
+        r.rax, r.rbx, r.rcx, r.rdx
+    );
+    out += &format!(
+        "RSI={:016x} RDI={:016x} RBP={:016x} RSP={:016x}\n",
+        r.rsi, r.rdi, r.rbp, r.rsp
+    );
+    out += &format!(
+        "R8 ={:016x} R9 ={:016x} R10={:016x} R11={:016x}\n",
+        r.r8, r.r9, r.r10, r.r11
+    );
+    out += &format!(
+        "R12={:016x} R13={:016x} R14={:016x} R15={:016x}\n",
+        r.r12, r.r13, r.r14, r.r15
+    );
+    out += &format!(
+        "RIP={:016x} RFL={:08x} CPL={} HLT={}\n",
+        r.rip,
+        r.rflags,
+        s.cs.dpl,
+        u8::from(mp == kvm_bindings::KVM_MP_STATE_HALTED)
+    );
+    for (name, seg) in [
+        ("ES", &s.es),
+        ("CS", &s.cs),
+        ("SS", &s.ss),
+        ("DS", &s.ds),
+        ("FS", &s.fs),
+        ("GS", &s.gs),
+        ("LDT", &s.ldt),
+        ("TR", &s.tr),
+    ] {
+        out += &seg_line(name, seg);
+    }
+    out += &format!("GDT=     {:016x} {:08x}\n", s.gdt.base, s.gdt.limit);
+    out += &format!("IDT=     {:016x} {:08x}\n", s.idt.base, s.idt.limit);
+    out += &format!(
+        "CR0={:08x} CR2={:016x} CR3={:016x} CR4={:08x}\n",
+        s.cr0, s.cr2, s.cr3, s.cr4
+    );
+    out += &format!(
+        "DR0={:016x} DR1={:016x} DR2={:016x} DR3={:016x}\n",
+        d.db[0], d.db[1], d.db[2], d.db[3]
+    );
+    out += &format!("DR6={:016x} DR7={:016x}\n", d.dr6, d.dr7);
+    out += &format!("EFER={:016x} APIC_BASE={:016x}\n", s.efer, s.apic_base);
+    Ok(out)
+}

@@ -1,0 +1,264 @@
+//! vCPU threads and the stop protocol.
+//!
+//! Each vCPU runs KVM_RUN in its own thread. To stop it, the machine sets `want = Pause` and
+//! sends the thread [`kick_signal`] (SIGRTMIN + 0). The signal handler sets `immediate_exit`
+//! in the thread's kvm_run page, so KVM_RUN returns EINTR whether the signal lands while
+//! the guest runs, or just before the thread re-enters KVM_RUN (the race a flag check alone
+//! would lose). A stopping thread then does one more KVM_RUN with immediate_exit = 1: KVM
+//! completes a pending port or MMIO access (an IN's data reaches RAX) and returns at once,
+//! so saved registers never sit in the middle of an instruction. Only then is the vCPU
+//! reported stopped; while stopped the thread does not hold the vCPU mutex, so the machine
+//! can read and write vCPU state.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::Duration;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::VcpuExit;
+use vmm_sys_util::signal::{register_signal_handler, unblock_signal, SIGRTMIN};
+
+use super::devices::{lock, Devices, IoAction, PmRequest};
+use super::vcpu::Vcpu;
+use super::{MachineEvent, RunState};
+
+/// The signal that kicks a vCPU thread out of KVM_RUN: SIGRTMIN + 0. The front end must not
+/// use it for anything else.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+thread_local! {
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only touches a const-initialised thread-local and the vCPU's own kvm_run page:
+    // async-signal-safe.
+    KVM_RUN_PTR.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's kvm_run mapping, set while the thread owns
+            // its vCPU and cleared before the thread drops it.
+            unsafe { (*run).immediate_exit = 1 };
+        }
+    });
+}
+
+static INSTALL: Once = Once::new();
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> Result<(), std::io::Error> {
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        result = register_signal_handler(kick_signal(), handle_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    Run,
+    Pause,
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Is {
+    Starting,
+    Stopped,
+    Running,
+    Exited,
+}
+
+pub struct Ctl {
+    pub want: Want,
+    pub is: Is,
+    pthread: Option<libc::pthread_t>,
+    pub tid: i32,
+}
+
+/// Control block of one vCPU thread, shared by the machine and the thread.
+pub struct VcpuCtl {
+    pub index: u32,
+    pub ctl: Mutex<Ctl>,
+    pub cv: Condvar,
+    /// Mirror of `want != Run`, read by the run loop without taking the lock.
+    stop: AtomicBool,
+}
+
+impl VcpuCtl {
+    pub fn new(index: u32) -> VcpuCtl {
+        VcpuCtl {
+            index,
+            ctl: Mutex::new(Ctl {
+                want: Want::Pause,
+                is: Is::Starting,
+                pthread: None,
+                tid: 0,
+            }),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(true),
+        }
+    }
+
+    /// Sets what the thread should do and kicks it out of KVM_RUN if it must stop.
+    pub fn request(&self, want: Want) {
+        let mut c = lock(&self.ctl);
+        c.want = want;
+        self.stop.store(want != Want::Run, Ordering::SeqCst);
+        self.kick_locked(&c);
+        self.cv.notify_all();
+    }
+
+    fn kick_locked(&self, c: &Ctl) {
+        if c.want != Want::Run && c.is == Is::Running {
+            if let Some(t) = c.pthread {
+                // SAFETY: the thread is alive: it is Running and marks itself Exited under
+                // this lock before it ends. pthread_kill with a valid id has no other effect
+                // than delivering the signal.
+                unsafe { libc::pthread_kill(t, kick_signal()) };
+            }
+        }
+    }
+
+    /// Waits until the thread is stopped (or exited), re-kicking it now and then in case a
+    /// signal went to a thread that was between exits.
+    pub fn wait_stopped(&self) {
+        let mut c = lock(&self.ctl);
+        while !matches!(c.is, Is::Stopped | Is::Exited) {
+            self.kick_locked(&c);
+            c = self
+                .cv
+                .wait_timeout(c, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    pub fn state(&self) -> (Is, i32) {
+        let c = lock(&self.ctl);
+        (c.is, c.tid)
+    }
+}
+
+/// What the vCPU threads share with the machine.
+pub struct MachineShared {
+    pub run_state: Mutex<RunState>,
+    pub events: Mutex<std::sync::mpsc::Sender<MachineEvent>>,
+    pub vcpus: Vec<Arc<VcpuCtl>>,
+    pub devices: Arc<Devices>,
+}
+
+impl MachineShared {
+    fn send(&self, event: MachineEvent) {
+        // The front end may have gone away; the machine keeps its own state regardless.
+        let _ = lock(&self.events).send(event);
+    }
+
+    /// A guest action stops every vCPU and moves the machine to `state`.
+    fn guest_stop(&self, state: RunState, event: MachineEvent) {
+        *lock(&self.run_state) = state;
+        for v in &self.vcpus {
+            v.request(Want::Pause);
+        }
+        self.send(event);
+    }
+}
+
+/// Body of a vCPU thread.
+pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>) {
+    // The thread inherits its creator's signal mask; the kick must get through whatever the
+    // front end blocked. Unblocking an unblocked signal cannot fail.
+    let _ = unblock_signal(kick_signal());
+    {
+        let mut v = lock(&vcpu);
+        let ptr: *mut kvm_run = v.fd.get_kvm_run();
+        KVM_RUN_PTR.with(|p| p.set(ptr));
+        let mut c = lock(&ctl.ctl);
+        // SAFETY: pthread_self has no preconditions.
+        c.pthread = Some(unsafe { libc::pthread_self() });
+        // SAFETY: gettid has no preconditions.
+        c.tid = unsafe { libc::gettid() };
+    }
+    loop {
+        {
+            let mut c = lock(&ctl.ctl);
+            loop {
+                match c.want {
+                    Want::Run => break,
+                    Want::Exit => {
+                        KVM_RUN_PTR.with(|p| p.set(std::ptr::null_mut()));
+                        c.is = Is::Exited;
+                        ctl.cv.notify_all();
+                        return;
+                    }
+                    Want::Pause => {
+                        if c.is != Is::Stopped {
+                            c.is = Is::Stopped;
+                            ctl.cv.notify_all();
+                        }
+                        c = ctl.cv.wait(c).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+            }
+            c.is = Is::Running;
+            ctl.cv.notify_all();
+        }
+        let mut v = lock(&vcpu);
+        v.fd.set_kvm_immediate_exit(0);
+        while !ctl.stop.load(Ordering::SeqCst) {
+            if let Err(msg) = run_once(&mut v, &shared) {
+                shared.guest_stop(
+                    RunState::InternalError,
+                    MachineEvent::InternalError(format!("vCPU {}: {msg}", v.index)),
+                );
+            }
+        }
+        // Complete any pending I/O before reporting stopped (see the module comment).
+        v.fd.set_kvm_immediate_exit(1);
+        let _ = v.fd.run();
+        v.fd.set_kvm_immediate_exit(0);
+    }
+}
+
+fn run_once(v: &mut Vcpu, shared: &MachineShared) -> Result<(), String> {
+    match v.fd.run() {
+        Ok(VcpuExit::IoOut(port, data)) => match shared.devices.pio_write(port, data) {
+            Ok(IoAction::None) => {}
+            Ok(IoAction::Pm(PmRequest::Suspend)) => {
+                shared.guest_stop(RunState::Suspended, MachineEvent::GuestSuspend)
+            }
+            Ok(IoAction::Pm(PmRequest::PowerOff)) => {
+                shared.guest_stop(RunState::Shutdown, MachineEvent::GuestShutdown)
+            }
+            Ok(IoAction::DebugExit(code)) => {
+                shared.guest_stop(RunState::Shutdown, MachineEvent::DebugExit(code))
+            }
+            // A failing serial sink (closed chardev) must not stop the guest.
+            Err(_) => {}
+        },
+        Ok(VcpuExit::IoIn(port, data)) => shared.devices.pio_read(port, data),
+        Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+        Ok(VcpuExit::MmioWrite(..)) => {}
+        Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {}
+        Ok(VcpuExit::Shutdown) => return Err("triple fault (KVM_EXIT_SHUTDOWN)".into()),
+        Ok(VcpuExit::InternalError) => {
+            return Err("KVM_EXIT_INTERNAL_ERROR (instruction emulation failed)".into())
+        }
+        Ok(VcpuExit::FailEntry(reason, cpu)) => {
+            return Err(format!(
+                "KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on host CPU {cpu}"
+            ))
+        }
+        Ok(other) => return Err(format!("unexpected exit {other:?}")),
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            // Kicked: the loop condition decides whether to stop.
+            v.fd.set_kvm_immediate_exit(0);
+        }
+        Err(e) => return Err(format!("KVM_RUN failed: {e}")),
+    }
+    Ok(())
+}
