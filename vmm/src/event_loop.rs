@@ -2,7 +2,7 @@
 //! stdin, pty masters) and an eventfd that wakes it for machine events.
 
 use std::io::Write;
-use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::mpsc::{channel, Receiver};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -94,9 +94,18 @@ impl Frontends {
             .unwrap_or_else(ChardevOutput::discard)
     }
 
-    /// The chardevs, e.g. to list the fds a live update must keep.
-    pub fn chardevs(&self) -> &[Chardev] {
-        &self.chardevs
+    /// Every fd the chardevs own, by chardev id and role: what a live update must keep open
+    /// across exec and hand to [`Chardev::from_inherited`] in the new process.
+    #[allow(dead_code)] // used by the live-update step; tested below
+    pub fn fd_manifest(&self) -> Vec<(String, crate::chardev::FdRole, std::os::fd::RawFd)> {
+        self.chardevs
+            .iter()
+            .flat_map(|c| {
+                c.fds()
+                    .into_iter()
+                    .map(|(role, fd)| (c.spec.id.clone(), role, fd))
+            })
+            .collect()
     }
 }
 
@@ -225,11 +234,8 @@ pub fn run_loop<V: VmControl>(
         }
         if fds[WAKE].revents != 0 {
             let _ = wake.read();
-            loop {
-                match events.try_recv() {
-                    Ok(ev) => ctl.on_machine_event(ev),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            while let Ok(ev) = events.try_recv() {
+                ctl.on_machine_event(ev);
             }
         }
         if fds[SIGNALS].revents != 0 {
@@ -295,4 +301,39 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     let code = run_loop(&mut frontends, &mut ctl, &wake, &signals, &loop_rx);
     ctl.vm.shutdown();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chardev::FdRole;
+    use crate::cli::{parse_args, Action};
+
+    #[test]
+    fn fd_manifest_lists_each_chardevs_fds() {
+        let dir = std::env::temp_dir().join(format!("vmm-fd-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("q.sock");
+        let args = [
+            "-kernel".to_string(),
+            env!("CARGO_MANIFEST_PATH").to_string(),
+            "-serial".into(),
+            "null".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", sock.display()),
+        ];
+        let Ok(Action::Run(config)) = parse_args(args) else {
+            panic!("config")
+        };
+        let f = Frontends::open(&config).unwrap();
+        let m = f.fd_manifest();
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(
+            (m[0].0.as_str(), m[0].1),
+            ("compat_monitor0", FdRole::Listener)
+        );
+        assert!(m[0].2 > 2);
+        drop(f);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -5,12 +5,15 @@
 //! rebuilds the chardev around fds inherited across exec, so a live update keeps a monitor or
 //! console connection open.
 
+// fds(), from_inherited() and pty_path() serve the live-update step, which lands later.
+#![cfg_attr(not(test), allow(dead_code))]
+
 mod io;
 mod spec;
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -481,15 +484,6 @@ fn pty_slave_path(master: &OwnedFd) -> std::io::Result<PathBuf> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(PathBuf::from(format!("/dev/pts/{n}")))
-}
-
-/// Takes ownership of an inherited fd number (used by the live-update path).
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else in this process.
-pub unsafe fn owned_from_raw(fd: RawFd) -> OwnedFd {
-    // SAFETY: guaranteed by the caller.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 #[cfg(test)]

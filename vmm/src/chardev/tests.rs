@@ -1,5 +1,6 @@
 use super::*;
 use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 
 fn unix_spec(path: &std::path::Path) -> ChardevSpec {
     ChardevSpec {

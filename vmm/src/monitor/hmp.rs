@@ -177,8 +177,9 @@ fn info_registers<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<Stri
     };
     let mut out = String::new();
     for i in 0..n {
-        if n > 1 {
-            out.push_str(&format!("\nCPU#{i}\n"));
+        // The machine's text starts with its own `CPU#N` header.
+        if i > 0 {
+            out.push('\n');
         }
         let regs = c.vm.describe_registers(i)?;
         out.push_str(&regs);

@@ -9,6 +9,7 @@ use super::json::{ordered_object, to_qemu_json, Message, Streamer};
 use super::{hmp, run_state_name, CmdError, Controller, ErrorClass, Event, VmControl};
 
 /// A QMP argument's expected JSON type, named as QEMU names it in errors.
+#[allow(dead_code)] // Bool: for the cpr-* commands' flags
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgType {
     Str,
