@@ -261,4 +261,6 @@ impl<V: VmControl> Controller<V> {
 #[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
