@@ -101,7 +101,7 @@ const MAX_VCPUS: u64 = 255;
 /// Options taking an argument, with QEMU's spelling (a leading `--` is accepted too).
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "name", "machine", "M", "object", "chardev",
-    "serial", "monitor", "qmp",
+    "serial", "monitor", "qmp", "accel", "display",
 ];
 
 pub const HELP: &str = "\
@@ -120,6 +120,8 @@ Standard options:
 -kernel FILE         guest kernel (test guest ELF or Linux bzImage)
 -initrd FILE         initial ram disk
 -append CMDLINE      kernel command line
+-enable-kvm, -accel kvm, -nographic, -display none
+                     accepted for habit: this VMM always uses KVM and has no display
 -S                   do not start the guest (state 'prelaunch'; use 'cont')
 -only-cpr-capable    allow only devices that survive a live update
 
@@ -169,6 +171,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Action, Cli
             ("version", _) => return Ok(Action::Version),
             ("S", _) => b.start_paused = true,
             ("only-cpr-capable", _) => b.only_cpr_capable = true,
+            // Habits from QEMU that mean what this VMM always does: KVM, no display.
+            ("enable-kvm" | "nographic", _) => {}
             (opt, Some(v)) => b
                 .option(opt, &v)
                 .map_err(|e| err(format!("-{opt} {v}: {}", e.0)))?,
@@ -234,12 +238,29 @@ impl Builder {
             "append" => self.append = Some(v.to_string()),
             "name" => {
                 let o = Opts::parse(v, Some("guest"));
+                if let Some(k) = o.unknown_key(&["guest", "process", "debug-threads"]) {
+                    return Err(err(format!("Invalid parameter '{k}'")));
+                }
                 self.name = o
                     .implied
                     .clone()
                     .or_else(|| o.get("guest").map(str::to_string));
             }
             "machine" | "M" => self.machine(v)?,
+            "accel" => {
+                let o = Opts::parse(v, Some("accel"));
+                let a = o.implied.as_deref().or(o.get("accel")).unwrap_or("");
+                if a != "kvm" {
+                    return Err(err(format!(
+                        "accelerator '{a}' is not supported (kvm only)"
+                    )));
+                }
+            }
+            "display" => {
+                if Opts::parse(v, Some("type")).implied.as_deref() != Some("none") {
+                    return Err(err("only '-display none' is supported (no display)"));
+                }
+            }
             "object" => self.object(v)?,
             "chardev" => {
                 let spec = ChardevSpec::parse(v).map_err(err)?;

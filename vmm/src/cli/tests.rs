@@ -53,6 +53,21 @@ fn defaults_and_basic_options() {
     assert_eq!(c.mem_size, 512 << 20);
     assert_eq!(run(&[]).mem_size, 128 << 20);
     assert!(run(&["-only-cpr-capable"]).only_cpr_capable);
+    assert_eq!(
+        run(&[
+            "-enable-kvm",
+            "-nographic",
+            "-accel",
+            "kvm",
+            "-display",
+            "none"
+        ]),
+        run(&[])
+    );
+    assert_eq!(
+        error(&["-accel", "tcg"]),
+        "-accel tcg: accelerator 'tcg' is not supported (kvm only)"
+    );
     assert_eq!(parse(&["-version"]), Ok(Action::Version));
     assert_eq!(parse(&["--help"]), Ok(Action::Help));
 }
