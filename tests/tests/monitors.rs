@@ -256,3 +256,34 @@ fn sigterm_shuts_down_like_qemu() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(stderr, "vmm: terminating on signal 15\n");
 }
+
+#[test]
+fn nographic_multiplexes_console_and_monitor_on_stdio() {
+    let kernel = guest("counter");
+    let mut vmm = Vmm::spawn_with(
+        &["-kernel", &kernel, "-nographic"],
+        std::process::Stdio::piped(),
+    );
+    let mut stdin = vmm.child.stdin.take().expect("stdin piped");
+    let mut out = cpr_tests::Watch::new(vmm.child.stdout.take().expect("stdout piped"));
+    out.wait_for("count 2\n");
+    use std::io::Write;
+    // Ctrl-A c: to the monitor; a command; Ctrl-A x: exit, as in QEMU.
+    stdin
+        .write_all(b"\x01cinfo status\r\x01x")
+        .expect("type into the console");
+    let seen = out.rest().to_string();
+    assert!(
+        seen.contains(&format!(
+            "vmm {} monitor - type 'help'",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("(vmm) VM status: running\r\n(vmm) vmm: terminated\r\n"),
+        "{seen}"
+    );
+    let (status, _, stderr) = vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}

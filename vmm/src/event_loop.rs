@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::chardev::{Chardev, ChardevError, ChardevEvent, ChardevOutput};
 use crate::cli::{MonitorMode, VmmConfig};
 use crate::machine::{Machine, MachineError, MachineEvent};
-use crate::monitor::{hmp, qmp, Controller, VmControl};
+use crate::monitor::{hmp, mux, qmp, Controller, VmControl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,6 +44,8 @@ enum Frontend {
     Serial,
     Hmp(hmp::Session),
     Qmp(qmp::Session),
+    /// The serial port and an HMP monitor on one chardev.
+    Mux(mux::Mux),
 }
 
 /// The chardevs with their front ends.
@@ -63,18 +65,21 @@ impl Frontends {
         let frontends = chardevs
             .iter()
             .map(|c| {
-                if config.serial.as_deref() == Some(c.spec.id.as_str()) {
-                    return Frontend::Serial;
-                }
-                match config
+                let serial = config.serial.as_deref() == Some(c.spec.id.as_str());
+                let monitor = config
                     .monitors
                     .iter()
                     .find(|m| m.chardev == c.spec.id)
-                    .map(|m| m.mode)
-                {
-                    Some(MonitorMode::Hmp) => Frontend::Hmp(hmp::Session::default()),
-                    Some(MonitorMode::Qmp) => Frontend::Qmp(qmp::Session::default()),
-                    None => Frontend::None,
+                    .map(|m| m.mode);
+                match (serial, monitor) {
+                    (true, Some(MonitorMode::Hmp)) => Frontend::Mux(mux::Mux::new(c.is_raw_tty())),
+                    (true, _) => Frontend::Serial,
+                    (false, Some(MonitorMode::Hmp)) if c.is_raw_tty() => {
+                        Frontend::Hmp(hmp::Session::with_echo())
+                    }
+                    (false, Some(MonitorMode::Hmp)) => Frontend::Hmp(hmp::Session::default()),
+                    (false, Some(MonitorMode::Qmp)) => Frontend::Qmp(qmp::Session::default()),
+                    (false, None) => Frontend::None,
                 }
             })
             .collect();
@@ -89,7 +94,7 @@ impl Frontends {
         self.chardevs
             .iter()
             .zip(&self.frontends)
-            .find(|(_, f)| matches!(f, Frontend::Serial))
+            .find(|(_, f)| matches!(f, Frontend::Serial | Frontend::Mux(_)))
             .map(|(c, _)| c.output())
             .unwrap_or_else(ChardevOutput::discard)
     }
@@ -112,6 +117,15 @@ impl Frontends {
 fn send(c: &Chardev, text: &str) {
     if !text.is_empty() {
         let _ = c.output().write_all(text.as_bytes());
+    }
+}
+
+fn serial_input<V: VmControl>(ctl: &mut Controller<V>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Err(e) = ctl.vm.serial_input(bytes) {
+        eprintln!("vmm: serial input dropped: {}", crate::error_chain(&e));
     }
 }
 
@@ -138,11 +152,13 @@ fn service<V: VmControl>(chardev: &mut Chardev, frontend: &mut Frontend, ctl: &m
             send(chardev, &out);
         }
         (Frontend::Qmp(s), ChardevEvent::Disconnected) => *s = qmp::Session::default(),
-        (Frontend::Serial, ChardevEvent::Data(d)) => {
-            if let Err(e) = ctl.vm.serial_input(&d) {
-                eprintln!("vmm: serial input dropped: {}", crate::error_chain(&e));
-            }
+        (Frontend::Serial, ChardevEvent::Data(d)) => serial_input(ctl, &d),
+        (Frontend::Mux(m), ChardevEvent::Data(d)) => {
+            let routed = m.on_input(ctl, &d);
+            send(chardev, &routed.echo);
+            serial_input(ctl, &routed.serial);
         }
+        (Frontend::Mux(_), ChardevEvent::Connected | ChardevEvent::Disconnected) => {}
         (
             Frontend::Serial | Frontend::None,
             ChardevEvent::Connected | ChardevEvent::Disconnected,

@@ -10,6 +10,7 @@
 
 mod io;
 mod spec;
+mod tty;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -112,6 +113,7 @@ impl Listener {
 enum Kind {
     Stdio {
         stdin_open: bool,
+        tty: Option<tty::RawTty>,
     },
     Null,
     File {
@@ -144,7 +146,13 @@ impl Chardev {
             source,
         };
         let (kind, sink) = match &spec.backend {
-            ChardevBackendSpec::Stdio => (Kind::Stdio { stdin_open: true }, Sink::Stdout),
+            ChardevBackendSpec::Stdio => (
+                Kind::Stdio {
+                    stdin_open: true,
+                    tty: tty::RawTty::enter(!spec.mux),
+                },
+                Sink::Stdout,
+            ),
             ChardevBackendSpec::Null => (Kind::Null, Sink::Discard),
             ChardevBackendSpec::File { path } => {
                 let file = File::create(path).map_err(|source| ChardevError::OpenFile {
@@ -354,6 +362,11 @@ impl Chardev {
         }
     }
 
+    /// Whether this is a terminal in raw mode: nothing echoes typed keys but us.
+    pub fn is_raw_tty(&self) -> bool {
+        matches!(&self.kind, Kind::Stdio { tty: Some(_), .. })
+    }
+
     /// Whether a peer is attached now (front ends greet it on start-up when so).
     pub fn is_connected(&self) -> bool {
         match &self.kind {
@@ -366,8 +379,14 @@ impl Chardev {
     /// The fd to poll for input, if any.
     pub fn poll_fd(&self) -> Option<RawFd> {
         match &self.kind {
-            Kind::Stdio { stdin_open: true } => Some(libc::STDIN_FILENO),
-            Kind::Stdio { stdin_open: false } | Kind::Null | Kind::File { .. } => None,
+            Kind::Stdio {
+                stdin_open: true, ..
+            } => Some(libc::STDIN_FILENO),
+            Kind::Stdio {
+                stdin_open: false, ..
+            }
+            | Kind::Null
+            | Kind::File { .. } => None,
             Kind::Pty { master, .. } => Some(master.as_raw_fd()),
             Kind::Socket {
                 client: Some(c), ..
@@ -383,7 +402,7 @@ impl Chardev {
     pub fn on_readable(&mut self) -> ChardevEvent {
         let mut buf = [0u8; 4096];
         match &mut self.kind {
-            Kind::Stdio { stdin_open } => match read_fd(libc::STDIN_FILENO, &mut buf) {
+            Kind::Stdio { stdin_open, .. } => match read_fd(libc::STDIN_FILENO, &mut buf) {
                 ReadOutcome::Data(n) => ChardevEvent::Data(buf[..n].to_vec()),
                 ReadOutcome::WouldBlock => ChardevEvent::Nothing,
                 ReadOutcome::Closed => {

@@ -12,6 +12,7 @@ fn unix_spec(path: &std::path::Path) -> ChardevSpec {
             server: true,
             wait: false,
         },
+        mux: false,
     }
 }
 
@@ -82,6 +83,7 @@ fn pty_chardev_carries_bytes_both_ways() {
     let spec = ChardevSpec {
         id: "p".into(),
         backend: ChardevBackendSpec::Pty,
+        mux: false,
     };
     let mut c = Chardev::open(&spec).unwrap();
     let path = c.pty_path().unwrap().clone();

@@ -220,9 +220,19 @@ pub fn run_line<V: VmControl>(c: &mut Controller<V>, line: &str) -> String {
 pub struct Session {
     line: Vec<u8>,
     after_cr: bool,
+    /// Echo typed keys (a raw-mode terminal shows nothing otherwise).
+    echo: bool,
 }
 
 impl Session {
+    /// A session that echoes what is typed, for a raw-mode terminal.
+    pub fn with_echo() -> Session {
+        Session {
+            echo: true,
+            ..Session::default()
+        }
+    }
+
     pub fn reset(&mut self) {
         self.line.clear();
         self.after_cr = false;
@@ -239,6 +249,9 @@ impl Session {
                     if b == b'\n' && after_cr && self.line.is_empty() {
                         continue;
                     }
+                    if self.echo {
+                        out.push('\n');
+                    }
                     let line = String::from_utf8_lossy(&self.line).into_owned();
                     self.line.clear();
                     out.push_str(&run_line(c, &line));
@@ -249,9 +262,16 @@ impl Session {
                 }
                 // Backspace / DEL edit the line, as a terminal user expects.
                 0x08 | 0x7f => {
-                    self.line.pop();
+                    if self.line.pop().is_some() && self.echo {
+                        out.push_str("\u{8} \u{8}");
+                    }
                 }
-                _ if self.line.len() < 4096 => self.line.push(b),
+                _ if self.line.len() < 4096 => {
+                    self.line.push(b);
+                    if self.echo && (0x20..0x7f).contains(&b) {
+                        out.push(char::from(b));
+                    }
+                }
                 _ => {}
             }
         }

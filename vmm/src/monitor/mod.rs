@@ -6,6 +6,7 @@
 
 pub mod hmp;
 pub mod json;
+pub mod mux;
 pub mod qmp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -204,6 +205,15 @@ impl<V: VmControl> Controller<V> {
         self.emit(
             "SHUTDOWN",
             Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+        );
+        self.exit = Some(Exit(0));
+    }
+
+    /// Ctrl-A x on a multiplexed console.
+    pub fn quit_from_ui(&mut self) {
+        self.emit(
+            "SHUTDOWN",
+            Some(json!({"guest": false, "reason": "host-ui"})),
         );
         self.exit = Some(Exit(0));
     }
