@@ -548,3 +548,17 @@ fn xsave2_path_round_trips_the_xsave_area() {
     let again = big.save(&msrs).unwrap();
     assert_eq!(again.xsave.region[24..28], 0x1f00u32.to_le_bytes());
 }
+
+#[test]
+fn restored_machine_resets_to_boot_state() {
+    let (mut old, out1, _rx1) = boot("counter", RamBackendConfig::Memfd { hugetlb: false });
+    out1.wait_for("count 3\n");
+    old.pause().unwrap();
+    let (mut new, out2, _rx2) = move_to_new_vm(old);
+    new.resume().unwrap();
+    out2.wait_until("a line", |t| t.contains('\n'));
+    // The restored VM never held boot state: reset builds it in a scratch VM.
+    new.reset().unwrap();
+    assert_eq!(new.run_state(), RunState::Running);
+    out2.wait_for("\ncount 1\ncount 2\n");
+}

@@ -153,7 +153,7 @@ pub struct Machine {
     msr_list: Vec<u32>,
     unsaved_msrs: Vec<u32>,
     /// vCPU, irqchip and PIT state right after creation: `reset` returns to it.
-    boot_state: lifecycle::BootSnapshot,
+    boot_state: Option<lifecycle::BootSnapshot>,
     /// The guest was in S3 when paused: `resume` returns it to Suspended, not Running.
     paused_while_suspended: bool,
 }
@@ -178,7 +178,7 @@ impl Machine {
         serial_out: SerialOutput,
         events: Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
-        let parts = lifecycle::create(config, ram)?;
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Boot)?;
         if let Some(bsp) = parts.vcpus.first() {
             lifecycle::boot(config, &parts.ram, bsp)?;
         }
