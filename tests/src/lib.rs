@@ -149,6 +149,7 @@ impl Vmm {
         loop {
             if let Ok(s) = UnixStream::connect(path) {
                 s.set_read_timeout(Some(PATIENCE)).expect("set timeout");
+                s.set_write_timeout(Some(PATIENCE)).expect("set timeout");
                 return s;
             }
             if let Ok(Some(status)) = self.child.try_wait() {

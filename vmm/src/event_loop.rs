@@ -1,7 +1,6 @@
 //! The front end's single thread: one poll() over the chardevs (listening sockets, clients,
 //! stdin, pty masters) and an eventfd that wakes it for machine events.
 
-use std::io::Write;
 use std::sync::mpsc::{channel, Receiver};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -116,7 +115,7 @@ impl Frontends {
 
 fn send(c: &Chardev, text: &str) {
     if !text.is_empty() {
-        let _ = c.output().write_all(text.as_bytes());
+        c.output().send(text.as_bytes());
     }
 }
 
@@ -231,9 +230,20 @@ pub fn run_loop<V: VmControl>(
         let mut owners = Vec::new();
         for (i, c) in f.chardevs.iter().enumerate() {
             if let Some(fd) = c.poll_fd() {
+                // Queued monitor output goes to the client fd, which poll_fd() is whenever
+                // anything can be queued (a connected socket). Past the high-water mark the
+                // client's input waits until it reads; a hang-up is reported regardless.
+                let pending = c.output().pending_len();
+                let mut events = 0;
+                if pending > 0 {
+                    events |= libc::POLLOUT;
+                }
+                if pending < crate::chardev::HIGH_WATER {
+                    events |= libc::POLLIN;
+                }
                 fds.push(libc::pollfd {
                     fd,
-                    events: libc::POLLIN,
+                    events,
                     revents: 0,
                 });
                 owners.push(i);
@@ -269,7 +279,12 @@ pub fn run_loop<V: VmControl>(
                     libc::EBADF,
                 )));
             }
-            service(&mut f.chardevs[i], &mut f.frontends[i], ctl);
+            if pfd.revents & libc::POLLOUT != 0 {
+                f.chardevs[i].output().flush_pending();
+            }
+            if pfd.revents & !libc::POLLOUT != 0 {
+                service(&mut f.chardevs[i], &mut f.frontends[i], ctl);
+            }
         }
         broadcast(f, ctl);
     }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use io::ChardevOutput;
 use io::{read_fd, set_nonblocking, ReadOutcome, Sink};
+pub use io::{ChardevOutput, HIGH_WATER};
 pub use spec::{ChardevBackendSpec, ChardevSpec, SocketAddrSpec};
 
 /// What one of a chardev's fds is, so it can be handed to the rebuilt chardev after exec.

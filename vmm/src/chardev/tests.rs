@@ -107,3 +107,36 @@ fn bind_failure_names_the_chardev_and_address() {
     let e = Chardev::open(&spec).err().unwrap();
     assert_eq!(crate::error_chain(&e), "chardev 's': failed to bind socket to unix:/nonexistent-dir/x.sock: No such file or directory (os error 2)");
 }
+
+#[test]
+fn monitor_output_is_queued_for_a_client_that_is_not_reading() {
+    let dir = std::env::temp_dir().join(format!("vmm-chardev-queue-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("s.sock");
+    let mut c = Chardev::open(&unix_spec(&path)).unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    assert_eq!(c.on_readable(), ChardevEvent::Connected);
+    // Far more than a socket buffer holds, in numbered chunks.
+    let chunks: Vec<String> = (0..4000)
+        .map(|i| format!("{i:0>8} reply of a monitor command\n"))
+        .collect();
+    for ch in &chunks {
+        c.output().send(ch.as_bytes());
+    }
+    assert!(c.output().pending_len() > 0);
+    let want = chunks.concat();
+    let mut got = Vec::new();
+    client.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 65536];
+    while got.len() < want.len() {
+        c.output().flush_pending();
+        match client.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+    assert_eq!(c.output().pending_len(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
