@@ -262,7 +262,8 @@ impl Session {
                 }
                 // Backspace / DEL edit the line, as a terminal user expects.
                 0x08 | 0x7f => {
-                    if self.line.pop().is_some() && self.echo {
+                    let erased = self.line.pop().is_some();
+                    if erased && self.echo {
                         out.push_str("\u{8} \u{8}");
                     }
                 }
