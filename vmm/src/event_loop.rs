@@ -5,7 +5,7 @@ use std::sync::mpsc::{channel, Receiver};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use crate::chardev::{Chardev, ChardevError, ChardevEvent, ChardevOutput};
 use crate::cli::{MonitorMode, VmmConfig};
@@ -305,7 +305,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(StartError::Signals)?;
     let mut frontends = Frontends::open(config)?;
-    let wake = EventFd::new(EFD_NONBLOCK).map_err(StartError::EventFd)?;
+    let wake = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(StartError::EventFd)?;
     let forward_wake = wake.try_clone().map_err(StartError::EventFd)?;
     let (machine_tx, machine_rx) = channel::<MachineEvent>();
     let (loop_tx, loop_rx) = channel::<MachineEvent>();

@@ -42,6 +42,14 @@ pub(super) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
+pub(super) fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: F_SETFD on an fd we own; no pointers involved.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Where a chardev's output goes right now.
 pub(super) enum Sink {
     Discard,

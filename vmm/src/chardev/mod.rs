@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use io::{read_fd, set_nonblocking, ReadOutcome, Sink};
+use io::{read_fd, set_cloexec, set_nonblocking, ReadOutcome, Sink};
 pub use io::{ChardevOutput, HIGH_WATER};
 pub use spec::{ChardevBackendSpec, ChardevSpec, SocketAddrSpec};
 
@@ -173,6 +173,10 @@ impl Chardev {
                     source,
                 })?;
                 set_nonblocking(pty.master.as_raw_fd()).map_err(setup)?;
+                // openpty() leaves both ends inheritable; like every fd here they are
+                // close-on-exec unless a live update chooses to preserve them.
+                set_cloexec(pty.master.as_raw_fd()).map_err(setup)?;
+                set_cloexec(pty.slave.as_raw_fd()).map_err(setup)?;
                 let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
                     .map_err(setup)?;
                 eprintln!("char device redirected to {} (label {id})", path.display());

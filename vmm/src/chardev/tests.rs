@@ -99,6 +99,13 @@ fn pty_chardev_carries_bytes_both_ways() {
     tty.write_all(b"k").unwrap();
     assert_eq!(c.on_readable(), ChardevEvent::Data(b"k".to_vec()));
     assert_eq!(c.fds()[0].0, FdRole::PtyMaster);
+    // SAFETY: F_GETFD on an open fd; no pointers.
+    let flags = unsafe { libc::fcntl(c.fds()[0].1, libc::F_GETFD) };
+    assert_eq!(
+        flags & libc::FD_CLOEXEC,
+        libc::FD_CLOEXEC,
+        "pty master must be close-on-exec"
+    );
 }
 
 #[test]
