@@ -237,6 +237,11 @@ fn serial_on_a_pty() {
     let tty = std::fs::File::open(&path).expect("open the pty");
     let mut out = Watch::new(tty);
     let (mut hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    // Where the console went, as QEMU users find it.
+    assert_eq!(
+        hmp.cmd("info chardev"),
+        format!("serial0: filename=pty:{path}\nmon: filename=unix:{sock},server=on\n")
+    );
     assert_eq!(hmp.cmd("cont"), "");
     out.wait_for("count 2\n");
     quit(vmm, hmp);

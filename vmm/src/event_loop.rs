@@ -88,6 +88,19 @@ impl Frontends {
         })
     }
 
+    /// What `info chardev` / query-chardev show.
+    fn info(&self) -> Vec<crate::monitor::ChardevInfo> {
+        self.chardevs
+            .iter()
+            .zip(&self.frontends)
+            .map(|(c, fe)| crate::monitor::ChardevInfo {
+                label: c.spec.id.clone(),
+                filename: c.filename(),
+                frontend_open: !matches!(fe, Frontend::None),
+            })
+            .collect()
+    }
+
     /// The writer the UART's output goes to.
     pub fn serial_output(&self) -> ChardevOutput {
         self.chardevs
@@ -283,6 +296,7 @@ pub fn run_loop<V: VmControl>(
                 f.chardevs[i].output().flush_pending();
             }
             if pfd.revents & !libc::POLLOUT != 0 {
+                ctl.chardevs = f.info();
                 service(&mut f.chardevs[i], &mut f.frontends[i], ctl);
             }
         }

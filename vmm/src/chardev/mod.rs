@@ -366,6 +366,25 @@ impl Chardev {
         }
     }
 
+    /// QEMU's description of the backend (`info chardev`, query-chardev "filename").
+    pub fn filename(&self) -> String {
+        match (&self.spec.backend, &self.kind) {
+            (_, Kind::Pty { path, .. }) => format!("pty:{}", path.display()),
+            (ChardevBackendSpec::File { path }, _) => format!("file:{}", path.display()),
+            (ChardevBackendSpec::Socket { addr, server, .. }, Kind::Socket { client, .. }) => {
+                let state = if client.is_some() {
+                    ""
+                } else {
+                    "disconnected:"
+                };
+                let server = if *server { ",server=on" } else { "" };
+                format!("{state}{}{server}", addr_label(addr))
+            }
+            (ChardevBackendSpec::Stdio, _) => "stdio".into(),
+            _ => "null".into(),
+        }
+    }
+
     /// Whether this is a terminal in raw mode: nothing echoes typed keys but us.
     pub fn is_raw_tty(&self) -> bool {
         matches!(&self.kind, Kind::Stdio { tty: Some(_), .. })

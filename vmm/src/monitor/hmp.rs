@@ -76,6 +76,17 @@ pub fn info_commands<V: VmControl>() -> Vec<Command<V>> {
             run: info_status,
         },
         Command {
+            names: &["chardev"],
+            params: "",
+            help: "show the character devices",
+            run: |c, _| {
+                Ok(c.chardevs
+                    .iter()
+                    .map(|ch| format!("{}: filename={}\n", ch.label, ch.filename))
+                    .collect())
+            },
+        },
+        Command {
             names: &["cpus"],
             params: "",
             help: "show infos for each CPU",

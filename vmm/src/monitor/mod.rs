@@ -144,9 +144,19 @@ pub fn run_state_name(s: RunState) -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit(pub i32);
 
+/// One chardev as `info chardev` / query-chardev show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChardevInfo {
+    pub label: String,
+    pub filename: String,
+    pub frontend_open: bool,
+}
+
 /// Run-state control shared by every monitor; queues the events that changes emit.
 pub struct Controller<V: VmControl> {
     pub vm: V,
+    /// The chardevs as of the current command (refreshed by the event loop).
+    pub chardevs: Vec<ChardevInfo>,
     events: Vec<Event>,
     exit: Option<Exit>,
 }
@@ -155,6 +165,7 @@ impl<V: VmControl> Controller<V> {
     pub fn new(vm: V) -> Controller<V> {
         Controller {
             vm,
+            chardevs: Vec::new(),
             events: Vec::new(),
             exit: None,
         }
