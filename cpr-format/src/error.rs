@@ -195,6 +195,13 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// The reader cannot load the image (unknown required section, version too new or
+    /// too old, required field missing, type changed).
+    #[error("Image cannot be loaded: {}", join_findings(.errors))]
+    Incompatible {
+        /// The error findings of the compatibility check.
+        errors: Vec<crate::compat::Finding>,
+    },
     /// A received descriptor is not the one recorded.
     #[error("Descriptor {name} is not the recorded file: expected {expected:?}, got {actual:?}")]
     FdIdentityMismatch {
@@ -205,6 +212,13 @@ pub enum Error {
         /// Identity of the received descriptor.
         actual: FdIdentity,
     },
+}
+
+fn join_findings(f: &[crate::compat::Finding]) -> String {
+    f.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn mangled_note(m: bool) -> &'static str {

@@ -121,23 +121,34 @@ impl Image {
     pub fn open_with(path: impl AsRef<Path>, limits: &Limits) -> Result<Image> {
         let path = path.as_ref();
         let file = File::open(path).map_err(crate::writer::io_err("open", path))?;
+        Image::from_file_named(file, path.to_path_buf(), limits)
+    }
+
+    /// Validate the image in an open file (for example a memfd received across a live
+    /// update), with default limits. Region data is not read. Reads use positioned I/O:
+    /// the file offset is not used or changed.
+    pub fn from_file(file: File) -> Result<Image> {
+        let name = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
+        Image::from_file_named(file, name, &Limits::default())
+    }
+
+    fn from_file_named(file: File, path: PathBuf, limits: &Limits) -> Result<Image> {
         let file_len = file
             .metadata()
-            .map_err(crate::writer::io_err("read", path))?
+            .map_err(crate::writer::io_err("read", &path))?
             .len();
         let mut prefix = vec![0u8; (PREFIX_LEN as u64).min(file_len) as usize];
         file.read_exact_at(&mut prefix, 0)
-            .map_err(crate::writer::io_err("read", path))?;
+            .map_err(crate::writer::io_err("read", &path))?;
         let (_, meta_len) = layout::check_prefix(&prefix)?;
         check_meta_len(meta_len, file_len, limits)?;
         let mut meta = vec![0u8; meta_len as usize];
         file.read_exact_at(&mut meta, 0)
-            .map_err(crate::writer::io_err("read", path))?;
-        let store = Store::File {
-            file,
-            path: path.to_path_buf(),
-        };
-        Image::parse(meta, file_len, store, limits)
+            .map_err(crate::writer::io_err("read", &path))?;
+        Image::parse(meta, file_len, Store::File { file, path }, limits)
     }
 
     /// Validate an image held in memory, with default limits.
@@ -474,6 +485,19 @@ impl Image {
             Store::File { path, .. } => Some(path),
             Store::Memory(_) => None,
         }
+    }
+
+    /// Like [`Image::check_compat`], but an image the reader cannot load is an
+    /// [`Error::Incompatible`] listing the reasons. A VMM calls this with the schema of
+    /// its state types before restoring anything.
+    pub fn require_compatible(&self, reader: &Schema) -> Result<CompatReport> {
+        let report = compat::check(&self.schema, reader);
+        if !report.is_compatible() {
+            return Err(Error::Incompatible {
+                errors: report.errors().cloned().collect(),
+            });
+        }
+        Ok(report)
     }
 
     /// Whether a program reading `reader` can load this image (see [`compat::check`]).

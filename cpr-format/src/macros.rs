@@ -41,6 +41,18 @@
 ///   doc comments of a plain struct. The macro derives `Debug, Clone, PartialEq`,
 ///   `Serialize` and `Deserialize`.
 /// - The calling crate refers to this crate as `cpr_format`.
+///
+/// A field added after version 1 that is not optional does not compile:
+///
+/// ```compile_fail
+/// cpr_format::state! {
+///     #[section(name = "x", version = 2, min_version = 1, required = true)]
+///     pub struct X {
+///         pub a: u64,
+///         #[since(2)] pub b: u64,
+///     }
+/// }
+/// ```
 #[macro_export]
 macro_rules! state {
     () => {};
