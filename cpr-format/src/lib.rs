@@ -81,6 +81,7 @@ extern crate self as cpr_format;
 mod cbor;
 pub mod compat;
 mod de;
+mod decode;
 pub mod describe;
 mod error;
 mod image;
@@ -89,12 +90,13 @@ mod macros;
 mod model;
 pub mod sample;
 mod schema;
+mod section;
 mod writer;
 
 pub use ciborium::Value;
 pub use compat::{CompatReport, Finding, FindingKind, Severity};
 pub use error::{Error, Location, Result};
-pub use image::{Image, Section};
+pub use image::Image;
 pub use layout::{Limits, RegionDesc, PREFIX_LEN, REGION_ALIGN, SIGNATURE};
 pub use model::{
     DeviceDesc, FdEntry, FdIdentity, FdKind, FileType, FormatVersion, Header, HostInfo,
@@ -104,6 +106,7 @@ pub use schema::{
     Bytes, Describe, FieldSchema, FieldType, Hint, OptionalField, Schema, SectionSchema,
     SectionState, StructSchema,
 };
+pub use section::Section;
 pub use writer::{ImageWriter, SectionInfo, WriteStats};
 
 #[doc(hidden)]
@@ -144,7 +147,7 @@ pub mod __private {
 
     /// Decode one strict-profile CBOR item with the crate's decoder (benchmarks).
     pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> crate::Result<T> {
-        crate::image::decode(bytes, crate::Location::Element("bench"), 0)
+        crate::decode::decode(bytes, crate::Location::Element("bench"), 0)
     }
 
     /// The first non-empty doc-comment line, trimmed.
