@@ -53,8 +53,8 @@
 //!
 //! # Reading
 //!
-//! [`Image::open`] / [`Image::from_bytes`] validate everything but region data, which is
-//! checked when read ([`Image::read_region`], [`Image::verify_regions`]). Then
+//! [`Image::open`] / [`Image::from_file`] (an open file such as a memfd) /
+//! [`Image::from_bytes`] validate everything but region data, which is checked when read ([`Image::read_region`], [`Image::verify_regions`]). Then
 //! [`Image::header`], [`Image::sections`] (untyped: [`Section::value`] with
 //! [`Image::schema`]), [`Image::section`] / [`Image::sections_of`] (typed),
 //! [`Image::fd_manifest`], [`Image::regions`]. [`Image::to_bytes`] gives back the exact
@@ -73,6 +73,22 @@
 //! [`compat::check`] compares an image's [`Schema`] with a reader's and lists findings
 //! (section unknown, version too new or too old, required field missing, type changed);
 //! [`compat::check_both`] answers both directions. A [`Schema`] serialises to JSON.
+//! [`Image::require_compatible`] turns a failed check into [`Error::Incompatible`]; a VMM
+//! calls it with `Schema::new().with::<A>().with::<B>()...` (its state types) before
+//! restoring anything. [`Image::section`] also refuses a section version its type cannot
+//! load ([`Error::SectionVersion`]).
+//!
+//! # Errors
+//!
+//! One [`Error`] type; every decoding error carries the byte offset and, where it
+//! applies, the [`Location`] (element, section name and instance, region) and the field
+//! path. Payload values are [`Value`] (ciborium's value tree).
+//!
+//! # Sample data
+//!
+//! [`sample`] builds a typical image (4 vCPUs, 12 devices, 20 fds) and a small one, used
+//! by the tests, the benchmark (`cargo run --release -p cpr-format --example bench`) and
+//! the fuzz corpus; tools may use them for fixtures.
 
 #![deny(missing_docs)]
 

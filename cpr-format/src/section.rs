@@ -40,7 +40,7 @@ impl Section {
         decode::<Value>(&self.payload, self.location(), self.offset)
     }
 
-    /// Decode the payload into `T` without version checks (see [`Image::section`]).
+    /// Decode the payload into `T` without version checks (see [`crate::Image::section`]).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         decode::<T>(&self.payload, self.location(), self.offset)
     }
