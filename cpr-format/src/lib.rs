@@ -129,6 +129,12 @@ pub use writer::{ImageWriter, SectionInfo, WriteStats};
 pub mod __private {
     pub use serde;
 
+    /// The struct schema of a type declared with `state!`.
+    pub trait DescribeStruct {
+        /// Name and fields.
+        fn struct_schema() -> crate::StructSchema;
+    }
+
     /// The fuzz target's body (shared by `fuzz/` and the corpus test): read `data` as
     /// an image, and as image metadata with a valid prefix and CRC (so that random input
     /// reaches the element parsers), exercising every accessor of what opens.

@@ -92,6 +92,12 @@ macro_rules! state {
 
         impl $crate::Describe for $name {
             fn field_type() -> $crate::FieldType {
+                $crate::FieldType::Struct(<$name as $crate::__private::DescribeStruct>::struct_schema())
+            }
+        }
+
+        impl $crate::__private::DescribeStruct for $name {
+            fn struct_schema() -> $crate::StructSchema {
                 // Fields added after version 1 must be optional, or older images
                 // (which lack them) could not be loaded.
                 $($(
@@ -99,7 +105,7 @@ macro_rules! state {
                     fn $fname<T: $crate::OptionalField>() {}
                     $fname::<$fty>();
                 )?)*
-                $crate::FieldType::Struct($crate::StructSchema {
+                $crate::StructSchema {
                     name: ::std::string::String::from(stringify!($name)),
                     fields: ::std::vec![
                         $(
@@ -112,7 +118,7 @@ macro_rules! state {
                             }
                         ),*
                     ],
-                })
+                }
             }
         }
     };
@@ -149,10 +155,7 @@ macro_rules! state {
             const MIN_VERSION: u32 = $minv;
             const REQUIRED: bool = $req;
             fn schema() -> $crate::SectionSchema {
-                let payload = match <$name as $crate::Describe>::field_type() {
-                    $crate::FieldType::Struct(s) => s,
-                    _ => unreachable!("state! structs describe themselves as structs"),
-                };
+                let payload = <$name as $crate::__private::DescribeStruct>::struct_schema();
                 $crate::SectionSchema {
                     name: ::std::string::String::from($sname),
                     version: $ver,
