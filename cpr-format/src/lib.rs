@@ -49,7 +49,8 @@
 //! [`ImageWriter::add_value_section`] / [`ImageWriter::add_raw_section`] (untyped, for
 //! tools), [`ImageWriter::add_fd`], [`ImageWriter::add_region`] /
 //! [`ImageWriter::add_region_reader`]; finish with [`ImageWriter::write_atomic`] (temp
-//! file, fsync, rename, fsync of the directory) or [`ImageWriter::to_bytes`].
+//! file, fsync, rename, fsync of the directory), [`ImageWriter::write_to_file`] (an open
+//! file such as a memfd) or [`ImageWriter::to_bytes`].
 //!
 //! # Reading
 //!

@@ -352,3 +352,28 @@ fn fd_identity_matches_fstat_and_detects_another_file() {
     std::fs::remove_file(p1).unwrap();
     std::fs::remove_file(p2).unwrap();
 }
+
+#[test]
+fn write_to_file_fills_a_memfd_that_from_file_reads_back() {
+    use std::io::Write;
+    let fd =
+        nix::sys::memfd::memfd_create("cpr-image", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let mut f = std::fs::File::from(fd);
+    // Old, longer contents must not survive.
+    f.write_all(&vec![0xee; 50_000]).unwrap();
+    let mut w = sample::small_writer().unwrap();
+    w.add_region_reader(
+        "streamed",
+        5000,
+        std::io::Read::take(std::io::repeat(3), 5000),
+    )
+    .unwrap();
+    let stats = w.write_to_file(&f).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), stats.file_len);
+    let img = Image::from_file(f.try_clone().unwrap()).unwrap();
+    img.verify_regions().unwrap();
+    let mut w = sample::small_writer().unwrap();
+    w.add_region("streamed", vec![3; 5000]).unwrap();
+    assert_eq!(img.to_bytes().unwrap(), w.to_bytes().unwrap());
+    assert_eq!(FdIdentity::of_fd(&f).unwrap().size, stats.file_len);
+}
