@@ -80,7 +80,7 @@ fn decode_at<T: DeserializeOwned>(
 }
 
 /// Nesting bound of the decoder when no lower limit applies (stack safety).
-const DECODE_DEPTH: u32 = 128;
+const DECODE_DEPTH: u32 = crate::cbor::MAX_NESTING;
 
 pub(crate) fn scan_err(e: ScanError, location: Location) -> Error {
     match e {
