@@ -163,6 +163,13 @@ pub mod __private {
         let _ = img.sections_of::<crate::sample::CpuExtState>();
         let _ = img.sections_of::<crate::sample::DeviceState>();
         let _ = img.verify_regions();
+        let _ = img.verify_payloads();
+        for s in img.sections() {
+            if let (Ok(v), Some(schema)) = (s.value(), img.schema().get(&s.name)) {
+                let _ = crate::describe::flatten(&v, &schema.payload);
+                let _ = crate::describe::diff(&v, &schema.payload, &v, &schema.payload);
+            }
+        }
         let _ = img.to_bytes();
         let _ = crate::compat::check(img.schema(), img.schema());
         let _ = crate::compat::check(img.schema(), &crate::Schema::new());
