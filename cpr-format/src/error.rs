@@ -170,6 +170,14 @@ pub enum Error {
         /// Oldest version the reader's type loads.
         reader_min_version: u32,
     },
+    /// A section the reader needs is not in the image.
+    #[error("Image has no section {name}[{instance}]")]
+    MissingSection {
+        /// Section name.
+        name: String,
+        /// Instance.
+        instance: String,
+    },
     /// A region's bytes do not match its digest.
     #[error("Region {name} (bytes {offset}..{end}) does not match its digest: stored {stored:#010x}, computed {computed:#010x}")]
     RegionDigest {

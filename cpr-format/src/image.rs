@@ -334,6 +334,16 @@ impl Image {
         }
     }
 
+    /// Like [`Image::section`], but a missing section is an [`Error::MissingSection`]:
+    /// for state a restore cannot do without.
+    pub fn required_section<T: SectionState>(&self, instance: &str) -> Result<T> {
+        self.section(instance)?
+            .ok_or_else(|| Error::MissingSection {
+                name: T::NAME.to_owned(),
+                instance: instance.to_owned(),
+            })
+    }
+
     /// Decode every instance of `T::NAME`, in file order, with their instance ids.
     pub fn sections_of<T: SectionState>(&self) -> Result<Vec<(String, T)>> {
         self.sections

@@ -462,3 +462,17 @@ fn a_huge_depth_limit_still_cannot_exhaust_the_stack() {
         "{e:?}"
     );
 }
+
+#[test]
+fn required_section_names_what_is_missing() {
+    let img = Image::from_bytes(&small()).unwrap();
+    assert_eq!(
+        img.required_section::<RegsState>("0").unwrap(),
+        sample::vcpu(0).0
+    );
+    let e = img.required_section::<RegsState>("7").unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingSection { name, instance } if name == "cpu.regs" && instance == "7")
+    );
+    assert_eq!(e.to_string(), "Image has no section cpu.regs[7]");
+}
