@@ -286,7 +286,7 @@ impl Image {
                 return Err(inconsistent(loc, "duplicate region name".into()));
             }
             let end = r.offset.checked_add(r.length);
-            if r.offset != next || end.is_none_or(|e| e > self.file_len) {
+            if r.offset != next || !matches!(end, Some(e) if e <= self.file_len) {
                 return Err(inconsistent(
                     loc,
                     format!("region at {} length {} is not at the next aligned offset {next} inside the {}-byte file", r.offset, r.length, self.file_len),
@@ -429,6 +429,25 @@ impl Image {
             });
         }
         Ok(data)
+    }
+
+    /// Check every section payload against the embedded schema (types, required fields,
+    /// ranges), as a tool's "verify" does; opening does not decode payloads.
+    pub fn verify_payloads(&self) -> Result<()> {
+        for s in &self.sections {
+            let schema = self
+                .schema
+                .get(&s.name)
+                .ok_or_else(|| inconsistent(s.location(), "no schema for this section".into()))?;
+            let v = s.value()?;
+            crate::describe::check(&v, &schema.payload).map_err(|m| Error::Decode {
+                location: s.location(),
+                offset: s.offset,
+                field: m.path,
+                reason: m.reason,
+            })?;
+        }
+        Ok(())
     }
 
     /// Check every region against its digest.

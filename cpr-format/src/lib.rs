@@ -61,6 +61,13 @@
 //! bytes. No input makes the reader panic, loop without bound or allocate more than the
 //! input's size (see [`Limits`]).
 //!
+//! # Without the Rust types
+//!
+//! [`describe::check`] validates a payload value tree against its schema,
+//! [`describe::flatten`] turns it into leaves (path, type, hint, value) for display, and
+//! [`describe::diff`] compares two payloads field by field, even of different versions.
+//! [`Image::verify_payloads`] checks every section against the embedded schema.
+//!
 //! # Compatibility
 //!
 //! [`compat::check`] compares an image's [`Schema`] with a reader's and lists findings
@@ -74,6 +81,7 @@ extern crate self as cpr_format;
 mod cbor;
 pub mod compat;
 mod de;
+pub mod describe;
 mod error;
 mod image;
 mod layout;
@@ -101,6 +109,38 @@ pub use writer::{ImageWriter, SectionInfo, WriteStats};
 #[doc(hidden)]
 pub mod __private {
     pub use serde;
+
+    /// The fuzz target's body (shared by `fuzz/` and the corpus test): read `data` as
+    /// an image, and as image metadata with a valid prefix and CRC (so that random input
+    /// reaches the element parsers), exercising every accessor of what opens.
+    pub fn fuzz_reader(data: &[u8]) {
+        if let Ok(img) = crate::Image::from_bytes(data) {
+            exercise(&img);
+        }
+        let mut meta = crate::layout::prefix(0).to_vec();
+        meta.extend_from_slice(data);
+        meta.extend_from_slice(&[0x1a, 0, 0, 0, 0]);
+        let m = meta.len();
+        meta[27..35].copy_from_slice(&(m as u64).to_be_bytes());
+        let crc = crc32fast::hash(&meta[..m - 5]);
+        meta[m - 4..].copy_from_slice(&crc.to_be_bytes());
+        if let Ok(img) = crate::Image::from_bytes(&meta) {
+            exercise(&img);
+        }
+    }
+
+    fn exercise(img: &crate::Image) {
+        for s in img.sections() {
+            let _ = s.value();
+        }
+        let _ = img.section::<crate::sample::RegsState>("0");
+        let _ = img.sections_of::<crate::sample::CpuExtState>();
+        let _ = img.sections_of::<crate::sample::DeviceState>();
+        let _ = img.verify_regions();
+        let _ = img.to_bytes();
+        let _ = crate::compat::check(img.schema(), img.schema());
+        let _ = crate::compat::check(img.schema(), &crate::Schema::new());
+    }
 
     /// Decode one strict-profile CBOR item with the crate's decoder (benchmarks).
     pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> crate::Result<T> {
