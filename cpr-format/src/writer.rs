@@ -268,22 +268,33 @@ impl ImageWriter {
     }
 
     /// Encode the whole image in memory (regions from readers are read).
-    pub fn to_bytes(self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
+    pub fn to_bytes(mut self) -> Result<Vec<u8>> {
         let plan = self.plan()?;
-        let ImageWriter { regions, .. } = self;
         let mut descs = plan.regions.clone();
-        out.resize(plan.file_len as usize, 0);
-        for (r, d) in regions.into_iter().zip(descs.iter_mut()) {
-            let dst = &mut out[d.offset as usize..(d.offset + d.length) as usize];
-            match r.source {
-                RegionSource::Bytes(b) => dst.copy_from_slice(&b),
-                RegionSource::Reader(mut rd) => read_exactly(&mut rd, dst, &r.name)?,
-            }
-            d.crc32 = crc32fast::hash(dst);
+        let mut data = Vec::with_capacity(descs.len());
+        for (r, d) in std::mem::take(&mut self.regions)
+            .into_iter()
+            .zip(descs.iter_mut())
+        {
+            let bytes = match r.source {
+                RegionSource::Bytes(b) => b,
+                RegionSource::Reader(mut rd) => {
+                    let n = usize::try_from(r.len).map_err(|_| too_big())?;
+                    let mut b = vec![0u8; n];
+                    read_exactly(&mut rd, &mut b, &r.name)?;
+                    b
+                }
+            };
+            d.crc32 = crc32fast::hash(&bytes);
+            data.push(bytes);
         }
-        let meta = plan.finish(&descs)?;
-        out[..meta.len()].copy_from_slice(&meta);
+        let file_len = usize::try_from(plan.file_len).map_err(|_| too_big())?;
+        let mut out = Vec::with_capacity(file_len);
+        plan.finish(&self.sections, &descs, &mut out)?;
+        out.resize(file_len, 0);
+        for (d, bytes) in descs.iter().zip(data) {
+            out[d.offset as usize..(d.offset + d.length) as usize].copy_from_slice(&bytes);
+        }
         Ok(out)
     }
 
@@ -355,7 +366,8 @@ impl ImageWriter {
             }
             d.crc32 = h.finalize();
         }
-        let meta = plan.finish(&descs)?;
+        let mut meta = Vec::with_capacity(plan.meta_len as usize);
+        plan.finish(&self.sections, &descs, &mut meta)?;
         f.seek(SeekFrom::Start(0)).map_err(io_err("seek", tmp))?;
         f.write_all(&meta).map_err(io_err("write", tmp))?;
         // Gaps between the metadata and regions are holes, which read as zeros.
@@ -366,16 +378,18 @@ impl ImageWriter {
 
     /// Lay the image out: everything but region CRCs is fixed here.
     fn plan(&self) -> Result<Plan> {
-        let mut body = Vec::with_capacity(self.sections.len() + 4096);
-        append_encoded(&mut body, &self.header, "header")?;
-        put_head(&mut body, MAJOR_ARRAY, self.section_count);
-        body.extend_from_slice(&self.sections);
-        append_encoded(&mut body, &self.fds, "fd_manifest")?;
-        append_encoded(&mut body, &self.schema, "schema")?;
+        // Sections stay where they are; the small elements around them are encoded here.
+        let mut head = Vec::with_capacity(1024);
+        append_encoded(&mut head, &self.header, "header")?;
+        put_head(&mut head, MAJOR_ARRAY, self.section_count);
+        let mut mid = Vec::with_capacity(8192);
+        append_encoded(&mut mid, &self.fds, "fd_manifest")?;
+        append_encoded(&mut mid, &self.schema, "schema")?;
+        let body_len = head.len() + self.sections.len() + mid.len();
         // The metadata length depends on the region offsets and the file length, which
         // depend on the metadata length: iterate to the fixed point (lengths only grow,
         // so this ends after a few rounds).
-        let mut meta_len = (PREFIX_LEN + body.len()) as u64;
+        let mut meta_len = (PREFIX_LEN + body_len) as u64;
         for _ in 0..16 {
             let mut next = align_up(meta_len).ok_or_else(too_big)?;
             let mut regions = Vec::with_capacity(self.regions.len());
@@ -398,10 +412,11 @@ impl ImageWriter {
                 None => meta_len,
             };
             layout::put_trailer(&mut tail, self.section_count, file_len);
-            let total = (PREFIX_LEN + body.len() + tail.len()) as u64;
+            let total = (PREFIX_LEN + body_len + tail.len()) as u64;
             if total == meta_len {
                 return Ok(Plan {
-                    body,
+                    head,
+                    mid,
                     meta_len,
                     file_len,
                     regions,
@@ -415,7 +430,10 @@ impl ImageWriter {
 }
 
 struct Plan {
-    body: Vec<u8>,
+    /// Header and the section array head.
+    head: Vec<u8>,
+    /// fd manifest and schema.
+    mid: Vec<u8>,
     meta_len: u64,
     file_len: u64,
     regions: Vec<RegionDesc>,
@@ -423,23 +441,25 @@ struct Plan {
 }
 
 impl Plan {
-    /// The complete metadata item, with the region CRCs now known.
-    fn finish(&self, regions: &[RegionDesc]) -> Result<Vec<u8>> {
-        let mut meta = Vec::with_capacity(self.meta_len as usize);
-        meta.extend_from_slice(&layout::prefix(self.meta_len));
-        meta.extend_from_slice(&self.body);
-        append_encoded(&mut meta, &regions, "regions")?;
-        layout::put_trailer(&mut meta, self.section_count, self.file_len);
-        if meta.len() as u64 != self.meta_len {
+    /// Append the complete metadata item to `out` (empty), with the region CRCs now
+    /// known.
+    fn finish(&self, sections: &[u8], regions: &[RegionDesc], out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(&layout::prefix(self.meta_len));
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(sections);
+        out.extend_from_slice(&self.mid);
+        append_encoded(out, &regions, "regions")?;
+        layout::put_trailer(out, self.section_count, self.file_len);
+        if out.len() as u64 != self.meta_len {
             return Err(Error::Encode {
                 location: Location::Element("regions"),
                 reason: "region table changed length after layout".into(),
             });
         }
-        let crc_at = meta.len() - CRC_FIELD_LEN + 1;
-        let crc = crc32fast::hash(&meta[..crc_at - 1]);
-        meta[crc_at..].copy_from_slice(&crc.to_be_bytes());
-        Ok(meta)
+        let crc_at = out.len() - CRC_FIELD_LEN + 1;
+        let crc = crc32fast::hash(&out[..crc_at - 1]);
+        out[crc_at..].copy_from_slice(&crc.to_be_bytes());
+        Ok(())
     }
 }
 
