@@ -157,16 +157,21 @@ fn walk_struct(
             format!("expected a map for struct {}", schema.name),
         ));
     };
+    // Index the keys once: a hostile payload may have far more keys than the schema.
+    let mut index: std::collections::HashMap<&str, &Value> =
+        std::collections::HashMap::with_capacity(entries.len());
+    for (k, v) in entries {
+        if let Some(k) = k.as_text() {
+            index.entry(k).or_insert(v);
+        }
+    }
     for f in &schema.fields {
         let path = if prefix.is_empty() {
             f.name.clone()
         } else {
             format!("{prefix}.{}", f.name)
         };
-        let v = entries
-            .iter()
-            .find(|(k, _)| k.as_text() == Some(f.name.as_str()))
-            .map(|(_, v)| v);
+        let v = index.get(f.name.as_str()).copied();
         match (v, &f.ty) {
             (None, FieldType::Optional(_)) => emit(Leaf {
                 path,

@@ -1,7 +1,8 @@
 //! [`ImageWriter`]: builds an image and writes it atomically.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -329,6 +330,31 @@ impl ImageWriter {
     }
 
     fn write_tmp(self, tmp: &Path) -> Result<WriteStats> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(io_err("create", tmp))?;
+        let stats = self.write_file(&f, tmp)?;
+        f.sync_all().map_err(io_err("sync", tmp))?;
+        Ok(stats)
+    }
+
+    /// Write the image into an open file from offset 0 and set its length (for example
+    /// a memfd handed to the new process); the file offset is not used. Not atomic and
+    /// not synced: for a path, use [`ImageWriter::write_atomic`].
+    pub fn write_to_file(self, file: &File) -> Result<WriteStats> {
+        let name = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(file)
+        ));
+        // Old contents past the new metadata would otherwise show through the padding.
+        file.set_len(0).map_err(io_err("truncate", &name))?;
+        self.write_file(file, &name)
+    }
+
+    /// Regions first (their digests go in the metadata), then the metadata at 0.
+    fn write_file(self, f: &File, name: &Path) -> Result<WriteStats> {
         let plan = self.plan()?;
         let stats = WriteStats {
             file_len: plan.file_len,
@@ -337,30 +363,26 @@ impl ImageWriter {
             fds: self.fds.len(),
             regions: self.regions.len(),
         };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-            .map_err(io_err("create", tmp))?;
         let mut descs = plan.regions.clone();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = Vec::new();
         for (r, d) in self.regions.into_iter().zip(descs.iter_mut()) {
-            f.seek(SeekFrom::Start(d.offset))
-                .map_err(io_err("seek", tmp))?;
             let mut h = crc32fast::Hasher::new();
             match r.source {
                 RegionSource::Bytes(b) => {
                     h.update(&b);
-                    f.write_all(&b).map_err(io_err("write", tmp))?;
+                    f.write_all_at(&b, d.offset)
+                        .map_err(io_err("write", name))?;
                 }
                 RegionSource::Reader(mut rd) => {
-                    let mut left = r.len;
-                    while left > 0 {
-                        let n = left.min(buf.len() as u64) as usize;
+                    buf.resize(1 << 20, 0);
+                    let mut done = 0u64;
+                    while done < r.len {
+                        let n = (r.len - done).min(buf.len() as u64) as usize;
                         read_exactly(&mut rd, &mut buf[..n], &r.name)?;
                         h.update(&buf[..n]);
-                        f.write_all(&buf[..n]).map_err(io_err("write", tmp))?;
-                        left -= n as u64;
+                        f.write_all_at(&buf[..n], d.offset + done)
+                            .map_err(io_err("write", name))?;
+                        done += n as u64;
                     }
                 }
             }
@@ -368,11 +390,9 @@ impl ImageWriter {
         }
         let mut meta = Vec::with_capacity(plan.meta_len as usize);
         plan.finish(&self.sections, &descs, &mut meta)?;
-        f.seek(SeekFrom::Start(0)).map_err(io_err("seek", tmp))?;
-        f.write_all(&meta).map_err(io_err("write", tmp))?;
+        f.write_all_at(&meta, 0).map_err(io_err("write", name))?;
         // Gaps between the metadata and regions are holes, which read as zeros.
-        f.set_len(plan.file_len).map_err(io_err("write", tmp))?;
-        f.sync_all().map_err(io_err("sync", tmp))?;
+        f.set_len(plan.file_len).map_err(io_err("write", name))?;
         Ok(stats)
     }
 
