@@ -8,8 +8,8 @@
 //! non-text keys or keys starting with `$`. Integers beyond 64 bits are written as
 //! `{"$int": "decimal"}`.
 
+use crate::ojson::Json;
 use ciborium::Value;
-use serde_json::{Map, Value as Json};
 
 /// JSON for a CBOR value.
 pub fn to_json(v: &Value) -> Json {
@@ -47,12 +47,13 @@ pub fn to_json(v: &Value) -> Json {
             let mut seen = std::collections::HashSet::new();
             let unique = entries.iter().all(|(k, _)| seen.insert(format!("{k:?}")));
             if plain && unique {
-                let mut m = Map::new();
-                for (k, v) in entries {
-                    if let Value::Text(t) = k {
-                        m.insert(t.clone(), to_json(v));
-                    }
-                }
+                let m = entries
+                    .iter()
+                    .filter_map(|(k, v)| match k {
+                        Value::Text(t) => Some((t.clone(), to_json(v))),
+                        _ => None,
+                    })
+                    .collect();
                 Json::Object(m)
             } else {
                 let pairs = entries
@@ -68,9 +69,7 @@ pub fn to_json(v: &Value) -> Json {
 }
 
 fn one(key: &str, v: Json) -> Json {
-    let mut m = Map::new();
-    m.insert(key.to_owned(), v);
-    Json::Object(m)
+    Json::Object(vec![(key.to_owned(), v)])
 }
 
 /// Why a JSON value cannot be turned back into CBOR, with its JSON pointer.

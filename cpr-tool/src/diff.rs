@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::cborjson;
 use crate::flatten::Leaf;
 use crate::glob;
+use crate::ojson::Json;
 use crate::renames::Renames;
 
 /// One section of an image (or a pseudo-section: `header`, `machine`, `fds`), flattened.
@@ -94,9 +95,9 @@ pub struct FieldChange {
     pub b: Option<String>,
     /// The values themselves, as `cpr-tool json` writes them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub a_value: Option<serde_json::Value>,
+    pub a_value: Option<Json>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub b_value: Option<serde_json::Value>,
+    pub b_value: Option<Json>,
     /// The field's name in A when the renames table matched it to a new name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renamed_from: Option<String>,

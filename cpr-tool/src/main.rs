@@ -10,6 +10,7 @@ mod error;
 mod flatten;
 mod glob;
 mod load;
+mod ojson;
 mod output;
 mod renames;
 mod sniff;

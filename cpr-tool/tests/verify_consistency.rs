@@ -209,3 +209,15 @@ fn a_missing_schema_file_is_not_an_unknown_version() {
         r.stderr
     );
 }
+
+#[test]
+fn payloads_are_checked_against_their_schema() {
+    let (code, v) = verify_edited("verify-payload", "vm-0.1.0.cpr", |d| {
+        d["sections"][0]["payload"]["rip"] = json!("not a number");
+    });
+    assert_eq!(code, 1);
+    let (status, detail) = check(&v, "payloads");
+    assert_eq!(status, "error");
+    assert!(detail.contains("section cpu.regs[0]"), "{detail}");
+    assert!(detail.contains("rip"), "{detail}");
+}

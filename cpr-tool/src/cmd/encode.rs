@@ -9,12 +9,12 @@ use std::path::Path;
 
 use cpr_format::{FdEntry, Header, Image, ImageWriter, Schema, SectionInfo};
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 
 use crate::cborjson::{self, from_json, hex_decode, hex_encode};
 use crate::cli::{EncodeArgs, JsonArgs};
 use crate::error::{Outcome, ToolError};
 use crate::load;
+use crate::ojson::Json;
 use crate::output::{emit, Report};
 
 /// Version of this JSON shape (not of the image format).

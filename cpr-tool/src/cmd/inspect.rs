@@ -91,7 +91,7 @@ pub fn backing_name(b: &RamBacking) -> String {
 }
 
 pub fn fd_kind_name(k: &cpr_format::FdKind) -> String {
-    match cborjson::to_json(&crate::cmd::to_value(k)) {
+    match serde_json::to_value(k).unwrap_or_default() {
         serde_json::Value::String(s) => s,
         serde_json::Value::Object(m) => m
             .iter()
@@ -261,7 +261,7 @@ impl Report for Overview {
 }
 
 pub fn file_type_name(t: &cpr_format::FileType) -> String {
-    match cborjson::to_json(&crate::cmd::to_value(t)) {
+    match serde_json::to_value(t).unwrap_or_default() {
         serde_json::Value::String(s) => s,
         other => other.to_string(),
     }
@@ -294,7 +294,7 @@ struct SectionFields {
 struct FieldRow {
     #[serde(flatten)]
     leaf: Leaf,
-    value: serde_json::Value,
+    value: crate::ojson::Json,
 }
 
 impl Report for Fields {

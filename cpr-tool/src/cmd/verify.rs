@@ -179,6 +179,17 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
+/// Every payload against its embedded schema (opening does not decode payloads).
+fn payload_check(img: &Image) -> Check {
+    match img.verify_payloads() {
+        Ok(()) => ok(
+            "payloads",
+            "every section payload matches its schema".into(),
+        ),
+        Err(e) => failed("payloads", Status::Error, vec![crate::error::one_line(&e)]),
+    }
+}
+
 fn is_ram_fd(k: &FdKind) -> bool {
     matches!(k, FdKind::Memfd | FdKind::RamFile)
 }
@@ -400,6 +411,7 @@ fn machine_check(img: &Image) -> Vec<Check> {
 pub fn run(args: &VerifyArgs, json: bool) -> Result<Outcome, ToolError> {
     let img = load::image(&args.image)?;
     let mut checks = integrity(&img);
+    checks.push(payload_check(&img));
     checks.push(ram_check(&img));
     checks.push(fd_check(&img));
     checks.extend(machine_check(&img));
