@@ -186,7 +186,8 @@ impl<'a> Cursor<'a> {
                 let mut small = [(0usize, 0usize); SMALL_MAP];
                 let mut keys = Vec::new();
                 let n = h.arg as usize; // at most the input length, checked above
-                for i in 0..n {
+                let mut filled = 0;
+                for _ in 0..n {
                     let key_at = self.pos;
                     let Some(&b) = self.buf.get(key_at) else {
                         return Err(ScanError::Truncated {
@@ -200,14 +201,15 @@ impl<'a> Cursor<'a> {
                     }
                     self.skip(depth + 1, max_depth)?;
                     if n <= SMALL_MAP {
-                        small[i] = (key_at, self.pos);
+                        small[filled] = (key_at, self.pos);
+                        filled += 1;
                     } else {
                         keys.push((key_at, self.pos));
                     }
                     self.skip(depth + 1, max_depth)?;
                 }
                 if n <= SMALL_MAP {
-                    self.check_unique_keys(&mut small[..n])
+                    self.check_unique_keys(&mut small[..filled])
                 } else {
                     self.check_unique_keys(&mut keys)
                 }
