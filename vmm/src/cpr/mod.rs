@@ -66,7 +66,9 @@ pub enum CprError {
     Blocked { mode: Mode, list: String },
     #[error("the guest is in state {0}: nothing to save")]
     BadState(&'static str),
-    #[error("no live update is incoming: this vmm was not started by cpr-exec, or has loaded already")]
+    #[error(
+        "no live update is incoming: this vmm was not started by cpr-exec, or has loaded already"
+    )]
     NotIncoming,
     #[error("the guest's state is being loaded: cpr-load first")]
     Incoming,
@@ -173,7 +175,9 @@ impl CprStatus {
     pub fn describe(&self) -> String {
         let mut s = format!(
             "mode: {}\nstate: {}\n",
-            self.mode.map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+            self.mode
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "none".into()),
             self.phase.name()
         );
         if let Some(i) = &self.image {
@@ -395,20 +399,17 @@ pub fn save(
     };
     m.pause()?;
     t.vcpus_stopped = now_ns();
-    let written = m
-        .save_state()
-        .map_err(CprError::from)
-        .and_then(|state| {
-            let manifest = fds::manifest(m.ram(), &f.chardevs)?;
-            image::write(
-                path,
-                image::header(&host.config, mode),
-                &state,
-                resume_after,
-                &manifest,
-            )?;
-            Ok(())
-        });
+    let written = m.save_state().map_err(CprError::from).and_then(|state| {
+        let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+        image::write(
+            path,
+            image::header(&host.config, mode),
+            &state,
+            resume_after,
+            &manifest,
+        )?;
+        Ok(())
+    });
     if let Err(e) = written {
         if resume_after {
             m.resume()?;
@@ -547,8 +548,7 @@ fn exec_attempt(
         reply: reply_kind,
         reply_id,
     };
-    let mut keep: Vec<(String, RawFd)> =
-        manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
+    let mut keep: Vec<(String, RawFd)> = manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
     let bytes = handover(f, host, &ctl.cpr, m.ram(), exec_state, manifest)?;
     let hfile = fds::handover_memfd(&bytes)?;
     keep.push(("handover".into(), hfile.as_raw_fd()));
@@ -566,7 +566,8 @@ fn exec_attempt(
     fds::clear_cloexec_all(&keep)?;
     // Written last so it is as close to execve as it can be.
     env.extend(env_item(fds::EXEC_TIME_ENV, now_ns().to_string()));
-    let e = match nix::unistd::execvpe(&cargs[0], &cargs, &env) {
+    let program = resolve_program(argv0);
+    let e = match nix::unistd::execve(&program, &cargs, &env) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -576,6 +577,25 @@ fn exec_attempt(
         argv0: argv0.clone(),
         source: e,
     })
+}
+
+/// The file to execute for `argv0`: as given when it names a path, else the first
+/// executable match in $PATH. execve, not execvp: on ENOEXEC execvp would run the file with
+/// /bin/sh, replacing the VMM with a shell instead of reporting "wrong format".
+fn resolve_program(argv0: &str) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    let fallback = || std::ffi::CString::new(argv0).unwrap_or_default();
+    if argv0.contains('/') {
+        return fallback();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(argv0))
+        .find(|p| {
+            nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file()
+        })
+        .and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok())
+        .unwrap_or_else(fallback)
 }
 
 /// What the new process adopted from the old one.
@@ -646,8 +666,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     // Chardevs: same id and backend kind adopt their fds; others open afresh.
     let mut chardevs = Vec::new();
     for spec in &config.chardevs {
-        let saved: Option<ChardevState> =
-            img.section(&spec.id).map_err(CprError::Handover)?;
+        let saved: Option<ChardevState> = img.section(&spec.id).map_err(CprError::Handover)?;
         let c = match saved {
             Some(s) if s.backend == backend_name(&spec.backend) => {
                 let mut mine = Vec::new();
@@ -742,7 +761,11 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
 }
 
 /// Checks that the image's RAM fds are the ones this process inherited.
-fn check_ram_identity(img: &Image, ram_fds: &[RamBlockFd], names: &[String]) -> Result<(), CprError> {
+fn check_ram_identity(
+    img: &Image,
+    ram_fds: &[RamBlockFd],
+    names: &[String],
+) -> Result<(), CprError> {
     for e in img.fd_manifest() {
         if !matches!(e.kind, FdKind::Memfd | FdKind::RamFile) {
             continue;
@@ -780,12 +803,11 @@ pub fn load(
     };
     inc.stamps.load_started = now_ns();
     let img = image::open_checked(path, &host.config)?;
-    let names: Vec<String> = image::ram_state(
-        &inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>(),
-    )
-    .into_iter()
-    .map(|b| b.name)
-    .collect();
+    let names: Vec<String> =
+        image::ram_state(&inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>())
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
     check_ram_identity(&img, &inc.ram_fds, &names)?;
     let (state, resume_after) = image::machine_state(&img)?;
     let prepared = match inc.machine.take() {
@@ -809,7 +831,10 @@ pub fn load(
             let rebuilt = GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
                 .map_err(CprError::Ram)
                 .and_then(|ram| {
-                    Ok(Machine::prepare_incoming(&host.config.machine_config(), ram)?)
+                    Ok(Machine::prepare_incoming(
+                        &host.config.machine_config(),
+                        ram,
+                    )?)
                 });
             inc.machine = rebuilt.ok();
             return Err(e.into());

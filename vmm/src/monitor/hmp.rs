@@ -256,7 +256,10 @@ fn cpr_load<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, Cm
 
 /// All blocks' CRCs as one hex string (what tests compare).
 pub fn digest_string(blocks: &[(String, u64, u32)]) -> String {
-    blocks.iter().map(|(_, _, crc)| format!("{crc:08x}")).collect()
+    blocks
+        .iter()
+        .map(|(_, _, crc)| format!("{crc:08x}"))
+        .collect()
 }
 
 fn info_ram_digest<V: VmControl>(c: &mut Controller<V>, _: &str) -> Result<String, CmdError> {
