@@ -5,6 +5,8 @@ mod cli;
 mod event_loop;
 mod machine;
 mod monitor;
+mod pci;
+mod vfio;
 
 use std::process::ExitCode;
 
