@@ -144,7 +144,7 @@ impl VfioPciModel {
 
     /// Marks emulated bytes and their writable bits, from the capability list in `cfg`.
     fn layout(&mut self) {
-        let mut emulate = |m: &mut Self, at: usize, len: usize, wmask: u8| {
+        let emulate = |m: &mut Self, at: usize, len: usize, wmask: u8| {
             for b in at..(at + len).min(CONFIG_SIZE) {
                 m.emulated[b] = true;
                 m.wmask[b] = wmask;
