@@ -2,6 +2,7 @@
 //! with raw ioctls so a new process image can adopt inherited container, group and device
 //! fds (live update, restart mode).
 
+pub mod ioctl;
 pub mod model;
 pub mod state;
 
