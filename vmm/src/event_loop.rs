@@ -274,8 +274,11 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         })
         .map_err(StartError::EventFd)?;
     let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
-    let machine =
+    let mut machine =
         Machine::new(&config.machine_config(), serial, machine_tx).map_err(StartError::Machine)?;
+    machine
+        .assign_vfio(&config.vfio)
+        .map_err(StartError::Machine)?;
     let mut ctl = Controller::new(machine);
     if !config.start_paused {
         ctl.vm.start().map_err(StartError::Start)?;

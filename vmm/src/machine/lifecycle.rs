@@ -183,7 +183,9 @@ pub(super) fn finish(
         serial: Mutex::new(serial),
         pm: Mutex::new(pm),
         debug_exit: DebugExit,
+        pci: Arc::new(crate::pci::PciBus::new()),
     });
+    let vm = Arc::new(parts.vm);
     let ctls: Vec<Arc<VcpuCtl>> = parts
         .vcpus
         .iter()
@@ -214,8 +216,10 @@ pub(super) fn finish(
         config: config.clone(),
         vcpus: handles,
         shared,
-        vm: parts.vm,
+        gsi_router: Arc::new(crate::pci::GsiRouter::new(vm.clone())),
+        vm,
         ram: parts.ram,
+        vfio: None,
         serial_irq,
         msr_list: parts.msr_list,
         unsaved_msrs: parts.unsaved_msrs,

@@ -6,6 +6,7 @@
 //! | 0x3f8..=0x3ff | 8250 UART (COM1), IRQ 4         |
 //! | 0x604..=0x605 | PM1a control (S3 / power-off)   |
 //! | 0x501         | debug exit                      |
+//! | 0xcf8..=0xcff | PCI config mechanism #1 (`crate::pci`) |
 //!
 //! Reads of other ports return all ones and writes are ignored, as on an ISA bus.
 
@@ -32,11 +33,15 @@ pub struct Devices {
     pub serial: Mutex<SerialDevice>,
     pub pm: Mutex<PmControl>,
     pub debug_exit: DebugExit,
+    /// PCI bus 0: config ports 0xcf8..=0xcff and trapped BAR MMIO.
+    pub pci: std::sync::Arc<crate::pci::PciBus>,
 }
 
 impl Devices {
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
-        if let Some(offset) = SerialDevice::offset(port) {
+        if crate::pci::PciBus::owns_port(port) {
+            self.pci.pio_read(port, data);
+        } else if let Some(offset) = SerialDevice::offset(port) {
             let mut serial = lock(&self.serial);
             for b in data.iter_mut() {
                 *b = serial.read(offset);
@@ -49,7 +54,10 @@ impl Devices {
     }
 
     pub fn pio_write(&self, port: u16, data: &[u8]) -> Result<IoAction, serial::SerialError> {
-        if let Some(offset) = SerialDevice::offset(port) {
+        if crate::pci::PciBus::owns_port(port) {
+            self.pci.pio_write(port, data);
+            Ok(IoAction::None)
+        } else if let Some(offset) = SerialDevice::offset(port) {
             let mut serial = lock(&self.serial);
             for b in data {
                 serial.write(offset, *b)?;
@@ -67,6 +75,19 @@ impl Devices {
         } else {
             Ok(IoAction::None)
         }
+    }
+}
+
+impl Devices {
+    /// MMIO no memslot backs: trapped BARs of PCI devices; elsewhere reads all ones.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if !self.pci.mmio_read(addr, data) {
+            data.fill(0xff);
+        }
+    }
+
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.pci.mmio_write(addr, data);
     }
 }
 
