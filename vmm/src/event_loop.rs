@@ -10,8 +10,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::chardev::{Chardev, ChardevError, ChardevEvent, ChardevOutput};
 use crate::cli::{MonitorMode, VmmConfig};
+use crate::cpr::{self, Host, Vm};
 use crate::machine::{Machine, MachineError, MachineEvent};
-use crate::monitor::{hmp, qmp, Controller, VmControl};
+use crate::monitor::{hmp, qmp, CmdError, Controller, ReplyTo, VmControl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -27,6 +28,10 @@ pub enum StartError {
     Poll(#[source] std::io::Error),
     #[error("could not set up termination signal handling")]
     Signals(#[source] nix::Error),
+    #[error("could not take over from the previous vmm (cpr-exec)")]
+    Cpr(#[from] cpr::CprError),
+    #[error("could not read the hand-over from the previous vmm (cpr-exec)")]
+    Handover(#[source] cpr::fds::FdError),
 }
 
 /// Signals that end the VMM the way QEMU ends on them (SHUTDOWN event, exit 0).
@@ -39,7 +44,7 @@ fn termination_signals() -> SigSet {
 }
 
 /// What is attached to a chardev.
-enum Frontend {
+pub(crate) enum Frontend {
     None,
     Serial,
     Hmp(hmp::Session),
@@ -48,8 +53,10 @@ enum Frontend {
 
 /// The chardevs with their front ends.
 pub struct Frontends {
-    chardevs: Vec<Chardev>,
-    frontends: Vec<Frontend>,
+    pub(crate) chardevs: Vec<Chardev>,
+    pub(crate) frontends: Vec<Frontend>,
+    /// The session continues one handed over by a live update: no greeting.
+    pub(crate) adopted: Vec<bool>,
 }
 
 impl Frontends {
@@ -60,7 +67,12 @@ impl Frontends {
             .iter()
             .map(Chardev::open)
             .collect::<Result<Vec<_>, _>>()?;
-        let frontends = chardevs
+        Ok(Frontends::attach(config, chardevs))
+    }
+
+    /// Attaches the serial port and monitors to chardevs (opened, or adopted after exec).
+    pub fn attach(config: &VmmConfig, chardevs: Vec<Chardev>) -> Frontends {
+        let frontends: Vec<Frontend> = chardevs
             .iter()
             .map(|c| {
                 if config.serial.as_deref() == Some(c.spec.id.as_str()) {
@@ -78,10 +90,11 @@ impl Frontends {
                 }
             })
             .collect();
-        Ok(Frontends {
+        Frontends {
+            adopted: vec![false; chardevs.len()],
             chardevs,
             frontends,
-        })
+        }
     }
 
     /// The writer the UART's output goes to.
@@ -159,18 +172,66 @@ fn broadcast<V: VmControl>(f: &mut Frontends, ctl: &mut Controller<V>) {
     }
 }
 
+/// The text that answers a deferred command on its monitor.
+fn deferred_reply(reply: &ReplyTo, result: &Result<String, CmdError>) -> String {
+    match reply {
+        ReplyTo::Hmp => hmp::deferred_reply(result),
+        ReplyTo::Qmp { id, hmp_text } => {
+            let line = match (result, hmp_text) {
+                (Ok(text), true) => qmp::return_reply(&serde_json::json!(text), id.as_ref()),
+                (Err(e), true) => qmp::return_reply(
+                    &serde_json::json!(format!("Error: {}\n", e.desc)),
+                    id.as_ref(),
+                ),
+                (Ok(_), false) => qmp::return_reply(&serde_json::json!({}), id.as_ref()),
+                (Err(e), false) => qmp::error_reply(e, id.as_ref()),
+            };
+            format!("{line}\r\n")
+        }
+    }
+}
+
+/// Runs the live-update command a monitor deferred, answers it, and lets that monitor read
+/// on (it may have more commands queued behind it).
+fn run_deferred(f: &mut Frontends, ctl: &mut Controller<Vm>, host: &Host, i: usize) {
+    while let Some(d) = ctl.deferred.take() {
+        let reply = d.reply.unwrap_or(ReplyTo::Hmp);
+        let result = cpr::perform(d.op, &reply, f, ctl, host, i);
+        send(&f.chardevs[i], &deferred_reply(&reply, &result));
+        continue_session(f, ctl, i);
+    }
+}
+
+/// Lets a monitor session execute input it holds (queued behind a deferred command, or
+/// handed over by a live update).
+fn continue_session(f: &mut Frontends, ctl: &mut Controller<Vm>, i: usize) {
+    let out = match &mut f.frontends[i] {
+        Frontend::Qmp(s) => s.process(ctl),
+        Frontend::Hmp(s) => s.process(ctl),
+        Frontend::Serial | Frontend::None => String::new(),
+    };
+    send(&f.chardevs[i], &out);
+}
+
 /// Runs until quit, guest shutdown or debug exit; returns the process exit status.
-pub fn run_loop<V: VmControl>(
+pub fn run_loop(
     f: &mut Frontends,
-    ctl: &mut Controller<V>,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
     wake: &EventFd,
     signals: &SignalFd,
     events: &Receiver<MachineEvent>,
 ) -> Result<i32, StartError> {
     use std::os::fd::AsRawFd;
-    // Greet peers that are there from the start (stdio, pty, a socket that waited).
-    for (c, fe) in f.chardevs.iter_mut().zip(f.frontends.iter_mut()) {
-        if c.is_connected() {
+    // Greet peers that are there from the start (stdio, pty, a socket that waited), except
+    // sessions continued across a live update.
+    for ((c, fe), adopted) in f
+        .chardevs
+        .iter_mut()
+        .zip(f.frontends.iter_mut())
+        .zip(&f.adopted)
+    {
+        if c.is_connected() && !adopted {
             match fe {
                 Frontend::Hmp(_) => send(c, &hmp::banner()),
                 Frontend::Qmp(s) => {
@@ -181,18 +242,35 @@ pub fn run_loop<V: VmControl>(
             }
         }
     }
+    for i in 0..f.chardevs.len() {
+        if f.adopted[i] {
+            continue_session(f, ctl, i);
+            run_deferred(f, ctl, host, i);
+        }
+    }
     loop {
         if let Some(exit) = ctl.exit() {
             broadcast(f, ctl);
             return Ok(exit.0);
         }
-        let mut fds = vec![libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = vec![
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let serial_open = ctl.vm.accepts_serial_input();
         let mut owners = Vec::new();
         for (i, c) in f.chardevs.iter().enumerate() {
+            if matches!(f.frontends[i], Frontend::Serial) && !serial_open {
+                continue;
+            }
             if let Some(fd) = c.poll_fd() {
                 fds.push(libc::pollfd {
                     fd,
@@ -236,13 +314,21 @@ pub fn run_loop<V: VmControl>(
                 )));
             }
             service(&mut f.chardevs[i], &mut f.frontends[i], ctl);
+            run_deferred(f, ctl, host, i);
+            // A deferred command may change what is polled (cpr-save stops serial input).
+            if !ctl.vm.accepts_serial_input() {
+                break;
+            }
         }
         broadcast(f, ctl);
     }
 }
 
-/// Builds everything from the config and runs the VM until it ends.
+/// Builds everything from the config (or adopts it from the previous vmm after cpr-exec)
+/// and runs the VM until it ends.
 pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
+    // First, before anything opens a descriptor: the hand-over of a cpr-exec, if any.
+    let handover = cpr::fds::take_handover().map_err(StartError::Handover)?;
     // A client closing its socket must not kill the VMM when we write to it.
     // SAFETY: setting SIGPIPE to SIG_IGN installs no handler code; it is process-wide by intent.
     unsafe {
@@ -255,7 +341,6 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         .map_err(StartError::Signals)?;
     let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(StartError::Signals)?;
-    let mut frontends = Frontends::open(config)?;
     let wake = EventFd::new(EFD_NONBLOCK).map_err(StartError::EventFd)?;
     let forward_wake = wake.try_clone().map_err(StartError::EventFd)?;
     let (machine_tx, machine_rx) = channel::<MachineEvent>();
@@ -273,17 +358,41 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             }
         })
         .map_err(StartError::EventFd)?;
-    let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
-    let mut machine =
-        Machine::new(&config.machine_config(), serial, machine_tx).map_err(StartError::Machine)?;
-    machine
-        .assign_vfio(&config.vfio)
-        .map_err(StartError::Machine)?;
-    let mut ctl = Controller::new(machine);
-    if !config.start_paused {
-        ctl.vm.start().map_err(StartError::Start)?;
+    let host = Host {
+        config: config.clone(),
+        machine_events: machine_tx.clone(),
+    };
+    let (mut frontends, mut ctl) = match handover {
+        Some((bytes, exec_ns)) => {
+            let a = cpr::adopt(config, &bytes, exec_ns)?;
+            let mut ctl = Controller::new(a.vm);
+            ctl.cpr = a.status;
+            let mut f = a.frontends;
+            if let Some((i, reply)) = a.pending_reply {
+                send(&f.chardevs[i], &deferred_reply(&reply, &Ok(String::new())));
+                // The reply printed, an HMP session shows no extra prompt later.
+                let _ = &mut f;
+            }
+            (f, ctl)
+        }
+        None => {
+            let frontends = Frontends::open(config)?;
+            let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
+            let mut machine = Machine::new(&config.machine_config(), serial, machine_tx)
+                .map_err(StartError::Machine)?;
+            machine
+                .assign_vfio(&config.vfio)
+                .map_err(StartError::Machine)?;
+            let mut ctl = Controller::new(Vm::Active(machine));
+            if !config.start_paused {
+                ctl.vm.start().map_err(StartError::Start)?;
+            }
+            (frontends, ctl)
+        }
+    };
+    let code = run_loop(&mut frontends, &mut ctl, &host, &wake, &signals, &loop_rx);
+    if let Vm::Active(m) = &mut ctl.vm {
+        m.shutdown();
     }
-    let code = run_loop(&mut frontends, &mut ctl, &wake, &signals, &loop_rx);
-    ctl.vm.shutdown();
     code
 }

@@ -2,10 +2,12 @@
 
 mod chardev;
 mod cli;
+mod cpr;
 mod event_loop;
 mod machine;
 mod monitor;
 mod pci;
+mod version;
 mod vfio;
 
 use std::process::ExitCode;
@@ -23,6 +25,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // First: after a cpr-exec this is when the new binary got control (pause breakdown).
+    cpr::timing::mark_main_entered();
     let action = match cli::parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -36,7 +40,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         cli::Action::Version => {
-            println!("vmm version {}", env!("CARGO_PKG_VERSION"));
+            println!("vmm version {}", version::version());
             println!(
                 "A KVM virtual machine monitor with live update (cpr-save / cpr-exec / cpr-load)"
             );

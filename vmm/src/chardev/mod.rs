@@ -73,6 +73,30 @@ pub enum ChardevError {
     },
 }
 
+cpr_format::state! {
+    /// A chardev as a live update hands it over; its fds travel in the fd manifest.
+    #[section(name = "chardev", version = 1, min_version = 1, required = true)]
+    #[derive(Eq)]
+    pub struct ChardevState {
+        /// Backend kind (`stdio`, `null`, `file`, `pty`, `socket`): fds are adopted only by
+        /// a chardev of the same id and kind.
+        pub backend: String,
+        /// A socket client was attached.
+        pub connected: bool,
+    }
+}
+
+/// The backend kind's name, as [`ChardevState::backend`] records it.
+pub fn backend_name(spec: &ChardevBackendSpec) -> &'static str {
+    match spec {
+        ChardevBackendSpec::Stdio => "stdio",
+        ChardevBackendSpec::Null => "null",
+        ChardevBackendSpec::File { .. } => "file",
+        ChardevBackendSpec::Pty => "pty",
+        ChardevBackendSpec::Socket { .. } => "socket",
+    }
+}
+
 /// What happened on a chardev when its fd became readable.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChardevEvent {
@@ -317,6 +341,20 @@ impl Chardev {
             kind,
             out: ChardevOutput::new(sink),
         })
+    }
+
+    /// The chardev as a live update hands it over.
+    pub fn save(&self) -> ChardevState {
+        ChardevState {
+            backend: backend_name(&self.spec.backend).to_string(),
+            connected: matches!(
+                &self.kind,
+                Kind::Socket {
+                    client: Some(_),
+                    ..
+                }
+            ),
+        }
     }
 
     /// The fds this chardev owns, by role (what a live update must preserve).

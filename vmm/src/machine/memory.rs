@@ -350,6 +350,23 @@ impl GuestRam {
             .unwrap_or(0)
     }
 
+    /// CRC-32 of every block's bytes, in memslot order: `info ram-digest` compares guest RAM
+    /// before a live update with after it. Read through the host mapping; a running guest
+    /// may change RAM meanwhile, so callers digest a stopped guest.
+    pub fn digest(&self) -> Vec<(&'static str, u64, u32)> {
+        self.blocks
+            .iter()
+            .map(|b| {
+                // SAFETY: the region maps `desc.size` bytes at `as_ptr()` for as long as
+                // `self` lives; the slice is only read, and u8 has no invalid values.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(b.region.as_ptr() as *const u8, b.desc.size as usize)
+                };
+                (b.name(), b.desc.size, crc32fast::hash(bytes))
+            })
+            .collect()
+    }
+
     /// Duplicates every block's fd (the fd manifest of a live update, or a test that builds
     /// a second machine over the same RAM). Fails for anonymous RAM, which has no fd.
     pub fn share_fds(&self) -> Option<Vec<RamBlockFd>> {

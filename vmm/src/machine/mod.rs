@@ -39,7 +39,7 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use memory::{GuestRam, RamBlockDesc, RamBlockFd};
-pub use snapshot::MachineState;
+pub use snapshot::{IncomingMachine, MachineState};
 
 /// How guest RAM is backed.
 #[derive(Debug, Clone, PartialEq, Eq)]

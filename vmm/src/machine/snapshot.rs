@@ -81,30 +81,83 @@ impl Machine {
         serial_out: SerialOutput,
         events: std::sync::mpsc::Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
-        let given = ram.descs();
-        let same_layout = given.len() == state.ram.len()
-            && given
-                .iter()
-                .zip(&state.ram)
-                .all(|(a, b)| a.guest_addr == b.guest_addr && a.size == b.size);
-        if !same_layout {
-            return Err(MachineError::RamLayoutMismatch {
-                saved: state.ram.clone(),
-                given,
-            });
-        }
-        if state.vcpus.len() != usize::from(config.vcpus) {
-            return Err(MachineError::VcpuCountMismatch {
-                saved: state.vcpus.len(),
-                configured: usize::from(config.vcpus),
-            });
-        }
-        let msrs: Vec<u32> = state
-            .vcpus
-            .first()
-            .map(|v| v.msrs.iter().map(|m| m.index).collect())
-            .unwrap_or_default();
-        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Restore { msrs: &msrs })?;
+        check_layout(&ram, state)?;
+        check_vcpus(config, state)?;
+        Machine::prepare_incoming(config, ram)?.restore(state, serial_out, events)
+    }
+
+    /// The first half of [`Machine::restore`], for a live update that builds the VM before
+    /// its state arrives: a new KVM VM, TSS, memslots (RAM before the irqchip: a memslot
+    /// added after KVM_CREATE_IRQCHIP costs milliseconds), irqchip, PIT and vCPUs.
+    pub fn prepare_incoming(
+        config: &MachineConfig,
+        ram: GuestRam,
+    ) -> Result<IncomingMachine, MachineError> {
+        Ok(IncomingMachine {
+            config: config.clone(),
+            // Merge note: main restores with Prepare::Restore { msrs } once state is known;
+            // here the VM is built before the state arrives, so it gets the boot configuration.
+            parts: lifecycle::create(config, ram, lifecycle::Prepare::Boot)?,
+        })
+    }
+}
+
+fn check_layout(ram: &GuestRam, state: &MachineState) -> Result<(), MachineError> {
+    let given = ram.descs();
+    let same_layout = given.len() == state.ram.len()
+        && given
+            .iter()
+            .zip(&state.ram)
+            .all(|(a, b)| a.guest_addr == b.guest_addr && a.size == b.size);
+    if !same_layout {
+        return Err(MachineError::RamLayoutMismatch {
+            saved: state.ram.clone(),
+            given,
+        });
+    }
+    Ok(())
+}
+
+fn check_vcpus(config: &MachineConfig, state: &MachineState) -> Result<(), MachineError> {
+    if state.vcpus.len() != usize::from(config.vcpus) {
+        return Err(MachineError::VcpuCountMismatch {
+            saved: state.vcpus.len(),
+            configured: usize::from(config.vcpus),
+        });
+    }
+    Ok(())
+}
+
+/// A VM created over RAM that holds a guest, waiting for the guest's state
+/// ([`Machine::prepare_incoming`]).
+pub struct IncomingMachine {
+    config: MachineConfig,
+    parts: lifecycle::Parts,
+}
+
+impl IncomingMachine {
+    /// The RAM the VM was built over.
+    pub fn ram(&self) -> &GuestRam {
+        &self.parts.ram
+    }
+
+    /// Checks that `state` fits this VM (RAM layout, vCPU count) without consuming it.
+    pub fn check(&self, state: &MachineState) -> Result<(), MachineError> {
+        check_layout(&self.parts.ram, state)?;
+        check_vcpus(&self.config, state)
+    }
+
+    /// The second half of [`Machine::restore`]: each vCPU's state; irqchip, PIT and clock
+    /// after the vCPUs (restoring the LAPICs can inject into the irqchip, which the saved
+    /// state must override); devices last. The machine comes back Paused.
+    pub fn restore(
+        self,
+        state: &MachineState,
+        serial_out: SerialOutput,
+        events: std::sync::mpsc::Sender<MachineEvent>,
+    ) -> Result<Machine, MachineError> {
+        self.check(state)?;
+        let IncomingMachine { config, parts } = self;
         for (v, s) in parts.vcpus.iter().zip(&state.vcpus) {
             v.restore(s)?;
         }
@@ -114,7 +167,7 @@ impl Machine {
         let (serial, serial_irq) = SerialDevice::restore(&state.serial, serial_out)?;
         let pm = PmControl::restore(&state.pm);
         lifecycle::finish(
-            config,
+            &config,
             parts,
             serial,
             serial_irq,

@@ -47,4 +47,7 @@ impl VmControl for FakeVm {
     fn serial_input(&self, _bytes: &[u8]) -> Result<(), MachineError> {
         Ok(())
     }
+    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
+        Ok(vec![("ram-below-4g".into(), 4096, 0x1234_abcd)])
+    }
 }

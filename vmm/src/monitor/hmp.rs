@@ -1,7 +1,7 @@
 //! HMP: the human monitor. Line-oriented text with a `(vmm) ` prompt; commands in [`COMMANDS`]
 //! and `info` subcommands in [`INFO`].
 
-use super::{run_state_name, CmdError, Controller, VmControl};
+use super::{run_state_name, CmdError, Controller, CprOp, ReplyTo, VmControl};
 use crate::machine::RunState;
 
 pub const PROMPT: &str = "(vmm) ";
@@ -58,6 +58,24 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
             run: |c, _| c.system_reset().map(|_| String::new()),
         },
         Command {
+            names: &["cpr-save"],
+            params: "filename mode",
+            help: "stop the guest and save its state for a live update (mode: restart)",
+            run: cpr_save,
+        },
+        Command {
+            names: &["cpr-exec"],
+            params: "argv0 [args...]",
+            help: "exec a new VMM in place (its command line must include -S)",
+            run: cpr_exec,
+        },
+        Command {
+            names: &["cpr-load"],
+            params: "filename",
+            help: "load the state saved by cpr-save and resume the guest if it was running",
+            run: cpr_load,
+        },
+        Command {
             names: &["system_wakeup"],
             params: "",
             help: "wakeup guest from suspend",
@@ -88,10 +106,22 @@ pub fn info_commands<V: VmControl>() -> Vec<Command<V>> {
             run: info_registers,
         },
         Command {
+            names: &["cpr"],
+            params: "",
+            help: "show the live-update mode, state and last pause time",
+            run: |c, _| Ok(c.cpr.describe()),
+        },
+        Command {
+            names: &["ram-digest"],
+            params: "",
+            help: "show a CRC-32 of each guest RAM block (stop the guest first)",
+            run: info_ram_digest,
+        },
+        Command {
             names: &["version"],
             params: "",
             help: "show the version of the VMM",
-            run: |_, _| Ok(format!("{}\n", env!("CARGO_PKG_VERSION"))),
+            run: |_, _| Ok(format!("{}\n", crate::version::version())),
         },
     ]
 }
@@ -100,7 +130,7 @@ pub fn info_commands<V: VmControl>() -> Vec<Command<V>> {
 pub fn banner() -> String {
     to_wire(&format!(
         "vmm {} monitor - type 'help' for more information\n{PROMPT}",
-        env!("CARGO_PKG_VERSION")
+        crate::version::version()
     ))
 }
 
@@ -189,6 +219,59 @@ fn info_registers<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<Stri
     Ok(out)
 }
 
+fn cpr_save<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, CmdError> {
+    let words: Vec<&str> = arg.split_whitespace().collect();
+    match words.as_slice() {
+        [path, mode] => {
+            c.defer(CprOp::Save {
+                path: path.to_string(),
+                mode: mode.to_string(),
+            });
+            Ok(String::new())
+        }
+        _ => Err(CmdError::generic("usage: cpr-save filename mode")),
+    }
+}
+
+fn cpr_exec<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, CmdError> {
+    let argv: Vec<String> = arg.split_whitespace().map(String::from).collect();
+    if argv.is_empty() {
+        return Err(CmdError::generic("usage: cpr-exec argv0 [args...]"));
+    }
+    c.defer(CprOp::Exec { argv });
+    Ok(String::new())
+}
+
+fn cpr_load<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, CmdError> {
+    match arg.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [path] => {
+            c.defer(CprOp::Load {
+                path: path.to_string(),
+            });
+            Ok(String::new())
+        }
+        _ => Err(CmdError::generic("usage: cpr-load filename")),
+    }
+}
+
+/// All blocks' CRCs as one hex string (what tests compare).
+pub fn digest_string(blocks: &[(String, u64, u32)]) -> String {
+    blocks
+        .iter()
+        .map(|(_, _, crc)| format!("{crc:08x}"))
+        .collect()
+}
+
+fn info_ram_digest<V: VmControl>(c: &mut Controller<V>, _: &str) -> Result<String, CmdError> {
+    let blocks = c.vm.ram_digest()?;
+    let mut out = String::new();
+    for (name, size, crc) in &blocks {
+        out.push_str(&format!("{name}: size {size:#x} crc32 {crc:08x}\n"));
+    }
+    out.push_str(&format!("digest: {}\n", digest_string(&blocks)));
+    Ok(out)
+}
+
 fn split_word(s: &str) -> (&str, &str) {
     let s = s.trim_start();
     match s.find(char::is_whitespace) {
@@ -207,10 +290,26 @@ pub fn run_line<V: VmControl>(c: &mut Controller<V>, line: &str) -> String {
     let table = commands::<V>();
     match find(&table, name) {
         Some(cmd) => match (cmd.run)(c, rest) {
-            Ok(out) => out,
+            Ok(out) => {
+                if let Some(d) = c.deferred.as_mut() {
+                    d.reply.get_or_insert(ReplyTo::Hmp);
+                }
+                out
+            }
             Err(e) => format!("Error: {}\n", e.desc),
         },
         None => format!("unknown command: '{name}'\n"),
+    }
+}
+
+cpr_format::state! {
+    /// An HMP session handed over by a live update: the line being typed, and input
+    /// received but not yet read (commands typed behind cpr-exec).
+    #[section(name = "monitor.hmp", version = 1, min_version = 1, required = true)]
+    #[derive(Eq)]
+    pub struct HmpSessionState {
+        pub line: cpr_format::Bytes,
+        pub pending_input: cpr_format::Bytes,
     }
 }
 
@@ -219,18 +318,48 @@ pub fn run_line<V: VmControl>(c: &mut Controller<V>, line: &str) -> String {
 pub struct Session {
     line: Vec<u8>,
     after_cr: bool,
+    /// Bytes not yet read: reading stops while a deferred command waits for the event loop.
+    unread: Vec<u8>,
 }
 
 impl Session {
     pub fn reset(&mut self) {
         self.line.clear();
         self.after_cr = false;
+        self.unread.clear();
+    }
+
+    /// The session as a live update hands it over.
+    pub fn save(&self) -> HmpSessionState {
+        HmpSessionState {
+            line: cpr_format::Bytes(self.line.clone()),
+            pending_input: cpr_format::Bytes(self.unread.clone()),
+        }
+    }
+
+    /// A session continued from a handed-over one (no banner).
+    pub fn restore(state: &HmpSessionState) -> Session {
+        Session {
+            line: state.line.0.clone(),
+            after_cr: false,
+            unread: state.pending_input.0.clone(),
+        }
     }
 
     /// Feeds typed bytes; returns output (each command's output followed by a new prompt).
     pub fn on_input<V: VmControl>(&mut self, c: &mut Controller<V>, bytes: &[u8]) -> String {
+        self.unread.extend_from_slice(bytes);
+        self.process(c)
+    }
+
+    /// Reads what was typed, up to a deferred command (the event loop prints its output
+    /// and the prompt) or quit.
+    pub fn process<V: VmControl>(&mut self, c: &mut Controller<V>) -> String {
         let mut out = String::new();
-        for &b in bytes {
+        let mut used = 0;
+        while used < self.unread.len() {
+            let b = self.unread[used];
+            used += 1;
             let after_cr = std::mem::replace(&mut self.after_cr, b == b'\r');
             match b {
                 b'\r' | b'\n' => {
@@ -242,7 +371,16 @@ impl Session {
                     self.line.clear();
                     out.push_str(&run_line(c, &line));
                     if c.exit().is_some() {
+                        self.unread.clear();
                         return to_wire(&out);
+                    }
+                    if c.deferred.is_some() {
+                        // Take the "\n" of a "\r\n" with the line it ends.
+                        if b == b'\r' && self.unread.get(used) == Some(&b'\n') {
+                            used += 1;
+                            self.after_cr = false;
+                        }
+                        break;
                     }
                     out.push_str(PROMPT);
                 }
@@ -254,6 +392,16 @@ impl Session {
                 _ => {}
             }
         }
+        self.unread.drain(..used);
         to_wire(&out)
     }
+}
+
+/// The HMP output of a deferred command, then the prompt.
+pub fn deferred_reply(result: &Result<String, CmdError>) -> String {
+    let text = match result {
+        Ok(t) => t.clone(),
+        Err(e) => format!("Error: {}\n", e.desc),
+    };
+    to_wire(&format!("{text}{PROMPT}"))
 }

@@ -132,6 +132,12 @@ impl Streamer {
         *self = Streamer::default();
     }
 
+    /// The bytes of a message begun but not complete; feeding them to a fresh streamer
+    /// recreates this one (a live update hands them to the new process).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
     fn take_error(&mut self) -> String {
         let text = String::from_utf8_lossy(&self.buf).into_owned();
         self.reset();

@@ -26,6 +26,8 @@ pub trait VmControl {
     fn describe_registers(&self, vcpu: usize) -> Result<String, MachineError>;
     fn describe_cpus(&self) -> Vec<String>;
     fn serial_input(&self, bytes: &[u8]) -> Result<(), MachineError>;
+    /// CRC-32 of each guest RAM block: (name, size, crc) in memslot order.
+    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError>;
 }
 
 impl VmControl for Machine {
@@ -56,6 +58,43 @@ impl VmControl for Machine {
     fn serial_input(&self, bytes: &[u8]) -> Result<(), MachineError> {
         Machine::serial_input(self, bytes)
     }
+    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
+        Ok(digest_of(self.ram()))
+    }
+}
+
+/// [`VmControl::ram_digest`] of some guest RAM.
+pub fn digest_of(ram: &crate::machine::GuestRam) -> Vec<(String, u64, u32)> {
+    ram.digest()
+        .into_iter()
+        .map(|(n, size, crc)| (n.to_string(), size, crc))
+        .collect()
+}
+
+/// A live-update command that needs more than the machine: the event loop performs it
+/// with the chardevs and monitor sessions at hand, then sends the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CprOp {
+    Save { path: String, mode: String },
+    Exec { argv: Vec<String> },
+    Load { path: String },
+}
+
+/// How the reply to a deferred command is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyTo {
+    /// HMP text, then a prompt.
+    Hmp,
+    /// A QMP return/error with the request's id; `hmp_text` for human-monitor-command,
+    /// whose return value is the HMP output.
+    Qmp { id: Option<Value>, hmp_text: bool },
+}
+
+/// A deferred command and how to answer it (set by the protocol that received it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferred {
+    pub op: CprOp,
+    pub reply: Option<ReplyTo>,
 }
 
 /// QEMU's QMP error classes.
@@ -147,6 +186,10 @@ pub struct Controller<V: VmControl> {
     pub vm: V,
     events: Vec<Event>,
     exit: Option<Exit>,
+    /// A live-update command waiting for the event loop (sessions stop reading meanwhile).
+    pub deferred: Option<Deferred>,
+    /// Live-update status for `info cpr` / query-cpr.
+    pub cpr: crate::cpr::CprStatus,
 }
 
 impl<V: VmControl> Controller<V> {
@@ -155,6 +198,8 @@ impl<V: VmControl> Controller<V> {
             vm,
             events: Vec::new(),
             exit: None,
+            deferred: None,
+            cpr: crate::cpr::CprStatus::default(),
         }
     }
 
@@ -166,7 +211,12 @@ impl<V: VmControl> Controller<V> {
         self.exit
     }
 
-    fn emit(&mut self, name: &'static str, data: Option<Value>) {
+    /// Queues a live-update command for the event loop.
+    pub fn defer(&mut self, op: CprOp) {
+        self.deferred = Some(Deferred { op, reply: None });
+    }
+
+    pub fn emit(&mut self, name: &'static str, data: Option<Value>) {
         self.events.push(Event::new(name, data));
     }
 

@@ -6,7 +6,9 @@
 use serde_json::{json, Map, Value};
 
 use super::json::{ordered_object, to_qemu_json, Message, Streamer};
-use super::{hmp, run_state_name, CmdError, Controller, ErrorClass, Event, VmControl};
+use super::{
+    hmp, run_state_name, CmdError, Controller, CprOp, ErrorClass, Event, ReplyTo, VmControl,
+};
 
 /// A QMP argument's expected JSON type, named as QEMU names it in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,83 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
             run: |c, _| c.system_wakeup().map(|_| json!({})),
         },
         Command {
+            name: "cpr-save",
+            args: &[
+                Arg {
+                    name: "filename",
+                    ty: ArgType::Str,
+                    required: true,
+                },
+                Arg {
+                    name: "mode",
+                    ty: ArgType::Str,
+                    required: true,
+                },
+            ],
+            run: |c, a| {
+                c.defer(CprOp::Save {
+                    path: str_arg(a, "filename"),
+                    mode: str_arg(a, "mode"),
+                });
+                Ok(json!({}))
+            },
+        },
+        Command {
+            name: "cpr-exec",
+            args: &[Arg {
+                name: "argv",
+                ty: ArgType::StrList,
+                required: true,
+            }],
+            run: |c, a| {
+                let argv = a
+                    .get("argv")
+                    .and_then(Value::as_array)
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(Value::as_str)
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                c.defer(CprOp::Exec { argv });
+                Ok(json!({}))
+            },
+        },
+        Command {
+            name: "cpr-load",
+            args: &[Arg {
+                name: "filename",
+                ty: ArgType::Str,
+                required: true,
+            }],
+            run: |c, a| {
+                c.defer(CprOp::Load {
+                    path: str_arg(a, "filename"),
+                });
+                Ok(json!({}))
+            },
+        },
+        Command {
+            name: "query-cpr",
+            args: NO_ARGS,
+            run: |c, _| Ok(c.cpr.to_json()),
+        },
+        Command {
+            name: "query-ram-digest",
+            args: NO_ARGS,
+            run: |c, _| {
+                let blocks = c.vm.ram_digest()?;
+                Ok(json!({
+                    "digest": super::hmp::digest_string(&blocks),
+                    "blocks": blocks
+                        .iter()
+                        .map(|(n, size, crc)| json!({"name": n, "size": size, "crc32": crc}))
+                        .collect::<Vec<_>>(),
+                }))
+            },
+        },
+        Command {
             name: "human-monitor-command",
             args: &[
                 Arg {
@@ -119,15 +198,15 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
     ]
 }
 
+fn str_arg(a: &Map<String, Value>, name: &str) -> String {
+    a.get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn version_value() -> Value {
-    let mut parts = env!("CARGO_PKG_VERSION")
-        .split('.')
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (major, minor, micro) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
+    let (major, minor, micro) = crate::version::triple();
     json!({"qemu": {"major": major, "minor": minor, "micro": micro}, "package": "vmm"})
 }
 
@@ -192,11 +271,26 @@ fn check_args(spec: &[Arg], args: &Map<String, Value>) -> Result<(), CmdError> {
     Ok(())
 }
 
+cpr_format::state! {
+    /// A QMP session handed over by a live update: negotiation done or not, and input
+    /// received but not yet executed (a partial message, or commands queued behind
+    /// cpr-exec).
+    #[section(name = "monitor.qmp", version = 1, min_version = 1, required = true)]
+    #[derive(Eq)]
+    pub struct QmpSessionState {
+        pub negotiated: bool,
+        pub pending_input: cpr_format::Bytes,
+    }
+}
+
 /// One client's QMP session.
 #[derive(Default)]
 pub struct Session {
     negotiated: bool,
     streamer: Streamer,
+    /// Received bytes not yet fed to the streamer: reading stops while a deferred command
+    /// (cpr-save/exec/load) waits for the event loop, so it runs before what follows it.
+    unread: Vec<u8>,
 }
 
 impl Session {
@@ -211,16 +305,48 @@ impl Session {
         self.negotiated
     }
 
+    /// The session as a live update hands it over.
+    pub fn save(&self) -> QmpSessionState {
+        let mut pending = self.streamer.pending().to_vec();
+        pending.extend_from_slice(&self.unread);
+        QmpSessionState {
+            negotiated: self.negotiated,
+            pending_input: cpr_format::Bytes(pending),
+        }
+    }
+
+    /// A session continued from a handed-over one: no greeting, pending input is read next.
+    pub fn restore(state: &QmpSessionState) -> Session {
+        Session {
+            negotiated: state.negotiated,
+            streamer: Streamer::default(),
+            unread: state.pending_input.0.clone(),
+        }
+    }
+
     /// Feeds client bytes; returns the replies to send, one JSON object per line.
     pub fn on_input<V: VmControl>(&mut self, c: &mut Controller<V>, bytes: &[u8]) -> String {
+        self.unread.extend_from_slice(bytes);
+        self.process(c)
+    }
+
+    /// Executes what was received, up to a deferred command (whose reply the event loop
+    /// sends) or quit.
+    pub fn process<V: VmControl>(&mut self, c: &mut Controller<V>) -> String {
         let mut out = String::new();
-        for msg in self.streamer.feed(bytes) {
-            out.push_str(&self.dispatch(c, msg));
-            out.push_str("\r\n");
-            if c.exit().is_some() {
-                break;
+        let mut used = 0;
+        while used < self.unread.len() && c.deferred.is_none() && c.exit().is_none() {
+            let b = self.unread[used];
+            used += 1;
+            for msg in self.streamer.feed(&[b]) {
+                let reply = self.dispatch(c, msg);
+                if !reply.is_empty() {
+                    out.push_str(&reply);
+                    out.push_str("\r\n");
+                }
             }
         }
+        self.unread.drain(..used);
         out
     }
 
@@ -233,11 +359,18 @@ impl Session {
             Err(desc) => return error_reply(&CmdError::generic(desc), None),
         };
         let id = req.get("id").cloned();
-        match self.execute(c, &req) {
-            Ok(ret) => match &id {
-                Some(id) => ordered_object(&[("return", &ret), ("id", id)]),
-                None => ordered_object(&[("return", &ret)]),
-            },
+        let result = self.execute(c, &req);
+        if let Some(d) = c.deferred.as_mut() {
+            if result.is_ok() {
+                // Answered by the event loop once the command has run.
+                let hmp_text = matches!(d.reply, Some(ReplyTo::Hmp));
+                d.reply = Some(ReplyTo::Qmp { id, hmp_text });
+                return String::new();
+            }
+            c.deferred = None;
+        }
+        match result {
+            Ok(ret) => return_reply(&ret, id.as_ref()),
             Err(e) => error_reply(&e, id.as_ref()),
         }
     }
@@ -324,7 +457,16 @@ impl Session {
     }
 }
 
-fn error_reply(e: &CmdError, id: Option<&Value>) -> String {
+/// `{"return": ret[, "id": id]}`.
+pub fn return_reply(ret: &Value, id: Option<&Value>) -> String {
+    match id {
+        Some(id) => ordered_object(&[("return", ret), ("id", id)]),
+        None => ordered_object(&[("return", ret)]),
+    }
+}
+
+/// `{"error": {"class": .., "desc": ..}[, "id": id]}`.
+pub fn error_reply(e: &CmdError, id: Option<&Value>) -> String {
     let err = json!({"class": e.class.as_str(), "desc": e.desc});
     match id {
         Some(id) => ordered_object(&[("error", &err), ("id", id)]),

@@ -1,0 +1,847 @@
+//! Live update, restart mode: the whole sequence, told in order.
+//!
+//! **cpr-save** ([`save`]): refuse early if anything blocks the mode (the guest keeps
+//! running); stop the vCPUs; read every vCPU, irqchip, PIT, clock and device state; write the
+//! image (cpr-format: header with the machine description, sections, fd manifest); leave
+//! the machine in "postmigrate".
+//!
+//! **cpr-exec** ([`exec`]): collect the fd manifest again (a monitor or serial client may
+//! have come or gone since cpr-save) and the front end's state (chardevs, monitor sessions,
+//! the pending cpr-exec reply) into a hand-over, itself a small cpr-format image, in a
+//! memfd; clear FD_CLOEXEC on exactly those fds; execve the new binary in place (same PID).
+//! If execve returns, set FD_CLOEXEC again, resume the guest and report why.
+//!
+//! **start-up of the new process** ([`adopt`]): read the hand-over, check each inherited
+//! fd's identity, map the RAM memfds at new addresses, build a new KVM VM with memslots,
+//! irqchip, PIT and vCPUs (KVM fds do not survive exec), rebuild chardevs around their fds
+//! and monitor sessions from their state, answer cpr-exec, and wait in "prelaunch".
+//!
+//! **cpr-load** ([`load`]): verify the image (signature, CRCs, versions through the
+//! compatibility engine, same machine as the new command line, its RAM fds are the ones
+//! inherited), restore the state into the waiting VM, resume the guest if it ran at
+//! cpr-save. A failed load leaves the guest paused with RAM intact; a corrected cpr-load
+//! can follow.
+//!
+//! Guest RAM is never copied. Pause = last vCPU stopped .. first vCPU running
+//! ([`timing`]).
+
+pub mod blockers;
+pub mod fds;
+pub mod image;
+pub mod timing;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use cpr_format::{FdIdentity, FdKind, Image, ImageWriter, Mode};
+use serde_json::{json, Value};
+
+use crate::chardev::{backend_name, Chardev, ChardevState};
+use crate::cli::VmmConfig;
+use crate::event_loop::{Frontend, Frontends};
+use crate::machine::{
+    GuestRam, IncomingMachine, Machine, MachineError, MachineEvent, RamBlockDesc, RamBlockFd,
+    RunState,
+};
+use crate::monitor::hmp::HmpSessionState;
+use crate::monitor::qmp::QmpSessionState;
+use crate::monitor::{hmp, qmp, CmdError, Controller, CprOp, ReplyTo, VmControl};
+use image::RamBlockState;
+use timing::{now_ns, Timestamps};
+
+/// Instance name of the hand-over's single-instance sections.
+const ONE: &str = "0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CprError {
+    #[error("mode '{0}' is not one of restart, reboot, transfer")]
+    UnknownMode(String),
+    #[error("mode '{0}' is not implemented by this vmm yet (restart is)")]
+    ModeNotImplemented(Mode),
+    #[error("cannot live-update in {mode} mode:\n{list}")]
+    Blocked { mode: Mode, list: String },
+    #[error("the guest is in state {0}: nothing to save")]
+    BadState(&'static str),
+    #[error(
+        "no live update is incoming: this vmm was not started by cpr-exec, or has loaded already"
+    )]
+    NotIncoming,
+    #[error("the guest's state is being loaded: cpr-load first")]
+    Incoming,
+    #[error("cpr-exec needs a cpr-save in restart mode first")]
+    NotSaved,
+    #[error("the new command line must include -S (the new vmm waits for cpr-load)")]
+    NoDashS,
+    #[error("cpr-exec needs the new command line")]
+    NoArgv,
+    #[error("an argument of the new command line contains a NUL byte")]
+    NulInArgv,
+    #[error("cannot execute {argv0}; the guest continues in this process")]
+    Exec {
+        argv0: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error(transparent)]
+    Fd(#[from] fds::FdError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("the hand-over from the previous vmm is unreadable")]
+    Handover(#[source] cpr_format::Error),
+    #[error("the hand-over from the previous vmm lacks {0}")]
+    HandoverMissing(&'static str),
+    #[error("the image's fd {name} is not the RAM this process inherited")]
+    RamIdentity {
+        name: String,
+        #[source]
+        source: cpr_format::Error,
+    },
+    #[error("the image's RAM block {0} is not among the RAM this process inherited")]
+    RamMissing(String),
+    #[error("cannot map the inherited guest RAM")]
+    Ram(#[source] crate::machine::memory::MemoryError),
+    #[error("machine")]
+    Machine(#[from] MachineError),
+    #[error("chardev")]
+    Chardev(#[from] crate::chardev::ChardevError),
+}
+
+impl From<CprError> for CmdError {
+    fn from(e: CprError) -> CmdError {
+        CmdError::generic(crate::error_chain(&e))
+    }
+}
+
+/// Where the live update stands, for `info cpr` and query-cpr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Nothing in progress.
+    #[default]
+    None,
+    /// cpr-save done; cpr-exec (or cont, which abandons the update) next.
+    Saved,
+    /// This process was started by cpr-exec and waits for cpr-load.
+    Incoming,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::None => "none",
+            Phase::Saved => "saved",
+            Phase::Incoming => "incoming",
+        }
+    }
+}
+
+/// Live-update status kept by the monitor's controller.
+#[derive(Debug, Clone, Default)]
+pub struct CprStatus {
+    pub mode: Option<Mode>,
+    pub phase: Phase,
+    pub image: Option<String>,
+    /// The guest ran at cpr-save (cpr-load resumes it; a failed cpr-exec resumes it).
+    pub resume_after: bool,
+    /// Stamps of the update in progress.
+    pub stamps: Timestamps,
+    /// Stamps of the last completed update.
+    pub last: Option<Timestamps>,
+    /// Why the last update step failed.
+    pub last_error: Option<String>,
+}
+
+impl CprStatus {
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "mode": self.mode.map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+            "state": self.phase.name(),
+        });
+        if let Some(i) = &self.image {
+            v["filename"] = json!(i);
+        }
+        if let Some(t) = &self.last {
+            v["last"] = t.to_json();
+        }
+        if let Some(e) = &self.last_error {
+            v["last-error"] = json!(e);
+        }
+        v
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "mode: {}\nstate: {}\n",
+            self.mode
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "none".into()),
+            self.phase.name()
+        );
+        if let Some(i) = &self.image {
+            s.push_str(&format!("image: {i}\n"));
+        }
+        match &self.last {
+            Some(t) => {
+                s.push_str("last live update:\n");
+                s.push_str(&t.describe());
+            }
+            None => s.push_str("last live update: none\n"),
+        }
+        if let Some(e) = &self.last_error {
+            s.push_str(&format!("last error: {e}\n"));
+        }
+        s
+    }
+}
+
+/// A machine running (or paused) here, or one whose state is still to be loaded.
+pub enum Vm {
+    Active(Machine),
+    Incoming(Incoming),
+}
+
+/// The new process before cpr-load: inherited RAM and a VM built over it.
+pub struct Incoming {
+    /// `None` only after a failed restore, until rebuilt.
+    machine: Option<IncomingMachine>,
+    /// The inherited RAM fds: they outlive any VM built over them.
+    ram_fds: Vec<RamBlockFd>,
+    stamps: Timestamps,
+}
+
+impl Incoming {
+    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
+        match &self.machine {
+            Some(m) => Ok(crate::monitor::digest_of(m.ram())),
+            None => Ok(crate::monitor::digest_of(&GuestRam::from_fds(
+                self.ram_fds.iter().map(dup_block).collect(),
+            )?)),
+        }
+    }
+}
+
+fn dup_block(b: &RamBlockFd) -> RamBlockFd {
+    RamBlockFd {
+        file: b.file.clone(),
+        desc: b.desc,
+    }
+}
+
+fn waiting(op: &'static str) -> MachineError {
+    MachineError::BadRunState {
+        op,
+        state: RunState::Prelaunch,
+    }
+}
+
+impl VmControl for Vm {
+    fn start(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.start(),
+            Vm::Incoming(_) => Err(waiting("start before cpr-load")),
+        }
+    }
+    fn pause(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.pause(),
+            Vm::Incoming(_) => Ok(()),
+        }
+    }
+    fn resume(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.resume(),
+            Vm::Incoming(_) => Err(waiting("resume before cpr-load")),
+        }
+    }
+    fn run_state(&self) -> RunState {
+        match self {
+            Vm::Active(m) => m.run_state(),
+            Vm::Incoming(_) => RunState::Prelaunch,
+        }
+    }
+    fn reset(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.reset(),
+            Vm::Incoming(_) => Err(waiting("reset before cpr-load")),
+        }
+    }
+    fn wakeup(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.wakeup(),
+            Vm::Incoming(_) => Ok(()),
+        }
+    }
+    fn describe_registers(&self, vcpu: usize) -> Result<String, MachineError> {
+        match self {
+            Vm::Active(m) => m.describe_registers(vcpu),
+            Vm::Incoming(_) => Err(waiting("info registers before cpr-load")),
+        }
+    }
+    fn describe_cpus(&self) -> Vec<String> {
+        match self {
+            Vm::Active(m) => m.describe_cpus(),
+            Vm::Incoming(_) => Vec::new(),
+        }
+    }
+    fn serial_input(&self, bytes: &[u8]) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.serial_input(bytes),
+            // Not reached: the event loop leaves serial input in the chardev until load.
+            Vm::Incoming(_) => Err(waiting("serial input before cpr-load")),
+        }
+    }
+    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
+        match self {
+            Vm::Active(m) => Ok(crate::monitor::digest_of(m.ram())),
+            Vm::Incoming(i) => i.ram_digest(),
+        }
+    }
+}
+
+impl Vm {
+    /// Whether serial input may be delivered now. Not between cpr-save and the end of
+    /// cpr-load: bytes stay in the chardev's kernel buffer, which survives the exec, instead
+    /// of landing in a UART whose state is already saved.
+    pub fn accepts_serial_input(&self) -> bool {
+        match self {
+            Vm::Active(m) => m.run_state() != RunState::Postmigrate,
+            Vm::Incoming(_) => false,
+        }
+    }
+}
+
+/// What the live-update steps need from the event loop besides monitors and chardevs.
+pub struct Host {
+    pub config: VmmConfig,
+    /// Where a machine built by cpr-load reports guest happenings.
+    pub machine_events: Sender<MachineEvent>,
+}
+
+cpr_format::state! {
+    /// The hand-over's account of the cpr-exec: which image, whether to resume, the RAM
+    /// layout, and who waits for the cpr-exec reply.
+    #[section(name = "cpr.exec", version = 1, min_version = 1, required = true)]
+    #[derive(Eq)]
+    pub struct ExecState {
+        pub image: String,
+        pub resume_after: bool,
+        pub ram: Vec<RamBlockState>,
+        /// Chardev id of the monitor that issued cpr-exec ("" if none).
+        pub origin: String,
+        /// `hmp`, `qmp` or `qmp-hmp` (human-monitor-command).
+        pub reply: String,
+        /// The QMP request's id, as JSON text.
+        pub reply_id: Option<String>,
+    }
+}
+
+/// Runs a deferred live-update command. For cpr-exec this returns only on failure.
+pub fn perform(
+    op: CprOp,
+    reply: &ReplyTo,
+    f: &mut Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    origin: usize,
+) -> Result<String, CmdError> {
+    let result = match op {
+        CprOp::Save { path, mode } => save(f, ctl, host, Path::new(&path), &mode),
+        CprOp::Exec { argv } => exec(f, ctl, host, origin, reply, &argv),
+        CprOp::Load { path } => load(f, ctl, host, Path::new(&path)),
+    };
+    result.map_err(|e| {
+        let e = CmdError::from(e);
+        ctl.cpr.last_error = Some(e.desc.clone());
+        e
+    })
+}
+
+/// cpr-save: stop, save, write the image, stay in postmigrate.
+pub fn save(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    path: &Path,
+    mode: &str,
+) -> Result<String, CprError> {
+    let mode = match mode {
+        "restart" => Mode::Restart,
+        "reboot" => return Err(CprError::ModeNotImplemented(Mode::Reboot)),
+        "transfer" => return Err(CprError::ModeNotImplemented(Mode::Transfer)),
+        other => return Err(CprError::UnknownMode(other.to_string())),
+    };
+    let m = match &mut ctl.vm {
+        Vm::Active(m) => m,
+        Vm::Incoming(_) => return Err(CprError::Incoming),
+    };
+    let found = blockers::blockers(mode, m.ram());
+    if !found.is_empty() {
+        let list = found.iter().map(|b| b.to_string()).collect::<Vec<_>>();
+        return Err(CprError::Blocked {
+            mode,
+            list: list.join("\n"),
+        });
+    }
+    let before = m.run_state();
+    let resume_after = match before {
+        RunState::Running | RunState::Suspended => true,
+        RunState::Postmigrate => ctl.cpr.resume_after,
+        RunState::Paused | RunState::Prelaunch => false,
+        RunState::Shutdown => return Err(CprError::BadState("shutdown")),
+        RunState::InternalError => return Err(CprError::BadState("internal-error")),
+    };
+    let mut t = Timestamps {
+        stop_requested: now_ns(),
+        ..Timestamps::default()
+    };
+    m.pause()?;
+    t.vcpus_stopped = now_ns();
+    let written = m.save_state().map_err(CprError::from).and_then(|state| {
+        let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+        image::write(
+            path,
+            image::header(&host.config, mode),
+            &state,
+            resume_after,
+            &manifest,
+        )?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        if resume_after {
+            m.resume()?;
+        }
+        return Err(e);
+    }
+    t.image_written = now_ns();
+    m.mark_postmigrate()?;
+    if matches!(before, RunState::Running | RunState::Suspended) {
+        ctl.emit("STOP", None);
+    }
+    ctl.cpr.mode = Some(mode);
+    ctl.cpr.phase = Phase::Saved;
+    ctl.cpr.image = Some(path.display().to_string());
+    ctl.cpr.resume_after = resume_after;
+    ctl.cpr.stamps = t;
+    ctl.cpr.last_error = None;
+    ctl.emit(
+        "CPR_SAVE",
+        Some(json!({
+            "mode": mode.to_string(),
+            "filename": path.display().to_string(),
+            "timing": t.to_json(),
+        })),
+    );
+    Ok(String::new())
+}
+
+fn reply_fields(reply: &ReplyTo) -> (String, Option<String>) {
+    match reply {
+        ReplyTo::Hmp => ("hmp".into(), None),
+        ReplyTo::Qmp { id, hmp_text } => (
+            if *hmp_text { "qmp-hmp" } else { "qmp" }.into(),
+            id.as_ref().map(|v| v.to_string()),
+        ),
+    }
+}
+
+/// The hand-over: what the new process needs besides the image (cpr-format, in a memfd).
+fn handover(
+    f: &Frontends,
+    host: &Host,
+    status: &CprStatus,
+    ram: &GuestRam,
+    exec: ExecState,
+    manifest: Vec<cpr_format::FdEntry>,
+) -> Result<Vec<u8>, CprError> {
+    let err = CprError::Handover;
+    let mut w = ImageWriter::new(image::header(&host.config, Mode::Restart));
+    let _ = ram;
+    w.add_section(ONE, &exec).map_err(err)?;
+    w.add_section(ONE, &status.stamps).map_err(err)?;
+    for (c, fe) in f.chardevs.iter().zip(&f.frontends) {
+        w.add_section(&c.spec.id, &c.save()).map_err(err)?;
+        match fe {
+            Frontend::Qmp(s) => {
+                w.add_section(&c.spec.id, &s.save()).map_err(err)?;
+            }
+            Frontend::Hmp(s) => {
+                w.add_section(&c.spec.id, &s.save()).map_err(err)?;
+            }
+            Frontend::Serial | Frontend::None => {}
+        }
+    }
+    for e in manifest {
+        w.add_fd(e).map_err(err)?;
+    }
+    w.to_bytes().map_err(err)
+}
+
+/// cpr-exec: hand over and execve; on return (failure) undo and resume.
+pub fn exec(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    origin: usize,
+    reply: &ReplyTo,
+    argv: &[String],
+) -> Result<String, CprError> {
+    let attempt = exec_attempt(f, ctl, host, origin, reply, argv);
+    // Only failures return here: the guest continues in this process.
+    let err = match attempt {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    if let Vm::Active(m) = &mut ctl.vm {
+        if ctl.cpr.resume_after && m.run_state() == RunState::Postmigrate {
+            m.resume()?;
+            ctl.emit("RESUME", None);
+        }
+    }
+    ctl.cpr.phase = Phase::None;
+    Err(err)
+}
+
+enum Never {}
+
+fn exec_attempt(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    origin: usize,
+    reply: &ReplyTo,
+    argv: &[String],
+) -> Result<Never, CprError> {
+    if ctl.cpr.phase != Phase::Saved || ctl.cpr.mode != Some(Mode::Restart) {
+        return Err(CprError::NotSaved);
+    }
+    let Some(argv0) = argv.first() else {
+        return Err(CprError::NoArgv);
+    };
+    if !argv.iter().any(|a| a == "-S") {
+        return Err(CprError::NoDashS);
+    }
+    let cargs = argv
+        .iter()
+        .map(|a| std::ffi::CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| CprError::NulInArgv)?;
+    let m = match &ctl.vm {
+        Vm::Active(m) => m,
+        Vm::Incoming(_) => return Err(CprError::Incoming),
+    };
+    ctl.cpr.stamps.exec_requested = now_ns();
+    let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    let (reply_kind, reply_id) = reply_fields(reply);
+    let exec_state = ExecState {
+        image: ctl.cpr.image.clone().unwrap_or_default(),
+        resume_after: ctl.cpr.resume_after,
+        ram: image::ram_state(&m.ram().descs()),
+        origin: f
+            .chardevs
+            .get(origin)
+            .map(|c| c.spec.id.clone())
+            .unwrap_or_default(),
+        reply: reply_kind,
+        reply_id,
+    };
+    let mut keep: Vec<(String, RawFd)> = manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
+    let bytes = handover(f, host, &ctl.cpr, m.ram(), exec_state, manifest)?;
+    let hfile = fds::handover_memfd(&bytes)?;
+    keep.push(("handover".into(), hfile.as_raw_fd()));
+    let mut env: Vec<std::ffi::CString> = std::env::vars_os()
+        .filter(|(k, _)| k != fds::HANDOVER_ENV && k != fds::EXEC_TIME_ENV)
+        .filter_map(|(k, v)| {
+            let mut s = k.into_encoded_bytes();
+            s.push(b'=');
+            s.extend_from_slice(&v.into_encoded_bytes());
+            std::ffi::CString::new(s).ok()
+        })
+        .collect();
+    let env_item = |k: &str, v: String| std::ffi::CString::new(format!("{k}={v}")).ok();
+    env.extend(env_item(fds::HANDOVER_ENV, hfile.as_raw_fd().to_string()));
+    fds::clear_cloexec_all(&keep)?;
+    // Written last so it is as close to execve as it can be.
+    env.extend(env_item(fds::EXEC_TIME_ENV, now_ns().to_string()));
+    let e = match nix::unistd::execvpe(&cargs[0], &cargs, &env) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    fds::restore_cloexec_all(&keep);
+    drop(hfile);
+    Err(CprError::Exec {
+        argv0: argv0.clone(),
+        source: e,
+    })
+}
+
+/// What the new process adopted from the old one.
+pub struct Adopted {
+    pub frontends: Frontends,
+    pub vm: Vm,
+    pub status: CprStatus,
+    /// The monitor that issued cpr-exec and the reply it waits for.
+    pub pending_reply: Option<(usize, ReplyTo)>,
+}
+
+/// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
+/// inherited RAM, rebuild chardevs and monitor sessions.
+pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
+    let img = Image::from_bytes(bytes).map_err(CprError::Handover)?;
+    let exec: ExecState = img
+        .section(ONE)
+        .map_err(CprError::Handover)?
+        .ok_or(CprError::HandoverMissing("section cpr.exec"))?;
+    let mut stamps: Timestamps = img
+        .section(ONE)
+        .map_err(CprError::Handover)?
+        .unwrap_or_default();
+    stamps.exec_called = exec_ns;
+    stamps.new_main_entered = timing::main_entered();
+
+    // Verify every inherited fd before trusting any, and own each number once.
+    let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
+    for e in img.fd_manifest() {
+        fds::verify_inherited(e)?;
+        if !owned.contains_key(&e.fd) {
+            // SAFETY: the fd was inherited across exec for this purpose, its identity was
+            // just checked, and nothing else in this process owns it (one owner per number).
+            owned.insert(e.fd, unsafe { OwnedFd::from_raw_fd(e.fd) });
+        }
+    }
+
+    // RAM: each block's fd, shared when blocks share a file.
+    let mut files: BTreeMap<RawFd, Arc<File>> = BTreeMap::new();
+    let mut ram_fds = Vec::new();
+    for b in &exec.ram {
+        let e = img
+            .fd_manifest()
+            .iter()
+            .find(|e| e.name == b.name && matches!(e.kind, FdKind::Memfd | FdKind::RamFile))
+            .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
+        let file = match files.get(&e.fd) {
+            Some(f) => f.clone(),
+            None => {
+                let fd = owned
+                    .remove(&e.fd)
+                    .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
+                let f = Arc::new(File::from(fd));
+                files.insert(e.fd, f.clone());
+                f
+            }
+        };
+        ram_fds.push(RamBlockFd {
+            file,
+            desc: RamBlockDesc {
+                guest_addr: b.guest_addr,
+                size: b.size,
+                file_offset: b.file_offset,
+            },
+        });
+    }
+
+    // Chardevs: same id and backend kind adopt their fds; others open afresh.
+    let mut chardevs = Vec::new();
+    for spec in &config.chardevs {
+        let saved: Option<ChardevState> = img.section(&spec.id).map_err(CprError::Handover)?;
+        let c = match saved {
+            Some(s) if s.backend == backend_name(&spec.backend) => {
+                let mut mine = Vec::new();
+                for e in img.fd_manifest() {
+                    if let Some(role) = fds::chardev_role(e, &spec.id) {
+                        if let Some(fd) = owned.remove(&e.fd) {
+                            mine.push((role, fd));
+                        }
+                    }
+                }
+                Chardev::from_inherited(spec, mine)?
+            }
+            _ => Chardev::open(spec)?,
+        };
+        chardevs.push(c);
+    }
+    // Whatever the new command line has no use for is closed here.
+    drop(owned);
+
+    let mut frontends = Frontends::attach(config, chardevs);
+    let mut pending_reply = None;
+    for (i, (c, fe)) in frontends
+        .chardevs
+        .iter()
+        .zip(frontends.frontends.iter_mut())
+        .enumerate()
+    {
+        let id = &c.spec.id;
+        match fe {
+            Frontend::Qmp(s) => {
+                if let Some(st) = img
+                    .section::<QmpSessionState>(id)
+                    .map_err(CprError::Handover)?
+                {
+                    if c.is_connected() {
+                        *s = qmp::Session::restore(&st);
+                        frontends.adopted[i] = true;
+                    }
+                }
+            }
+            Frontend::Hmp(s) => {
+                if let Some(st) = img
+                    .section::<HmpSessionState>(id)
+                    .map_err(CprError::Handover)?
+                {
+                    if c.is_connected() {
+                        *s = hmp::Session::restore(&st);
+                        frontends.adopted[i] = true;
+                    }
+                }
+            }
+            Frontend::Serial | Frontend::None => {}
+        }
+        if *id == exec.origin && frontends.adopted[i] {
+            let id_value = exec
+                .reply_id
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok());
+            let reply = match exec.reply.as_str() {
+                "hmp" => ReplyTo::Hmp,
+                other => ReplyTo::Qmp {
+                    id: id_value,
+                    hmp_text: other == "qmp-hmp",
+                },
+            };
+            pending_reply = Some((i, reply));
+        }
+    }
+
+    let ram = GuestRam::from_fds(ram_fds.iter().map(dup_block).collect()).map_err(CprError::Ram)?;
+    let machine = Machine::prepare_incoming(&config.machine_config(), ram)?;
+    stamps.machine_ready = now_ns();
+    let status = CprStatus {
+        mode: Some(Mode::Restart),
+        phase: Phase::Incoming,
+        image: Some(exec.image.clone()),
+        resume_after: exec.resume_after,
+        stamps,
+        last: None,
+        last_error: None,
+    };
+    Ok(Adopted {
+        frontends,
+        vm: Vm::Incoming(Incoming {
+            machine: Some(machine),
+            ram_fds,
+            stamps,
+        }),
+        status,
+        pending_reply,
+    })
+}
+
+/// Checks that the image's RAM fds are the ones this process inherited.
+fn check_ram_identity(
+    img: &Image,
+    ram_fds: &[RamBlockFd],
+    names: &[String],
+) -> Result<(), CprError> {
+    for e in img.fd_manifest() {
+        if !matches!(e.kind, FdKind::Memfd | FdKind::RamFile) {
+            continue;
+        }
+        let i = names
+            .iter()
+            .position(|n| *n == e.name)
+            .ok_or_else(|| CprError::RamMissing(e.name.clone()))?;
+        let actual = FdIdentity::of_fd(ram_fds[i].file.as_ref()).map_err(|source| {
+            CprError::RamIdentity {
+                name: e.name.clone(),
+                source,
+            }
+        })?;
+        e.identity
+            .verify(&e.name, &actual, true)
+            .map_err(|source| CprError::RamIdentity {
+                name: e.name.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// cpr-load: verify the image, restore into the waiting VM, resume if the guest ran.
+pub fn load(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    path: &Path,
+) -> Result<String, CprError> {
+    let inc = match &mut ctl.vm {
+        Vm::Incoming(i) => i,
+        Vm::Active(_) => return Err(CprError::NotIncoming),
+    };
+    inc.stamps.load_started = now_ns();
+    let img = image::open_checked(path, &host.config)?;
+    let names: Vec<String> =
+        image::ram_state(&inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>())
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+    check_ram_identity(&img, &inc.ram_fds, &names)?;
+    let (state, resume_after) = image::machine_state(&img)?;
+    let prepared = match inc.machine.take() {
+        Some(m) => m,
+        None => Machine::prepare_incoming(
+            &host.config.machine_config(),
+            GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
+                .map_err(CprError::Ram)?,
+        )?,
+    };
+    if let Err(e) = prepared.check(&state) {
+        inc.machine = Some(prepared);
+        return Err(e.into());
+    }
+    let serial: crate::machine::SerialOutput = Box::new(f.serial_output());
+    let mut machine = match prepared.restore(&state, serial, host.machine_events.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            // The half-restored VM is gone; RAM is intact in the fds. Build a fresh VM so
+            // a corrected cpr-load finds one waiting.
+            let rebuilt = GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
+                .map_err(CprError::Ram)
+                .and_then(|ram| {
+                    Ok(Machine::prepare_incoming(
+                        &host.config.machine_config(),
+                        ram,
+                    )?)
+                });
+            inc.machine = rebuilt.ok();
+            return Err(e.into());
+        }
+    };
+    let mut t = inc.stamps;
+    t.state_restored = now_ns();
+    if resume_after {
+        machine.resume()?;
+        t.first_vcpu_running = now_ns();
+    }
+    ctl.vm = Vm::Active(machine);
+    ctl.cpr.phase = Phase::None;
+    ctl.cpr.image = Some(path.display().to_string());
+    ctl.cpr.last = Some(t);
+    ctl.cpr.last_error = None;
+    ctl.cpr.resume_after = false;
+    ctl.emit(
+        "CPR_LOAD",
+        Some(json!({
+            "mode": "restart",
+            "filename": path.display().to_string(),
+            "timing": t.to_json(),
+        })),
+    );
+    if resume_after {
+        ctl.emit("RESUME", None);
+    }
+    Ok(String::new())
+}
