@@ -238,6 +238,11 @@ impl Machine {
     pub fn resume(&mut self) -> Result<(), MachineError> {
         match self.run_state() {
             RunState::Paused | RunState::Postmigrate => {
+                // A live update abandoned after cpr-save (cont, or a failed exec): DMA
+                // mappings get their addresses back and irqfds reattach before vCPUs run.
+                if let Some(v) = &mut self.vfio {
+                    v.cancel_update().map_err(MachineError::Vfio)?;
+                }
                 if self.paused_while_suspended {
                     self.paused_while_suspended = false;
                     *devices::lock(&self.shared.run_state) = RunState::Suspended;
@@ -453,6 +458,10 @@ impl Machine {
     /// The assigned devices, if any (live update: blockers, save, fds).
     pub fn vfio(&self) -> Option<&crate::vfio::VfioSet> {
         self.vfio.as_ref()
+    }
+
+    pub fn vfio_mut(&mut self) -> Option<&mut crate::vfio::VfioSet> {
+        self.vfio.as_mut()
     }
 
     /// PCI bus 0.

@@ -91,6 +91,38 @@ pub enum VfioSetError {
     MissingDevice { id: String },
 }
 
+/// Restart mode moves the DMA mappings to the new process with VFIO_UPDATE_VADDR (and
+/// invalidates them in one call with VFIO_UNMAP_ALL): without them it cannot keep devices.
+pub fn restart_blocker(ids: &[String], features: CprFeatures) -> Option<String> {
+    let missing: Vec<&str> = [
+        (!features.update_vaddr).then_some("VFIO_UPDATE_VADDR"),
+        (!features.unmap_all).then_some("VFIO_UNMAP_ALL"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!ids.is_empty() && !missing.is_empty()).then(|| {
+        format!(
+            "VFIO device(s) {}: the type1 container lacks {} (probed after VFIO_SET_IOMMU), \
+             so its DMA mappings cannot move to a new process",
+            ids.join(", "),
+            missing.join(" and ")
+        )
+    })
+}
+
+/// Reboot mode does not keep the device running across the update: only a guest in S3
+/// (which re-initialises its devices on wake-up) may use it.
+pub fn reboot_blocker(ids: &[String], guest_suspended: bool) -> Option<String> {
+    (!ids.is_empty() && !guest_suspended).then(|| {
+        format!(
+            "VFIO device(s) {}: reboot mode needs the guest suspended (S3) first; \
+             use restart mode, or suspend the guest",
+            ids.join(", ")
+        )
+    })
+}
+
 struct Mapping {
     iova: u64,
     size: u64,
@@ -104,6 +136,8 @@ pub struct VfioSet {
     groups: Vec<Group>,
     devices: Vec<(VfioDeviceConfig, u32, Arc<Mutex<VfioPciDevice>>)>,
     mappings: Vec<Mapping>,
+    /// `prepare_update` ran and was not undone: host addresses invalid, irqfds detached.
+    prepared: bool,
 }
 
 /// The DMA mappings guest RAM needs, with the identity of the pages behind each.
@@ -176,6 +210,7 @@ impl VfioSet {
             groups,
             devices: Vec::new(),
             mappings,
+            prepared: false,
         };
         let mut mmio_next = MMIO_WINDOW_START;
         for (i, (c, gid)) in devs.into_iter().enumerate() {
@@ -209,31 +244,12 @@ impl VfioSet {
 
     /// Why restart-mode live update cannot keep these devices, if it cannot.
     pub fn restart_blocker(&self) -> Option<String> {
-        let missing: Vec<&str> = [
-            (!self.features.update_vaddr).then_some("VFIO_UPDATE_VADDR"),
-            (!self.features.unmap_all).then_some("VFIO_UNMAP_ALL"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        (!missing.is_empty()).then(|| {
-            format!(
-                "VFIO device(s) {}: the type1 container lacks {} (probed after VFIO_SET_IOMMU), so DMA mappings cannot move to a new process",
-                self.ids().join(", "),
-                missing.join(" and ")
-            )
-        })
+        restart_blocker(&self.ids(), self.features)
     }
 
-    /// Reboot mode tears the device down: only a suspended guest (which expects its devices
-    /// re-initialised on resume) may use it.
+    /// Why reboot mode cannot be used, if it cannot.
     pub fn reboot_blocker(&self, guest_suspended: bool) -> Option<String> {
-        (!guest_suspended && !self.devices.is_empty()).then(|| {
-            format!(
-                "VFIO device(s) {}: reboot mode needs the guest suspended (S3) first; use restart mode, or suspend the guest",
-                self.ids().join(", ")
-            )
-        })
+        reboot_blocker(&self.ids(), guest_suspended)
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -247,7 +263,8 @@ impl VfioSet {
     /// cpr-save, VFIO part (vCPUs already stopped): detach irqfds so interrupts latch in
     /// the eventfds, then invalidate the DMA mappings' host addresses. Device DMA into
     /// guest RAM keeps working (the pages stay pinned and mapped in the IOMMU).
-    pub fn prepare_update(&self) -> Result<(), VfioSetError> {
+    pub fn prepare_update(&mut self) -> Result<(), VfioSetError> {
+        self.prepared = true;
         for d in self.devices() {
             lock(d).detach_irqfds()?;
         }
@@ -263,7 +280,11 @@ impl VfioSet {
 
     /// The update failed before exec (or exec failed): give the mappings back their
     /// addresses in this process and re-attach the irqfds; latched interrupts get injected.
-    pub fn cancel_update(&self) -> Result<(), VfioSetError> {
+    pub fn cancel_update(&mut self) -> Result<(), VfioSetError> {
+        if !self.prepared {
+            return Ok(());
+        }
+        self.prepared = false;
         for m in &self.mappings {
             self.container.map_vaddr(m.iova, m.size, m.vaddr)?;
         }
@@ -365,6 +386,7 @@ impl VfioSet {
             groups,
             devices: Vec::new(),
             mappings,
+            prepared: false,
         };
         for (i, r) in state.devices.iter().enumerate() {
             let pci = devices
