@@ -183,6 +183,9 @@ pub(super) fn finish(
         serial: Mutex::new(serial),
         pm: Mutex::new(pm),
         debug_exit: DebugExit,
+        // Not in the saved state yet (RtcState exists): a restored guest finds CMOS RAM
+        // cleared; its time is the host's either way.
+        rtc: Mutex::new(devices::Rtc::default()),
         pci: Arc::new(crate::pci::PciBus::new()),
     });
     let vm = Arc::new(parts.vm);

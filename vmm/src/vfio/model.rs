@@ -227,7 +227,7 @@ impl VfioPciModel {
         let mut effect = ConfigEffect::default();
         let bar_area = usize::from(BAR0)..usize::from(BAR0) + 24;
         let mut run: Option<(usize, Vec<u8>)> = None;
-        let mut flush = |run: &mut Option<(usize, Vec<u8>)>| {
+        let flush = |run: &mut Option<(usize, Vec<u8>)>| {
             if let Some((at, bytes)) = run.take() {
                 // A failed write is what a device that does not decode it would do.
                 let _ = dev.write(at as u16, &bytes);

@@ -4,6 +4,7 @@
 //! | ports         | device                          |
 //! |---------------|---------------------------------|
 //! | 0x3f8..=0x3ff | 8250 UART (COM1), IRQ 4         |
+//! | 0x70..=0x71   | MC146818 CMOS RTC (host time)   |
 //! | 0x604..=0x605 | PM1a control (S3 / power-off)   |
 //! | 0x501         | debug exit                      |
 //! | 0xcf8..=0xcff | PCI config mechanism #1 (`crate::pci`) |
@@ -12,12 +13,14 @@
 
 pub mod debug_exit;
 pub mod pm;
+pub mod rtc;
 pub mod serial;
 
 use std::sync::Mutex;
 
 pub use debug_exit::DebugExit;
 pub use pm::{PmControl, PmRequest};
+pub use rtc::Rtc;
 pub use serial::SerialDevice;
 
 /// What a port write asks the machine to do.
@@ -33,6 +36,7 @@ pub struct Devices {
     pub serial: Mutex<SerialDevice>,
     pub pm: Mutex<PmControl>,
     pub debug_exit: DebugExit,
+    pub rtc: Mutex<Rtc>,
     /// PCI bus 0: config ports 0xcf8..=0xcff and trapped BAR MMIO.
     pub pci: std::sync::Arc<crate::pci::PciBus>,
 }
@@ -48,6 +52,9 @@ impl Devices {
             }
         } else if let Some(offset) = PmControl::offset(port) {
             lock(&self.pm).read(offset, data);
+        } else if let Some(offset) = Rtc::offset(port) {
+            let rtc = lock(&self.rtc);
+            data.fill(rtc.read(offset));
         } else {
             data.fill(0xff);
         }
@@ -67,6 +74,12 @@ impl Devices {
             Ok(lock(&self.pm)
                 .write(offset, data)
                 .map_or(IoAction::None, IoAction::Pm))
+        } else if let Some(offset) = Rtc::offset(port) {
+            let mut rtc = lock(&self.rtc);
+            for b in data {
+                rtc.write(offset, *b);
+            }
+            Ok(IoAction::None)
         } else if port == debug_exit::DEBUG_EXIT_PORT {
             Ok(self
                 .debug_exit
