@@ -130,6 +130,7 @@ pub struct VfioPciDevice {
     slot_base: u32,
     /// During a live update irqfds stay detached whatever the guest programs.
     irqfds_held: bool,
+    latched_at_restore: Vec<String>,
 }
 
 impl VfioPciDevice {
@@ -175,6 +176,7 @@ impl VfioPciDevice {
             slots: [None; 6],
             slot_base,
             irqfds_held: false,
+            latched_at_restore: Vec::new(),
         };
         for bar in 0..6 {
             let r = d.regions[bar];
@@ -288,8 +290,31 @@ impl VfioPciDevice {
         d.msi = vectors(msi, &state.msi_gsis, &d.router);
         d.msix = vectors(msix, &state.msix_gsis, &d.router);
         d.update_bars()?;
+        d.latched_at_restore = d.latched();
         d.update_vectors()?;
         Ok(d)
+    }
+
+    /// Vectors whose eventfd holds an interrupt not yet injected (read and re-armed).
+    fn latched(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, vecs) in [("msi", &self.msi), ("msix", &self.msix)] {
+            for (i, x) in vecs.iter().enumerate() {
+                if let Ok(n) = x.efd.read() {
+                    if n > 0 {
+                        let _ = x.efd.write(1);
+                        out.push(format!("{kind}{i}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Vectors that had an interrupt latched when the device was adopted after exec:
+    /// raised during the pause, delivered once when their irqfd attached.
+    pub fn latched_at_restore(&self) -> &[String] {
+        &self.latched_at_restore
     }
 
     pub fn set_id(&mut self, id: &str) {

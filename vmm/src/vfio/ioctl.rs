@@ -49,6 +49,12 @@ pub enum VfioError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "this host has iommufd (/dev/iommu) but no legacy VFIO container (/dev/vfio/vfio); \
+         this vmm assigns devices through the type1 container only (load vfio_iommu_type1 or \
+         enable CONFIG_IOMMUFD_VFIO_CONTAINER)"
+    )]
+    IommufdOnly,
     #[error("VFIO API version {got} is not the supported {VFIO_API_VERSION}")]
     ApiVersion { got: i32 },
     #[error("the VFIO container does not support the type1v2 IOMMU")]
@@ -119,9 +125,16 @@ pub struct CprFeatures {
 
 impl Container {
     pub fn open() -> Result<Container, VfioError> {
-        let c = Container {
-            file: open_rw("/dev/vfio/vfio")?,
+        let file = match open_rw("/dev/vfio/vfio") {
+            Err(VfioError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && Path::new("/dev/iommu").exists() =>
+            {
+                return Err(VfioError::IommufdOnly)
+            }
+            other => other?,
         };
+        let c = Container { file };
         // SAFETY: VFIO_GET_API_VERSION takes no argument; the fd is a VFIO container.
         let v = check(unsafe { libc::ioctl(c.fd(), GET_API_VERSION) })
             .map_err(ioctl_err("VFIO_GET_API_VERSION", "the container"))?;
