@@ -12,7 +12,9 @@
 #        --release --target x86_64-unknown-linux-gnu -p vmm --target-dir target/lab)
 # Env: LAB_WORK (default ${TMPDIR:-/tmp}/cpr-lab), LAB_TIMEOUT (300 s), VFIO_ITERS (iterations
 #      the guest must reach, 40), LAB_UPDATE (1: live update in the middle; 0: none),
-#      LAB_EXEC_FAIL (1: also make one cpr-exec fail and check the guest carries on).
+#      LAB_EXEC_FAIL (1: also make one cpr-exec fail and check the guest carries on),
+#      LAB_BASELINE (1: afterwards the same live update of a guest without devices, for the
+#      pause without VFIO in the same lab).
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -55,11 +57,13 @@ cp "$MODS"/virt/lib/irqbypass.ko "$MODS"/arch/x86/kvm/kvm.ko "$MODS"/arch/x86/kv
    "$MODS"/drivers/vfio/pci/vfio-pci-core.ko "$MODS"/drivers/vfio/pci/vfio-pci.ko "$R1/lib/modules/"
 cp "$VMM" "$R1/vmm"
 cp "$GUEST" "$R1/vfio-guest"
+cp "$ROOT/fixtures/guests/counter" "$R1/counter-guest"
 cp "$HERE/vfio-l1-init" "$R1/init"
 {
     printf 'VFIO_ITERS=%q\n' "${VFIO_ITERS:-40}"
     printf 'LAB_UPDATE=%q\n' "${LAB_UPDATE:-1}"
     printf 'LAB_EXEC_FAIL=%q\n' "${LAB_EXEC_FAIL:-0}"
+    printf 'LAB_BASELINE=%q\n' "${LAB_BASELINE:-0}"
 } > "$R1/lab.env"
 (cd "$R1" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd-vfio.gz"
 

@@ -114,11 +114,19 @@ impl GsiRouter {
 
     /// Sets (`Some`) or clears the MSI route of `gsi` and writes the table to KVM.
     pub fn set(&self, gsi: u32, msg: Option<MsiMessage>) -> Result<(), IrqError> {
+        self.set_many(&[(gsi, msg)])
+    }
+
+    /// Several routes at once, written to KVM in one KVM_SET_GSI_ROUTING if any changed.
+    pub fn set_many(&self, routes: &[(u32, Option<MsiMessage>)]) -> Result<(), IrqError> {
         let mut r = super::lock(&self.routes);
-        let changed = match msg {
-            Some(m) => r.msi.insert(gsi, m) != Some(m),
-            None => r.msi.remove(&gsi).is_some(),
-        };
+        let mut changed = false;
+        for &(gsi, msg) in routes {
+            changed |= match msg {
+                Some(m) => r.msi.insert(gsi, m) != Some(m),
+                None => r.msi.remove(&gsi).is_some(),
+            };
+        }
         if changed {
             self.commit(&r)?;
         }

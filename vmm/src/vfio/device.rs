@@ -289,9 +289,19 @@ impl VfioPciDevice {
         };
         d.msi = vectors(msi, &state.msi_gsis, &d.router);
         d.msix = vectors(msix, &state.msix_gsis, &d.router);
+        let t = std::time::Instant::now();
         d.update_bars()?;
+        let t_vec = std::time::Instant::now();
         d.latched_at_restore = d.latched();
         d.update_vectors()?;
+        super::set::trace(format_args!(
+            "cpr-load: {}: BAR memslots {:.3} ms, {} MSI + {} MSI-X routes and irqfds {:.3} ms",
+            d.dev.bdf,
+            (t_vec - t).as_secs_f64() * 1e3,
+            d.msi.len(),
+            d.msix.len(),
+            super::set::ms(t_vec)
+        ));
         Ok(d)
     }
 
@@ -446,12 +456,6 @@ impl VfioPciDevice {
                 self.router.release(v.gsi);
             }
         }
-        if let Some(v) = self.msi.first() {
-            let msg = self.model.msi.map(|c| c.message(&self.model.cfg));
-            self.route(v.gsi, msg)?;
-            let want = self.model.msi_route().is_some() && !self.irqfds_held;
-            self.set_attached(false, 0, want)?;
-        }
         // MSI-X
         if self.model.msix_enabled() && self.msix.is_empty() {
             let n = self.model.msix.map_or(0, |c| c.vectors);
@@ -471,8 +475,28 @@ impl VfioPciDevice {
                 self.router.release(v.gsi);
             }
         }
+        // Every route in one KVM_SET_GSI_ROUTING, then the irqfds (routes first: an irqfd
+        // attached to a GSI without a route would inject nothing).
+        let mut routes = Vec::new();
+        if let Some(v) = self.msi.first() {
+            routes.push((v.gsi, self.model.msi.map(|c| c.message(&self.model.cfg))));
+        }
+        for (i, x) in self.msix.iter().enumerate() {
+            let entry = self.model.msix_table.entries.get(i).copied();
+            routes.push((x.gsi, entry.map(|e| e.message())));
+        }
+        self.router
+            .set_many(&routes)
+            .map_err(|source| DeviceError::Irq {
+                id: self.id.clone(),
+                source,
+            })?;
+        if !self.msi.is_empty() {
+            let want = self.model.msi_route().is_some() && !self.irqfds_held;
+            self.set_attached(false, 0, want)?;
+        }
         for v in 0..self.msix.len() as u16 {
-            self.update_msix_vector(v)?;
+            self.attach_msix_vector(v)?;
         }
         Ok(())
     }
@@ -483,6 +507,10 @@ impl VfioPciDevice {
         };
         let entry = self.model.msix_table.entries.get(usize::from(v)).copied();
         self.route(x.gsi, entry.map(|e| e.message()))?;
+        self.attach_msix_vector(v)
+    }
+
+    fn attach_msix_vector(&mut self, v: u16) -> Result<(), DeviceError> {
         let want = self.model.msix_route(v).is_some() && !self.irqfds_held;
         self.set_attached(true, v, want)?;
         if want {

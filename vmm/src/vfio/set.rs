@@ -142,13 +142,13 @@ pub struct VfioSet {
 
 /// `VMM_VFIO_TRACE=1` prints the VFIO steps of a live update with their durations to stderr
 /// (the lab test shows them next to the pause).
-fn trace(what: std::fmt::Arguments<'_>) {
+pub(crate) fn trace(what: std::fmt::Arguments<'_>) {
     if std::env::var_os("VMM_VFIO_TRACE").is_some_and(|v| v == "1") {
         eprintln!("vmm: vfio: {what}");
     }
 }
 
-fn ms(since: std::time::Instant) -> f64 {
+pub(crate) fn ms(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
@@ -424,6 +424,7 @@ impl VfioSet {
                 .find(|(id, _)| *id == r.id)
                 .map(|(_, s)| s)
                 .ok_or_else(|| VfioSetError::MissingDevice { id: r.id.clone() })?;
+            let t_dev = std::time::Instant::now();
             let dev = Device::from_fd(&r.host, take(format!("vfio-device-{}", r.id))?)?;
             let efds =
                 |kind: &str,
@@ -453,6 +454,13 @@ impl VfioSet {
                 BAR_SLOT_BASE + 8 * i as u32,
             )?;
             d.set_id(&r.id);
+            trace(format_args!(
+                "cpr-load: {} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause, delivered now: [{}]",
+                r.id,
+                r.host,
+                ms(t_dev),
+                d.latched_at_restore().join(" ")
+            ));
             let d = Arc::new(Mutex::new(d));
             bus.add(d.clone()).map_err(|source| VfioSetError::Bus {
                 id: r.id.clone(),
