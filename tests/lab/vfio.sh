@@ -11,7 +11,7 @@
 #   VMM: a statically linked vmm (RUSTFLAGS='-C target-feature=+crt-static' cargo build
 #        --release --target x86_64-unknown-linux-gnu -p vmm --target-dir target/lab)
 # Env: LAB_WORK (default ${TMPDIR:-/tmp}/cpr-lab), LAB_TIMEOUT (300 s), VFIO_ITERS (iterations
-#      the guest must reach, 40), LAB_UPDATE (1: live update in the middle; 0: none),
+#      the guest must reach, 40), LAB_UPDATE (number of live updates in the middle, 1),
 #      LAB_EXEC_FAIL (1: also make one cpr-exec fail and check the guest carries on),
 #      LAB_BASELINE (1: afterwards the same live update of a guest without devices, for the
 #      pause without VFIO in the same lab).

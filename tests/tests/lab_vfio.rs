@@ -5,7 +5,8 @@
 //! assigned to `fixtures/guests/vfio`. The guest DMAs both ways through guest RAM and takes
 //! an MSI per DMA plus two e1000e MSI-X vectors per iteration, checking the bytes and that
 //! every interrupt count equals the iteration count. One cpr-exec fails on purpose (the guest
-//! must carry on), then cpr-save / cpr-exec / cpr-load run in the middle of the loop.
+//! must carry on), then cpr-save / cpr-exec / cpr-load run three times in the middle of the
+//! loop; last, the same update of a guest without devices gives the pause without VFIO.
 //!
 //! Needs what `tests/lab/REQUIREMENTS` lists; fails (never skips) without it.
 //! `LAB_VMM_BIN=/path/to/static/vmm` skips the static build.
@@ -53,7 +54,8 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_a_live_update() {
     let out = Command::new(&script)
         .arg(&vmm)
         .env("LAB_WORK", lab_target.join("work"))
-        .env("LAB_UPDATE", "1")
+        .env("LAB_UPDATE", "3")
+        .env("LAB_BASELINE", "1")
         .env("LAB_EXEC_FAIL", "1")
         .env("VFIO_ITERS", "40")
         .output()
@@ -73,7 +75,7 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_a_live_update() {
         "no failed cpr-exec was tried:\n{stdout}"
     );
     assert!(
-        stdout.contains("live update done"),
+        stdout.contains("live update 3 done"),
         "no live update happened:\n{stdout}"
     );
     // Pause and its phases, shown with --nocapture.
