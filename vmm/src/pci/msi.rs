@@ -34,7 +34,7 @@ impl MsiCap {
     }
 
     /// Length of the capability in bytes.
-    pub fn len(&self) -> u8 {
+    pub fn size(&self) -> u8 {
         match (self.is_64, self.per_vector_mask) {
             (false, false) => 0x0a,
             (true, false) => 0x0e,

@@ -159,7 +159,7 @@ impl VfioPciModel {
                     let o = usize::from(off);
                     let cap =
                         MsiCap::new(off, u16::from_le_bytes([self.cfg[o + 2], self.cfg[o + 3]]));
-                    for rel in 2..cap.len() {
+                    for rel in 2..cap.size() {
                         emulate(self, o + usize::from(rel), 1, cap.write_mask(rel));
                     }
                     self.msi = Some(cap);
