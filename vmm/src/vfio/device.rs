@@ -382,12 +382,16 @@ impl VfioPciDevice {
         Ok(())
     }
 
+    /// Eventfds are close-on-exec like every fd: a live update clears the flag on exactly
+    /// the fds it hands over.
     fn new_vectors(&self, n: u16) -> Result<Vec<Vector>, DeviceError> {
         (0..n)
             .map(|_| {
-                let efd = EventFd::new(EFD_NONBLOCK).map_err(|source| DeviceError::EventFd {
-                    id: self.id.clone(),
-                    source,
+                let efd = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
+                    DeviceError::EventFd {
+                        id: self.id.clone(),
+                        source,
+                    }
                 })?;
                 let gsi = self.router.allocate().map_err(|source| DeviceError::Irq {
                     id: self.id.clone(),
