@@ -131,6 +131,17 @@ pub struct VfioPciDevice {
     /// During a live update irqfds stay detached whatever the guest programs.
     irqfds_held: bool,
     latched_at_restore: Vec<String>,
+    /// IOAPIC pin (GSI) INTx is wired to, if the function has an interrupt pin.
+    intx_gsi: Option<u32>,
+    pub intx: Option<Intx>,
+}
+
+/// INTx wired to KVM: VFIO signals `trigger` and masks the line; KVM signals `resample`
+/// when the guest EOIs the level interrupt, which makes VFIO unmask it.
+pub struct Intx {
+    pub trigger: EventFd,
+    pub resample: EventFd,
+    attached: bool,
 }
 
 impl VfioPciDevice {
@@ -177,6 +188,8 @@ impl VfioPciDevice {
             slot_base,
             irqfds_held: false,
             latched_at_restore: Vec::new(),
+            intx_gsi: None,
+            intx: None,
         };
         for bar in 0..6 {
             let r = d.regions[bar];
@@ -222,6 +235,7 @@ impl VfioPciDevice {
         router: Arc<GsiRouter>,
         slot_base: u32,
         mmio_next: &mut u64,
+        intx_gsi: u32,
     ) -> Result<VfioPciDevice, DeviceError> {
         let e = |source| DeviceError::Vfio {
             id: id.to_string(),
@@ -243,7 +257,83 @@ impl VfioPciDevice {
                 *mmio_next = addr + b.size;
             }
         }
-        Self::build(id, dev, model, config, regions, router, slot_base)
+        let has_pin = model.interrupt_pin() != 0;
+        if has_pin {
+            // Firmware's job: tell the guest where INTx arrives.
+            model.cfg[usize::from(crate::pci::config::INTERRUPT_LINE)] = intx_gsi as u8;
+        }
+        let mut d = Self::build(id, dev, model, config, regions, router, slot_base)?;
+        if has_pin {
+            d.intx_gsi = Some(intx_gsi);
+            d.update_intx()?;
+        }
+        Ok(d)
+    }
+
+    fn new_efd(&self) -> Result<EventFd, DeviceError> {
+        EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| DeviceError::EventFd {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    /// Wires INTx while neither MSI nor MSI-X is enabled (VFIO refuses to switch between
+    /// interrupt types without disabling the active one first), and unwires it otherwise.
+    fn update_intx(&mut self) -> Result<(), DeviceError> {
+        if self.intx_gsi.is_none() {
+            return Ok(());
+        }
+        let want = !self.model.msi_enabled() && !self.model.msix_enabled();
+        let index = vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
+        if want && self.intx.is_none() {
+            let trigger = self.new_efd()?;
+            let resample = self.new_efd()?;
+            self.dev
+                .set_irq_eventfds(index, 0, &[trigger.as_raw_fd()])
+                .map_err(self.err())?;
+            self.dev
+                .set_intx_unmask_eventfd(resample.as_raw_fd())
+                .map_err(self.err())?;
+            self.intx = Some(Intx {
+                trigger,
+                resample,
+                attached: false,
+            });
+        } else if !want && self.intx.is_some() {
+            self.set_intx_attached(false)?;
+            self.dev
+                .set_irq_eventfds(index, 0, &[])
+                .map_err(self.err())?;
+            self.intx = None;
+        }
+        self.set_intx_attached(want && !self.irqfds_held)
+    }
+
+    fn set_intx_attached(&mut self, want: bool) -> Result<(), DeviceError> {
+        let (Some(gsi), Some(x)) = (self.intx_gsi, self.intx.as_mut()) else {
+            return Ok(());
+        };
+        if x.attached == want {
+            return Ok(());
+        }
+        let vm = self.router.vm();
+        let (op, r) = if want {
+            (
+                "KVM_IRQFD(resample)",
+                vm.register_irqfd_with_resample(&x.trigger, &x.resample, gsi),
+            )
+        } else {
+            ("KVM_IRQFD(deassign)", vm.unregister_irqfd(&x.trigger, gsi))
+        };
+        r.map_err(|source| DeviceError::Irqfd {
+            op,
+            id: self.id.clone(),
+            vector: 0,
+            gsi,
+            source,
+        })?;
+        x.attached = want;
+        Ok(())
     }
 
     /// Adopts an inherited device fd and its eventfds after a live update: no reset, no
@@ -254,6 +344,7 @@ impl VfioPciDevice {
         state: &VfioPciState,
         msi: Vec<EventFd>,
         msix: Vec<EventFd>,
+        intx: Option<(EventFd, EventFd)>,
         router: Arc<GsiRouter>,
         slot_base: u32,
     ) -> Result<VfioPciDevice, DeviceError> {
@@ -289,6 +380,14 @@ impl VfioPciDevice {
         };
         d.msi = vectors(msi, &state.msi_gsis, &d.router);
         d.msix = vectors(msix, &state.msix_gsis, &d.router);
+        if state.intx.pin != 0 && state.intx.gsi != 0 {
+            d.intx_gsi = Some(state.intx.gsi);
+        }
+        d.intx = intx.map(|(trigger, resample)| Intx {
+            trigger,
+            resample,
+            attached: false,
+        });
         let t = std::time::Instant::now();
         d.update_bars()?;
         let t_vec = std::time::Instant::now();
@@ -444,6 +543,10 @@ impl VfioPciDevice {
     /// Brings VFIO's eventfds, KVM routes and irqfds in line with the guest's MSI / MSI-X
     /// programming.
     fn update_vectors(&mut self) -> Result<(), DeviceError> {
+        if self.model.msi_enabled() || self.model.msix_enabled() {
+            // INTx off before MSI / MSI-X on.
+            self.update_intx()?;
+        }
         // MSI
         if self.model.msi_enabled() && self.msi.is_empty() {
             self.msi = self.new_vectors(1)?;
@@ -502,7 +605,7 @@ impl VfioPciDevice {
         for v in 0..self.msix.len() as u16 {
             self.attach_msix_vector(v)?;
         }
-        Ok(())
+        self.update_intx()
     }
 
     fn update_msix_vector(&mut self, v: u16) -> Result<(), DeviceError> {
@@ -556,7 +659,7 @@ impl VfioPciDevice {
         for v in 0..self.msix.len() as u16 {
             self.set_attached(true, v, false)?;
         }
-        Ok(())
+        self.set_intx_attached(false)
     }
 
     /// Undoes `detach_irqfds` (a failed update resumes in this process).
@@ -579,6 +682,8 @@ impl VfioPciDevice {
         s.msix_gsis = self.msix.iter().map(|v| v.gsi).collect();
         s.msi_vectors = self.msi.len() as u32;
         s.msix_vectors = self.msix.len() as u32;
+        s.intx.enabled = self.intx.is_some();
+        s.intx.gsi = self.intx_gsi.unwrap_or(0);
         s
     }
 
@@ -590,6 +695,13 @@ impl VfioPciDevice {
         }
         for (i, x) in self.msix.iter().enumerate() {
             v.push((format!("vfio-irq-{}-msix{i}", self.id), x.efd.as_raw_fd()));
+        }
+        if let Some(x) = &self.intx {
+            v.push((format!("vfio-irq-{}-intx", self.id), x.trigger.as_raw_fd()));
+            v.push((
+                format!("vfio-irq-{}-intx-resample", self.id),
+                x.resample.as_raw_fd(),
+            ));
         }
         v
     }

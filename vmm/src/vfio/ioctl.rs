@@ -13,8 +13,8 @@ use vfio_bindings::bindings::vfio::{
     vfio_irq_info, vfio_irq_set, vfio_region_info, VFIO_TYPE1v2_IOMMU, VFIO_API_VERSION,
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_VADDR, VFIO_DMA_MAP_FLAG_WRITE,
     VFIO_DMA_UNMAP_FLAG_ALL, VFIO_DMA_UNMAP_FLAG_VADDR, VFIO_GROUP_FLAGS_VIABLE,
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_UNMAP_ALL,
-    VFIO_UPDATE_VADDR,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR,
 };
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO ioctls carry no size or direction bits.
@@ -441,11 +441,32 @@ impl Device {
     /// Connects interrupts `start..start + fds.len()` of kind `index` to eventfds; an
     /// empty `fds` disables the kind.
     pub fn set_irq_eventfds(&self, index: u32, start: u32, fds: &[RawFd]) -> Result<(), VfioError> {
+        self.set_irqs(VFIO_IRQ_SET_ACTION_TRIGGER, index, start, fds)
+    }
+
+    /// INTx: `fd` is signalled by KVM when the guest EOIs the level interrupt, and makes
+    /// VFIO unmask the line (VFIO masks INTx each time it fires).
+    pub fn set_intx_unmask_eventfd(&self, fd: RawFd) -> Result<(), VfioError> {
+        self.set_irqs(
+            VFIO_IRQ_SET_ACTION_UNMASK,
+            vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX,
+            0,
+            &[fd],
+        )
+    }
+
+    fn set_irqs(
+        &self,
+        action: u32,
+        index: u32,
+        start: u32,
+        fds: &[RawFd],
+    ) -> Result<(), VfioError> {
         let head = std::mem::size_of::<vfio_irq_set>();
         let mut buf = vec![0u32; (head + 4 * fds.len()).div_ceil(4)];
         let set = vfio_irq_set {
             argsz: (head + 4 * fds.len()) as u32,
-            flags: VFIO_IRQ_SET_ACTION_TRIGGER
+            flags: action
                 | if fds.is_empty() {
                     VFIO_IRQ_SET_DATA_NONE
                 } else {

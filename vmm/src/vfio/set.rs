@@ -238,6 +238,8 @@ impl VfioSet {
                 router.clone(),
                 BAR_SLOT_BASE + 8 * i as u32,
                 &mut mmio_next,
+                // PCI interrupts use IOAPIC pins 16..23 (GSIs 0..15 are ISA's).
+                16 + (i % 8) as u32,
             )?;
             d.set_id(&c.id);
             let d = Arc::new(Mutex::new(d));
@@ -445,11 +447,24 @@ impl VfioSet {
                 };
             let msi = efds("msi", pci.msi_vectors, &mut take)?;
             let msix = efds("msix", pci.msix_vectors, &mut take)?;
+            let intx = if pci.intx.enabled {
+                let mut two = efds("intx", 1, &mut |n| take(n.replace("intx0", "intx")))?;
+                let mut resample = efds("intx", 1, &mut |n| {
+                    take(n.replace("intx0", "intx-resample"))
+                })?;
+                match (two.pop(), resample.pop()) {
+                    (Some(t), Some(r)) => Some((t, r)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
             let mut d = VfioPciDevice::restore(
                 dev,
                 pci,
                 msi,
                 msix,
+                intx,
                 router.clone(),
                 BAR_SLOT_BASE + 8 * i as u32,
             )?;

@@ -33,8 +33,11 @@ cpr_format::state! {
     pub struct IntxState {
         pub line: u8,
         pub pin: u8,
-        /// The VMM had INTx wired (eventfd + resample) to the device.
+        /// The VMM had INTx wired (eventfd + resample) to the device: the manifest holds
+        /// vfio-irq-ID-intx and vfio-irq-ID-intx-resample.
         pub enabled: bool,
+        /// IOAPIC pin (GSI) INTx is wired to (0: none).
+        pub gsi: u32,
     }
 
     /// An assigned PCI function (`-device vfio-pci,host=BDF,id=ID`).
@@ -148,6 +151,7 @@ impl VfioPciModel {
                 line: self.interrupt_line(),
                 pin: self.interrupt_pin(),
                 enabled: false,
+                gsi: 0,
             },
         }
     }
