@@ -204,9 +204,13 @@ impl VfioSet {
                 let g = Group::open(gid)?;
                 g.set_container(&container)?;
                 if groups.is_empty() {
+                    let before = container.cpr_features()?;
                     container.set_iommu()?;
                     // Only now does type1 answer these truthfully.
                     features = container.cpr_features()?;
+                    trace(format_args!(
+                        "container: before VFIO_SET_IOMMU {before:?}, after {features:?}"
+                    ));
                 }
                 groups.push(g);
             }

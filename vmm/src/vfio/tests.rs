@@ -302,3 +302,48 @@ fn restore_rejects_state_that_does_not_fit_the_device() {
     state.bars[1].kind = 9;
     assert!(VfioPciModel::restore(&state).is_err());
 }
+
+#[test]
+fn container_section_round_trips_and_this_binary_reads_both_vfio_sections() {
+    use crate::vfio::set::{DmaMappingState, VfioContainerState, VfioDeviceRef};
+    let container = VfioContainerState {
+        groups: vec![1, 2],
+        devices: vec![
+            VfioDeviceRef {
+                id: "edu0".into(),
+                host: "0000:00:01.0".into(),
+                group: 1,
+            },
+            VfioDeviceRef {
+                id: "nic0".into(),
+                host: "0000:00:02.0".into(),
+                group: 2,
+            },
+        ],
+        mappings: vec![DmaMappingState {
+            iova: 0,
+            size: 64 << 20,
+            block: "ram-below-4g".into(),
+            file_offset: 0,
+            st_dev: 0x10,
+            st_ino: 4242,
+        }],
+    };
+    let (c, sizes) = e1000e();
+    let pci = VfioPciModel::new(c, sizes).save("0000:00:02.0", c);
+    let mut w = cpr_format::ImageWriter::new(cpr_format::sample::header());
+    w.add_section("0", &container).unwrap();
+    w.add_section("nic0", &pci).unwrap();
+    let image = cpr_format::Image::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    assert_eq!(
+        image.section::<VfioContainerState>("0").unwrap().unwrap(),
+        container
+    );
+    let schema = cpr_format::Schema::new()
+        .with::<VfioContainerState>()
+        .with::<VfioPciState>();
+    assert!(image.check_compat(&schema).is_compatible());
+    // A reader that does not know the (required) VFIO sections must refuse the image.
+    let without = cpr_format::Schema::new().with::<VfioContainerState>();
+    assert!(!image.check_compat(&without).is_compatible());
+}
