@@ -434,7 +434,10 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         None => {
             let frontends = Frontends::open(config)?;
             let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
-            let machine = Machine::new(&config.machine_config(), serial, machine_tx)
+            let mut machine = Machine::new(&config.machine_config(), serial, machine_tx)
+                .map_err(StartError::Machine)?;
+            machine
+                .assign_vfio(&config.vfio)
                 .map_err(StartError::Machine)?;
             let mut ctl = Controller::new(Vm::Active(machine));
             if !config.start_paused {

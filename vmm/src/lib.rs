@@ -2,3 +2,5 @@
 //! the `vmm` binary's front end, examples and integration tests.
 
 pub mod machine;
+pub mod pci;
+pub mod vfio;

@@ -5,8 +5,9 @@ mod cli;
 mod cpr;
 mod event_loop;
 // The machine is compiled once, in the library; the front end uses it through `crate::machine`.
-use vmm::machine;
+use vmm::{machine, pci, vfio};
 mod monitor;
+
 mod version;
 
 use std::process::ExitCode;

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: &[&str] = &["counter", "ticker", "memcheck", "echo", "suspend", "exit"];
+const GUESTS: &[&str] = &[
+    "counter", "ticker", "memcheck", "echo", "suspend", "exit", "vfio",
+];
 
 #[test]
 fn guests_match_sources() {

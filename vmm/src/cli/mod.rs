@@ -65,6 +65,9 @@ pub struct VmmConfig {
     /// The chardev id the UART writes to, if any.
     pub serial: Option<String>,
     pub monitors: Vec<MonitorSpec>,
+    /// `-device vfio-pci,host=BDF[,id=ID]` in command-line order.
+    #[serde(default)]
+    pub vfio: Vec<crate::vfio::VfioDeviceConfig>,
 }
 
 impl VmmConfig {
@@ -101,7 +104,7 @@ const MAX_VCPUS: u64 = 255;
 /// Options taking an argument, with QEMU's spelling (a leading `--` is accepted too).
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "name", "machine", "M", "object", "chardev",
-    "serial", "monitor", "qmp", "accel", "display",
+    "serial", "monitor", "qmp", "accel", "display", "device",
 ];
 
 pub const HELP: &str = "\
@@ -133,6 +136,10 @@ Character devices:
 -serial chardev:ID|stdio|null|pty|none
 -monitor chardev:ID|stdio|null|pty|none   human monitor (HMP)
 -qmp unix:PATH,server=on,wait=off         QMP monitor
+
+Devices:
+-device vfio-pci,host=[DOMAIN:]BUS:DEV.FN[,id=ID]
+                     assign a host PCI function bound to vfio-pci
 ";
 
 struct MemObject {
@@ -200,9 +207,66 @@ struct Builder {
     chardevs: Vec<ChardevSpec>,
     serial: Option<Option<String>>,
     monitors: Vec<MonitorSpec>,
+    vfio: Vec<crate::vfio::VfioDeviceConfig>,
+}
+
+/// A PCI address as sysfs spells it (`0000:00:03.0`), from `[DOMAIN:]BUS:DEV.FN`.
+fn parse_bdf(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (domain, bus, devfn) = match parts.as_slice() {
+        [b, df] => ("0000", *b, *df),
+        [d, b, df] => (*d, *b, *df),
+        _ => return None,
+    };
+    let (dev, func) = devfn.split_once('.')?;
+    let hex = |t: &str, max: u32| {
+        u32::from_str_radix(t, 16)
+            .ok()
+            .filter(|v| *v <= max && !t.is_empty())
+    };
+    Some(format!(
+        "{:04x}:{:02x}:{:02x}.{:x}",
+        hex(domain, 0xffff)?,
+        hex(bus, 0xff)?,
+        hex(dev, 0x1f)?,
+        hex(func, 7)?
+    ))
 }
 
 impl Builder {
+    fn device(&mut self, v: &str) -> Result<(), CliError> {
+        let o = Opts::parse(v, Some("driver"));
+        let driver = o.implied.as_deref().or(o.get("driver")).unwrap_or("");
+        if driver != "vfio-pci" {
+            return Err(err(format!(
+                "'{driver}' is not a valid device model name (only vfio-pci)"
+            )));
+        }
+        if let Some(k) = o.unknown_key(&["driver", "host", "id"]) {
+            return Err(err(format!("Invalid parameter '{k}'")));
+        }
+        let host = o
+            .get("host")
+            .ok_or_else(|| err("Parameter 'host' is missing"))?;
+        let host = parse_bdf(host).ok_or_else(|| {
+            err(format!(
+                "Parameter 'host' expects a PCI address [DOMAIN:]BUS:DEV.FN, got '{host}'"
+            ))
+        })?;
+        let id = o
+            .get("id")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("vfio{}", self.vfio.len()));
+        if self.vfio.iter().any(|d| d.id == id) {
+            return Err(err(format!("Duplicate ID '{id}' for device")));
+        }
+        if self.vfio.iter().any(|d| d.host == host) {
+            return Err(err(format!("host device {host} is already assigned")));
+        }
+        self.vfio.push(crate::vfio::VfioDeviceConfig { host, id });
+        Ok(())
+    }
+
     fn option(&mut self, opt: &str, v: &str) -> Result<(), CliError> {
         match opt {
             "m" => {
@@ -297,6 +361,7 @@ impl Builder {
                     });
                 }
             }
+            "device" => self.device(v)?,
             _ => return Err(err("invalid option")),
         }
         Ok(())
@@ -535,6 +600,7 @@ impl Builder {
             chardevs,
             serial,
             monitors,
+            vfio: self.vfio,
         })
     }
 }

@@ -243,3 +243,48 @@ fn bad_options_give_one_line_errors() {
         Err(CliError("no kernel given: use -kernel FILE".into()))
     );
 }
+
+#[test]
+fn vfio_pci_devices_get_full_addresses_and_ids() {
+    let c = run(&[
+        "-device",
+        "vfio-pci,host=00:03.0,id=edu0",
+        "-device",
+        "vfio-pci,host=0000:00:1F.7",
+    ]);
+    assert_eq!(
+        c.vfio,
+        vec![
+            crate::vfio::VfioDeviceConfig {
+                host: "0000:00:03.0".into(),
+                id: "edu0".into()
+            },
+            crate::vfio::VfioDeviceConfig {
+                host: "0000:00:1f.7".into(),
+                id: "vfio1".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn vfio_pci_errors_name_the_problem() {
+    assert_eq!(
+        error(&["-device", "e1000,netdev=n"]),
+        "-device e1000,netdev=n: 'e1000' is not a valid device model name (only vfio-pci)"
+    );
+    assert_eq!(
+        error(&["-device", "vfio-pci,id=x"]),
+        "-device vfio-pci,id=x: Parameter 'host' is missing"
+    );
+    assert!(error(&["-device", "vfio-pci,host=00:20.0"]).contains("expects a PCI address"));
+    assert!(error(&["-device", "vfio-pci,host=00:03.0,rombar=0"])
+        .contains("Invalid parameter 'rombar'"));
+    assert!(error(&[
+        "-device",
+        "vfio-pci,host=00:03.0",
+        "-device",
+        "vfio-pci,host=0:3.0"
+    ])
+    .contains("already assigned"));
+}

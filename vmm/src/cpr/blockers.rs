@@ -37,9 +37,56 @@ pub fn blockers(mode: Mode, ram: &GuestRam) -> Vec<Blocker> {
     out
 }
 
+/// What VFIO devices block: restart mode needs the container's VADDR features, reboot mode
+/// a suspended guest, transfer mode is not supported with them.
+pub fn vfio(mode: Mode, set: Option<&crate::vfio::VfioSet>, suspended: bool) -> Vec<Blocker> {
+    let Some(set) = set else {
+        return Vec::new();
+    };
+    let reason = match mode {
+        Mode::Restart => set.restart_blocker(),
+        Mode::Reboot => set.reboot_blocker(suspended),
+        Mode::Transfer => Some(format!(
+            "VFIO device(s) {}: transfer mode does not hand devices over yet; use restart mode",
+            set.ids().join(", ")
+        )),
+    };
+    reason.into_iter().map(Blocker).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vfio_blockers_name_the_missing_feature_and_the_s3_rule() {
+        use crate::vfio::ioctl::CprFeatures;
+        use crate::vfio::set::{reboot_blocker, restart_blocker};
+        let ids = vec!["edu0".to_string(), "nic0".to_string()];
+        let full = CprFeatures {
+            update_vaddr: true,
+            unmap_all: true,
+        };
+        assert_eq!(restart_blocker(&ids, full), None);
+        let old = CprFeatures {
+            update_vaddr: false,
+            unmap_all: true,
+        };
+        let b = restart_blocker(&ids, old).unwrap();
+        assert!(
+            b.starts_with("VFIO device(s) edu0, nic0: the type1 container lacks VFIO_UPDATE_VADDR"),
+            "{b}"
+        );
+        assert_eq!(
+            restart_blocker(&[], old),
+            None,
+            "no devices, nothing blocked"
+        );
+        assert!(reboot_blocker(&ids, false)
+            .unwrap()
+            .contains("suspended (S3)"));
+        assert_eq!(reboot_blocker(&ids, true), None);
+    }
     use crate::machine::RamBackendConfig;
 
     #[test]

@@ -116,6 +116,29 @@ pub fn manifest(ram: &GuestRam, chardevs: &[Chardev]) -> Result<Vec<FdEntry>, Fd
     Ok(out)
 }
 
+/// The fd manifest entries of the assigned devices: container, groups, devices and their
+/// interrupt eventfds, named as `VfioSet::fds` names them.
+pub fn vfio_manifest(set: Option<&crate::vfio::VfioSet>) -> Result<Vec<FdEntry>, FdError> {
+    let Some(set) = set else {
+        return Ok(Vec::new());
+    };
+    set.fds()
+        .into_iter()
+        .map(|(name, fd)| {
+            let kind = if name == "vfio-container" {
+                FdKind::VfioContainer
+            } else if name.starts_with("vfio-group-") {
+                FdKind::VfioGroup
+            } else if name.starts_with("vfio-device-") {
+                FdKind::VfioDevice
+            } else {
+                FdKind::EventFd
+            };
+            entry(name, kind, fd)
+        })
+        .collect()
+}
+
 fn is_memfd(fd: RawFd) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .map(|p| p.to_string_lossy().starts_with("/memfd:"))

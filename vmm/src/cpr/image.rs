@@ -54,6 +54,36 @@ pub fn reader_schema() -> Schema {
         .with::<SerialState>()
         .with::<PmState>()
         .with::<super::timing::Timestamps>()
+        .with::<crate::vfio::set::VfioContainerState>()
+        .with::<crate::vfio::VfioPciState>()
+}
+
+/// The VFIO part of an image: the container and one `vfio.pci` section per device.
+pub type VfioSaved = (
+    crate::vfio::set::VfioContainerState,
+    Vec<(String, crate::vfio::VfioPciState)>,
+);
+
+/// The VFIO sections of an image, if it has assigned devices.
+pub fn vfio_state(img: &Image) -> Result<Option<VfioSaved>, ImageError> {
+    let p = img
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let read = |source| ImageError::Read {
+        path: p.clone(),
+        source,
+    };
+    let Some(container) = img
+        .section::<crate::vfio::set::VfioContainerState>(ONE)
+        .map_err(read)?
+    else {
+        return Ok(None);
+    };
+    let devices = img
+        .sections_of::<crate::vfio::VfioPciState>()
+        .map_err(read)?;
+    Ok(Some((container, devices)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +162,11 @@ pub fn machine_desc(config: &VmmConfig) -> MachineDesc {
         id: "debug-exit".into(),
         kind: "isa-debug-exit".into(),
     });
+    // Assigned devices must match too: the new process adopts them by id.
+    devices.extend(config.vfio.iter().map(|d| DeviceDesc {
+        id: d.id.clone(),
+        kind: format!("vfio-pci,host={}", d.host),
+    }));
     MachineDesc {
         vcpus: u32::from(config.vcpus),
         ram_blocks,
@@ -186,6 +221,7 @@ pub fn write(
     state: &MachineState,
     running: bool,
     manifest: &[FdEntry],
+    vfio: Option<&VfioSaved>,
 ) -> Result<(), ImageError> {
     let err = |source| ImageError::Write {
         path: path.display().to_string(),
@@ -209,6 +245,12 @@ pub fn write(
     w.add_section(ONE, &state.clock).map_err(err)?;
     w.add_section(SERIAL_ID, &state.serial).map_err(err)?;
     w.add_section(ONE, &state.pm).map_err(err)?;
+    if let Some((container, devices)) = vfio {
+        w.add_section(ONE, container).map_err(err)?;
+        for (id, d) in devices {
+            w.add_section(id, d).map_err(err)?;
+        }
+    }
     for e in manifest {
         w.add_fd(e.clone()).map_err(err)?;
     }

@@ -209,6 +209,8 @@ pub struct Incoming {
     machine: Option<IncomingMachine>,
     /// The inherited RAM fds: they outlive any VM built over them.
     ram_fds: Vec<RamBlockFd>,
+    /// Inherited VFIO fds by manifest name, adopted at cpr-load.
+    vfio_fds: BTreeMap<String, OwnedFd>,
     stamps: Timestamps,
 }
 
@@ -377,7 +379,12 @@ pub fn save(
         Vm::Active(m) => m,
         Vm::Incoming(_) => return Err(CprError::Incoming),
     };
-    let found = blockers::blockers(mode, m.ram());
+    let mut found = blockers::blockers(mode, m.ram());
+    found.extend(blockers::vfio(
+        mode,
+        m.vfio(),
+        m.run_state() == RunState::Suspended,
+    ));
     if !found.is_empty() {
         let list = found.iter().map(|b| b.to_string()).collect::<Vec<_>>();
         return Err(CprError::Blocked {
@@ -399,20 +406,37 @@ pub fn save(
     };
     m.pause()?;
     t.vcpus_stopped = now_ns();
-    let written = m.save_state().map_err(CprError::from).and_then(|state| {
-        let manifest = fds::manifest(m.ram(), &f.chardevs)?;
-        image::write(
-            path,
-            image::header(&host.config, mode),
-            &state,
-            resume_after,
-            &manifest,
-        )?;
-        Ok(())
-    });
+    // VFIO: irqfds off (interrupts latch in the eventfds) and DMA host addresses invalid
+    // before the state is read; the device keeps DMAing into the pinned pages meanwhile.
+    // Any failure below resumes the machine, which undoes this (Machine::resume).
+    let prepared = match m.vfio_mut() {
+        Some(v) => v
+            .prepare_update()
+            .map_err(|e| CprError::Machine(MachineError::Vfio(e))),
+        None => Ok(()),
+    };
+    let written = prepared
+        .and_then(|()| m.save_state().map_err(CprError::from))
+        .and_then(|state| {
+            let mut manifest = fds::manifest(m.ram(), &f.chardevs)?;
+            manifest.extend(fds::vfio_manifest(m.vfio())?);
+            let vfio = m.vfio().map(|v| v.save());
+            image::write(
+                path,
+                image::header(&host.config, mode),
+                &state,
+                resume_after,
+                &manifest,
+                vfio.as_ref(),
+            )?;
+            Ok(())
+        });
     if let Err(e) = written {
         if resume_after {
             m.resume()?;
+        } else if let Some(v) = m.vfio_mut() {
+            v.cancel_update()
+                .map_err(|e| CprError::Machine(MachineError::Vfio(e)))?;
         }
         return Err(e);
     }
@@ -536,7 +560,8 @@ fn exec_attempt(
         Vm::Incoming(_) => return Err(CprError::Incoming),
     };
     ctl.cpr.stamps.exec_requested = now_ns();
-    let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    let mut manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    manifest.extend(fds::vfio_manifest(m.vfio())?);
     let (reply_kind, reply_id) = reply_fields(reply);
     let exec_state = ExecState {
         image: ctl.cpr.image.clone().unwrap_or_default(),
@@ -685,6 +710,16 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
         };
         chardevs.push(c);
     }
+    // VFIO: container, groups, devices and interrupt eventfds wait for cpr-load. They
+    // must not be closed: closing the device fd would reset it and drop its DMA pins.
+    let mut vfio_fds = BTreeMap::new();
+    for e in img.fd_manifest() {
+        if e.name.starts_with("vfio-") {
+            if let Some(fd) = owned.remove(&e.fd) {
+                vfio_fds.insert(e.name.clone(), fd);
+            }
+        }
+    }
     // Whatever the new command line has no use for is closed here.
     drop(owned);
 
@@ -757,6 +792,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
         vm: Vm::Incoming(Incoming {
             machine: Some(machine),
             ram_fds,
+            vfio_fds,
             stamps,
         }),
         status,
@@ -844,6 +880,10 @@ pub fn load(
             return Err(e.into());
         }
     };
+    if let Some((container, devices)) = image::vfio_state(&img)? {
+        let fds = &mut inc.vfio_fds;
+        machine.restore_vfio(&container, &devices, &mut |name| fds.remove(name))?;
+    }
     let mut t = inc.stamps;
     t.state_restored = now_ns();
     if resume_after {

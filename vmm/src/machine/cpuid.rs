@@ -1,6 +1,6 @@
 //! CPUID for each vCPU, filtered from KVM_GET_SUPPORTED_CPUID as a VMM must: the APIC id and
 //! topology are per vCPU, the hypervisor bit is set, and features the VMM does not emulate
-//! (nested VMX, SMX, MONITOR/MWAIT, the PMU, thermal/power leaves) are hidden.
+//! (nested VMX and SVM, SMX, MONITOR/MWAIT, the PMU, thermal/power leaves) are hidden.
 
 use kvm_bindings::CpuId;
 
@@ -12,6 +12,8 @@ const LEAF_THERMAL_POWER: u32 = 0x6;
 const LEAF_PMU: u32 = 0xa;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
+const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
+const LEAF_SVM: u32 = 0x8000_000a;
 
 const ECX_MONITOR: u32 = 1 << 3;
 const ECX_VMX: u32 = 1 << 5;
@@ -19,6 +21,9 @@ const ECX_SMX: u32 = 1 << 6;
 const ECX_PDCM: u32 = 1 << 15;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
+/// Leaf 0x8000_0001 ECX: AMD SVM (KVM offers it when kvm_amd has nested=1; we do not save
+/// nested state, so a guest using it could not be live-updated).
+const ECX_EXT_SVM: u32 = 1 << 2;
 
 /// The CPUID table for vCPU `index` of `vcpus`, from KVM's supported set.
 pub fn filter(supported: &CpuId, index: u32, vcpus: u32) -> Vec<CpuidEntry> {
@@ -43,7 +48,8 @@ pub fn filter(supported: &CpuId, index: u32, vcpus: u32) -> Vec<CpuidEntry> {
                     // EAX[31:26]: cores per package - 1 (one core per vCPU, no SMT).
                     e.eax = (e.eax & 0x03ff_ffff) | ((vcpus.saturating_sub(1) & 0x3f) << 26);
                 }
-                LEAF_THERMAL_POWER | LEAF_PMU => {
+                LEAF_EXT_FEATURES => e.ecx &= !ECX_EXT_SVM,
+                LEAF_THERMAL_POWER | LEAF_PMU | LEAF_SVM => {
                     e.eax = 0;
                     e.ebx = 0;
                     e.ecx = 0;
@@ -104,5 +110,29 @@ mod tests {
         assert_eq!(t[1].edx, 2);
         assert_eq!(t[1].ebx, 4);
         assert_eq!(t[1].eax, 2);
+    }
+
+    fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn svm_is_hidden() {
+        let entries = [
+            entry(0x8000_0001, 0, [0, 0, ECX_EXT_SVM | 1, 0]),
+            entry(0x8000_000a, 0, [1, 8, 0, 0x1ff]),
+        ];
+        let t = filter(&CpuId::from_entries(&entries).unwrap(), 0, 1);
+        assert_eq!((t[0].function, t[0].ecx), (0x8000_0001, 1));
+        let svm = t[1];
+        assert_eq!((svm.eax, svm.ebx, svm.edx), (0, 0, 0));
     }
 }

@@ -183,7 +183,12 @@ pub(super) fn finish(
         serial: Mutex::new(serial),
         pm: Mutex::new(pm),
         debug_exit: DebugExit,
+        // Not in the saved state yet (RtcState exists): a restored guest finds CMOS RAM
+        // cleared; its time is the host's either way.
+        rtc: Mutex::new(devices::Rtc::default()),
+        pci: Arc::new(crate::pci::PciBus::new()),
     });
+    let vm = Arc::new(parts.vm);
     let ctls: Vec<Arc<VcpuCtl>> = parts
         .vcpus
         .iter()
@@ -214,8 +219,10 @@ pub(super) fn finish(
         config: config.clone(),
         vcpus: handles,
         shared,
-        vm: parts.vm,
+        gsi_router: Arc::new(crate::pci::GsiRouter::new(vm.clone())),
+        vm,
         ram: parts.ram,
+        vfio: None,
         serial_irq,
         msr_list: parts.msr_list,
         unsaved_msrs: parts.unsaved_msrs,

@@ -120,6 +120,8 @@ pub enum MachineError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot assign the VFIO devices")]
+    Vfio(#[source] crate::vfio::VfioSetError),
     #[error("machine has {got} vCPUs configured, at least 1 and at most 255 are supported")]
     VcpuCount { got: u8 },
     #[error("no vCPU {index} (the machine has {count})")]
@@ -147,7 +149,11 @@ pub struct Machine {
     // Field order is drop order: vCPU threads are joined in `Drop` before anything else.
     vcpus: Vec<VcpuHandle>,
     shared: Arc<vcpu_thread::MachineShared>,
-    vm: VmFd,
+    /// Assigned devices; dropped before the VM and RAM they map.
+    vfio: Option<crate::vfio::VfioSet>,
+    vm: Arc<VmFd>,
+    /// MSI routes of the VM (KVM_SET_GSI_ROUTING), shared by PCI devices.
+    gsi_router: Arc<crate::pci::GsiRouter>,
     ram: GuestRam,
     serial_irq: EventFd,
     msr_list: Vec<u32>,
@@ -232,6 +238,11 @@ impl Machine {
     pub fn resume(&mut self) -> Result<(), MachineError> {
         match self.run_state() {
             RunState::Paused | RunState::Postmigrate => {
+                // A live update abandoned after cpr-save (cont, or a failed exec): DMA
+                // mappings get their addresses back and irqfds reattach before vCPUs run.
+                if let Some(v) = &mut self.vfio {
+                    v.cancel_update().map_err(MachineError::Vfio)?;
+                }
                 if self.paused_while_suspended {
                     self.paused_while_suspended = false;
                     *devices::lock(&self.shared.run_state) = RunState::Suspended;
@@ -402,6 +413,60 @@ impl Machine {
     /// The KVM VM fd (for irqfd / ioeventfd wiring by later devices).
     pub fn vm_fd(&self) -> &VmFd {
         &self.vm
+    }
+
+    /// Assigns `devices` (`-device vfio-pci`): container, groups, DMA map of all RAM, reset,
+    /// and the functions on PCI bus 0. Before `start`.
+    pub fn assign_vfio(
+        &mut self,
+        devices: &[crate::vfio::VfioDeviceConfig],
+    ) -> Result<(), MachineError> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let set = crate::vfio::VfioSet::open(
+            devices,
+            &self.ram,
+            &self.gsi_router,
+            &self.shared.devices.pci,
+        )
+        .map_err(MachineError::Vfio)?;
+        self.vfio = Some(set);
+        Ok(())
+    }
+
+    /// After exec: re-adopts the assigned devices from saved state and inherited fds.
+    pub fn restore_vfio(
+        &mut self,
+        state: &crate::vfio::set::VfioContainerState,
+        devices: &[(String, crate::vfio::VfioPciState)],
+        take_fd: &mut dyn FnMut(&str) -> Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), MachineError> {
+        let set = crate::vfio::VfioSet::restore(
+            state,
+            devices,
+            take_fd,
+            &self.ram,
+            &self.gsi_router,
+            &self.shared.devices.pci,
+        )
+        .map_err(MachineError::Vfio)?;
+        self.vfio = Some(set);
+        Ok(())
+    }
+
+    /// The assigned devices, if any (live update: blockers, save, fds).
+    pub fn vfio(&self) -> Option<&crate::vfio::VfioSet> {
+        self.vfio.as_ref()
+    }
+
+    pub fn vfio_mut(&mut self) -> Option<&mut crate::vfio::VfioSet> {
+        self.vfio.as_mut()
+    }
+
+    /// PCI bus 0.
+    pub fn pci_bus(&self) -> &crate::pci::PciBus {
+        &self.shared.devices.pci
     }
 
     fn stop_vcpus(&self) {

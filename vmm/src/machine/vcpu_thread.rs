@@ -241,8 +241,8 @@ fn run_once(v: &mut Vcpu, shared: &MachineShared) -> Result<(), String> {
             Err(_) => {}
         },
         Ok(VcpuExit::IoIn(port, data)) => shared.devices.pio_read(port, data),
-        Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-        Ok(VcpuExit::MmioWrite(..)) => {}
+        Ok(VcpuExit::MmioRead(addr, data)) => shared.devices.mmio_read(addr, data),
+        Ok(VcpuExit::MmioWrite(addr, data)) => shared.devices.mmio_write(addr, data),
         Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {}
         Ok(VcpuExit::Shutdown) => return Err("triple fault (KVM_EXIT_SHUTDOWN)".into()),
         Ok(VcpuExit::InternalError) => {

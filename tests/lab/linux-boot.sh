@@ -1,0 +1,92 @@
+#!/bin/bash
+# Lab test: our vmm boots Linux to a shell prompt on real (nested) KVM.
+#
+# The build machines' /dev/kvm is too slow to boot Linux, so this boots a "lab host" (L1): a
+# Debian cloud kernel under QEMU's software emulator (TCG) with an AMD CPU that has SVM and
+# nested paging, whose own /dev/kvm runs guests at full speed. Inside it, l1-init runs our
+# static vmm with an L2 guest: the same Debian kernel (bzImage) and a busybox initramfs whose
+# init (l2-init) starts a shell on ttyS0. l1-init waits for the shell prompt, types a command,
+# checks the answer, and prints the L2 boot time (vmm start to prompt) and "RESULT: PASS".
+#
+# Usage: tests/lab/linux-boot.sh VMM
+#   VMM: a statically linked vmm, e.g. built with
+#     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release \
+#       --target x86_64-unknown-linux-gnu -p vmm --target-dir target/lab
+# Needs the Debian packages in tests/lab/REQUIREMENTS, and apt's package lists (apt-get update)
+# to fetch the kernel the first time.
+# Env: LAB_WORK  work and cache dir (default ${TMPDIR:-/tmp}/cpr-lab; the kernel is kept there)
+#      LAB_TIMEOUT  seconds for the whole lab run (default 300)
+#      L2_APPEND  L2 kernel command line (default "console=ttyS0 panic=-1 quiet"; add
+#                 earlyprintk=serial,ttyS0 and drop quiet to debug)
+#      L2_MEM  L2 RAM in MiB (256)   L2_TIMEOUT  seconds to wait for the L2 prompt (120)
+# Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+VMM=${1:?usage: linux-boot.sh VMM}
+W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
+L2_PROMPT='l2-shell# '
+
+missing() { echo "linux-boot.sh: $*" >&2; exit 2; }
+for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout; do
+    command -v "$tool" >/dev/null || missing "$tool not found: install the packages in $HERE/REQUIREMENTS"
+done
+BUSYBOX=/bin/busybox
+# A dynamically linked busybox would not run in the initramfs (no libc there).
+[ -x "$BUSYBOX" ] && ! LC_ALL=C ldd "$BUSYBOX" 2>/dev/null | grep -q '=>' ||
+    missing "$BUSYBOX missing or not static: install busybox-static ($HERE/REQUIREMENTS)"
+[ -x "$VMM" ] || missing "vmm binary $VMM not found"
+LC_ALL=C ldd "$VMM" 2>/dev/null | grep -q '=>' && missing "$VMM is dynamically linked: build it with +crt-static"
+mkdir -p "$W/dl"
+
+# 1. The kernel: Debian renames its package on every ABI bump, so resolve it through the
+#    metapackage. Downloaded once into $W/dl.
+PKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$PKG" ] || missing "apt knows no linux-image-cloud-amd64: run 'apt-get update' first"
+KV=${PKG#linux-image-}
+if [ ! -f "$W/kernel-$KV/boot/vmlinuz-$KV" ]; then
+    ls "$W/dl/${PKG}_"*.deb >/dev/null 2>&1 || (cd "$W/dl" && apt-get download "$PKG" >/dev/null) ||
+        missing "apt-get download $PKG failed"
+    rm -rf "$W/kernel-$KV.tmp"
+    dpkg-deb -x "$W/dl/${PKG}_"*.deb "$W/kernel-$KV.tmp"
+    mv "$W/kernel-$KV.tmp" "$W/kernel-$KV"
+fi
+K=$W/kernel-$KV
+MODS=$K/lib/modules/$KV/kernel
+
+# newc archive of directory $1, gzipped, into $2
+mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
+
+# 2. The L2 guest's initramfs: busybox and l2-init.
+R2=$W/rootfs-l2
+rm -rf "$R2" && mkdir -p "$R2"/{bin,proc,sys,dev,tmp}
+cp "$BUSYBOX" "$R2/bin/busybox"
+cp "$HERE/l2-init" "$R2/init"
+mkcpio "$R2" "$W/initrd-l2.gz"
+
+# 3. The lab host's initramfs: busybox, KVM modules, our vmm, the L2 kernel and initramfs.
+R1=$W/rootfs-l1
+rm -rf "$R1" && mkdir -p "$R1"/{bin,proc,sys,dev,tmp,lib/modules,l2}
+cp "$BUSYBOX" "$R1/bin/busybox"
+cp "$MODS/virt/lib/irqbypass.ko" "$MODS/arch/x86/kvm/kvm.ko" "$MODS/arch/x86/kvm/kvm-amd.ko" "$R1/lib/modules/"
+cp "$VMM" "$R1/vmm"
+cp "$K/boot/vmlinuz-$KV" "$R1/l2/vmlinuz"
+cp "$W/initrd-l2.gz" "$R1/l2/initrd.gz"
+cp "$HERE/l1-init" "$R1/init"
+{
+    printf 'L2_APPEND=%q\n' "${L2_APPEND:-console=ttyS0 panic=-1 quiet}"
+    printf 'L2_MEM=%q\n' "${L2_MEM:-256}"
+    printf 'L2_TIMEOUT=%q\n' "${L2_TIMEOUT:-120}"
+    printf 'L2_PROMPT=%q\n' "$L2_PROMPT"
+} > "$R1/lab.env"
+mkcpio "$R1" "$W/initrd-l1.gz"
+
+# 4. Boot the lab host. -cpu max under TCG gives SVM with nested paging.
+echo "linux-boot.sh: booting the lab ($KV)"
+set +e
+timeout --foreground -k 5 "${LAB_TIMEOUT:-300}" qemu-system-x86_64 \
+    -M q35 -accel tcg -cpu max -smp 1 -m 1024 \
+    -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
+    -kernel "$K/boot/vmlinuz-$KV" -initrd "$W/initrd-l1.gz" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null | tee "$W/last.log"
+set -e
+grep -q '^RESULT: PASS' "$W/last.log"

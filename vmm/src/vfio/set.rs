@@ -1,0 +1,505 @@
+//! Every assigned device of a machine: one type1 container, its groups, the devices on the
+//! PCI bus, and the DMA mappings of guest RAM (IOVA = guest physical address). The live-update
+//! steps for VFIO live here, in order, save beside restore.
+
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{DeviceError, VfioPciDevice};
+use super::ioctl::{group_of, Container, CprFeatures, Device, Group, VfioError};
+use super::state::VfioPciState;
+use crate::machine::memory::GuestRam;
+use crate::pci::{lock, GsiRouter, PciBus, PciError, MMIO_WINDOW_START};
+
+/// `-device vfio-pci,host=BDF[,id=ID]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VfioDeviceConfig {
+    pub host: String,
+    pub id: String,
+}
+
+/// First KVM memslot used for BARs (RAM uses the slots below); 8 per device.
+const BAR_SLOT_BASE: u32 = 16;
+
+cpr_format::state! {
+    /// One DMA mapping of a guest RAM block, and the file pages behind it: after exec the
+    /// new address must map the very same pages, which the kernel does not check.
+    #[derive(Eq)]
+    pub struct DmaMappingState {
+        #[hint(addr)] pub iova: u64,
+        #[hint(hex)] pub size: u64,
+        /// The RAM block (cpr-format RAM block name).
+        pub block: String,
+        #[hint(hex)] pub file_offset: u64,
+        pub st_dev: u64,
+        pub st_ino: u64,
+    }
+
+    /// An assigned device and its group.
+    #[derive(Eq)]
+    pub struct VfioDeviceRef {
+        pub id: String,
+        pub host: String,
+        pub group: u32,
+    }
+
+    /// The container: groups, devices and DMA mappings (fds: vfio-container,
+    /// vfio-group-N, vfio-device-ID in the manifest).
+    #[section(name = "vfio.container", version = 1, min_version = 1, required = true)]
+    #[derive(Eq)]
+    pub struct VfioContainerState {
+        pub groups: Vec<u32>,
+        pub devices: Vec<VfioDeviceRef>,
+        pub mappings: Vec<DmaMappingState>,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioSetError {
+    #[error(transparent)]
+    Vfio(#[from] VfioError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("cannot plug {id} into the PCI bus")]
+    Bus {
+        id: String,
+        #[source]
+        source: PciError,
+    },
+    #[error(
+        "guest RAM block {block} has no fd, so it cannot be mapped for DMA across a live update"
+    )]
+    AnonymousRam { block: String },
+    #[error("cannot stat the fd of RAM block {block}")]
+    Stat {
+        block: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DMA mapping at IOVA {iova:#x} was of {saved}, the new process maps {given}: not the same pages")]
+    NotSamePages {
+        iova: u64,
+        saved: String,
+        given: String,
+    },
+    #[error("the fd manifest has no {name}")]
+    MissingFd { name: String },
+    #[error("saved VFIO state has no vfio.pci section for device {id}")]
+    MissingDevice { id: String },
+}
+
+/// Restart mode moves the DMA mappings to the new process with VFIO_UPDATE_VADDR (and
+/// invalidates them in one call with VFIO_UNMAP_ALL): without them it cannot keep devices.
+pub fn restart_blocker(ids: &[String], features: CprFeatures) -> Option<String> {
+    let missing: Vec<&str> = [
+        (!features.update_vaddr).then_some("VFIO_UPDATE_VADDR"),
+        (!features.unmap_all).then_some("VFIO_UNMAP_ALL"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!ids.is_empty() && !missing.is_empty()).then(|| {
+        format!(
+            "VFIO device(s) {}: the type1 container lacks {} (probed after VFIO_SET_IOMMU), \
+             so its DMA mappings cannot move to a new process",
+            ids.join(", "),
+            missing.join(" and ")
+        )
+    })
+}
+
+/// Reboot mode does not keep the device running across the update: only a guest in S3
+/// (which re-initialises its devices on wake-up) may use it.
+pub fn reboot_blocker(ids: &[String], guest_suspended: bool) -> Option<String> {
+    (!ids.is_empty() && !guest_suspended).then(|| {
+        format!(
+            "VFIO device(s) {}: reboot mode needs the guest suspended (S3) first; \
+             use restart mode, or suspend the guest",
+            ids.join(", ")
+        )
+    })
+}
+
+struct Mapping {
+    iova: u64,
+    size: u64,
+    vaddr: u64,
+    state: DmaMappingState,
+}
+
+pub struct VfioSet {
+    container: Container,
+    features: CprFeatures,
+    groups: Vec<Group>,
+    devices: Vec<(VfioDeviceConfig, u32, Arc<Mutex<VfioPciDevice>>)>,
+    mappings: Vec<Mapping>,
+    /// `prepare_update` ran and was not undone: host addresses invalid, irqfds detached.
+    prepared: bool,
+}
+
+/// `VMM_VFIO_TRACE=1` prints the VFIO steps of a live update with their durations to stderr
+/// (the lab test shows them next to the pause).
+pub(crate) fn trace(what: std::fmt::Arguments<'_>) {
+    if std::env::var_os("VMM_VFIO_TRACE").is_some_and(|v| v == "1") {
+        eprintln!("vmm: vfio: {what}");
+    }
+}
+
+pub(crate) fn ms(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// The DMA mappings guest RAM needs, with the identity of the pages behind each.
+fn ram_mappings(ram: &GuestRam) -> Result<Vec<Mapping>, VfioSetError> {
+    ram.blocks()
+        .iter()
+        .map(|b| {
+            let block = b.name().to_string();
+            let file = b.file.as_ref().ok_or_else(|| VfioSetError::AnonymousRam {
+                block: block.clone(),
+            })?;
+            let md = file.metadata().map_err(|source| VfioSetError::Stat {
+                block: block.clone(),
+                source,
+            })?;
+            Ok(Mapping {
+                iova: b.desc.guest_addr,
+                size: b.desc.size,
+                vaddr: b.host_addr(),
+                state: DmaMappingState {
+                    iova: b.desc.guest_addr,
+                    size: b.desc.size,
+                    block,
+                    file_offset: b.desc.file_offset,
+                    st_dev: md.dev(),
+                    st_ino: md.ino(),
+                },
+            })
+        })
+        .collect()
+}
+
+impl VfioSet {
+    /// Opens the container and every device's group, sets the IOMMU, probes the live-update
+    /// features, maps all of guest RAM for DMA, then opens, resets and plugs each device.
+    pub fn open(
+        configs: &[VfioDeviceConfig],
+        ram: &GuestRam,
+        router: &Arc<GsiRouter>,
+        bus: &PciBus,
+    ) -> Result<VfioSet, VfioSetError> {
+        let container = Container::open()?;
+        let mut groups: Vec<Group> = Vec::new();
+        let mut features = CprFeatures {
+            update_vaddr: false,
+            unmap_all: false,
+        };
+        let mut devs = Vec::new();
+        for c in configs {
+            let gid = group_of(&c.host)?;
+            if !groups.iter().any(|g| g.id == gid) {
+                let g = Group::open(gid)?;
+                g.set_container(&container)?;
+                if groups.is_empty() {
+                    let before = container.cpr_features()?;
+                    container.set_iommu()?;
+                    // Only now does type1 answer these truthfully.
+                    features = container.cpr_features()?;
+                    trace(format_args!(
+                        "container: before VFIO_SET_IOMMU {before:?}, after {features:?}"
+                    ));
+                }
+                groups.push(g);
+            }
+            devs.push((c.clone(), gid));
+        }
+        let mappings = ram_mappings(ram)?;
+        for m in &mappings {
+            container.map_dma(m.iova, m.size, m.vaddr)?;
+        }
+        let mut set = VfioSet {
+            container,
+            features,
+            groups,
+            devices: Vec::new(),
+            mappings,
+            prepared: false,
+        };
+        let mut mmio_next = MMIO_WINDOW_START;
+        for (i, (c, gid)) in devs.into_iter().enumerate() {
+            let group = set
+                .groups
+                .iter()
+                .find(|g| g.id == gid)
+                .ok_or(VfioError::NotViable { group: gid })?;
+            let dev = group.device(&c.host)?;
+            let mut d = VfioPciDevice::new(
+                &c.host,
+                dev,
+                router.clone(),
+                BAR_SLOT_BASE + 8 * i as u32,
+                &mut mmio_next,
+                // PCI interrupts use IOAPIC pins 16..23 (GSIs 0..15 are ISA's).
+                16 + (i % 8) as u32,
+            )?;
+            d.set_id(&c.id);
+            let d = Arc::new(Mutex::new(d));
+            bus.add(d.clone()).map_err(|source| VfioSetError::Bus {
+                id: c.id.clone(),
+                source,
+            })?;
+            set.devices.push((c, gid, d));
+        }
+        Ok(set)
+    }
+
+    pub fn features(&self) -> CprFeatures {
+        self.features
+    }
+
+    /// Why restart-mode live update cannot keep these devices, if it cannot.
+    pub fn restart_blocker(&self) -> Option<String> {
+        restart_blocker(&self.ids(), self.features)
+    }
+
+    /// Why reboot mode cannot be used, if it cannot.
+    pub fn reboot_blocker(&self, guest_suspended: bool) -> Option<String> {
+        reboot_blocker(&self.ids(), guest_suspended)
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.devices.iter().map(|(c, _, _)| c.id.clone()).collect()
+    }
+
+    pub fn devices(&self) -> impl Iterator<Item = &Arc<Mutex<VfioPciDevice>>> {
+        self.devices.iter().map(|(_, _, d)| d)
+    }
+
+    /// cpr-save, VFIO part (vCPUs already stopped): detach irqfds so interrupts latch in
+    /// the eventfds, then invalidate the DMA mappings' host addresses. Device DMA into
+    /// guest RAM keeps working (the pages stay pinned and mapped in the IOMMU).
+    pub fn prepare_update(&mut self) -> Result<(), VfioSetError> {
+        let t = std::time::Instant::now();
+        self.prepared = true;
+        for d in self.devices() {
+            lock(d).detach_irqfds()?;
+        }
+        let t_unmap = std::time::Instant::now();
+        if self.features.unmap_all {
+            self.container.unmap_vaddr_all()?;
+        } else {
+            for m in &self.mappings {
+                self.container.unmap_vaddr(m.iova, m.size)?;
+            }
+        }
+        trace(format_args!(
+            "cpr-save: irqfds detached and DMA vaddr invalidated ({} mappings) in {:.3} ms (unmap {:.3} ms)",
+            self.mappings.len(),
+            ms(t),
+            ms(t_unmap)
+        ));
+        Ok(())
+    }
+
+    /// The update failed before exec (or exec failed): give the mappings back their
+    /// addresses in this process and re-attach the irqfds; latched interrupts get injected.
+    pub fn cancel_update(&mut self) -> Result<(), VfioSetError> {
+        if !self.prepared {
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        self.prepared = false;
+        for m in &self.mappings {
+            self.container.map_vaddr(m.iova, m.size, m.vaddr)?;
+        }
+        for d in self.devices() {
+            lock(d).attach_irqfds()?;
+        }
+        trace(format_args!(
+            "update abandoned: DMA vaddr restored and irqfds attached in {:.3} ms",
+            ms(t)
+        ));
+        Ok(())
+    }
+
+    /// The container section and one `vfio.pci` section per device (instance = id).
+    pub fn save(&self) -> (VfioContainerState, Vec<(String, VfioPciState)>) {
+        let state = VfioContainerState {
+            groups: self.groups.iter().map(|g| g.id).collect(),
+            devices: self
+                .devices
+                .iter()
+                .map(|(c, gid, _)| VfioDeviceRef {
+                    id: c.id.clone(),
+                    host: c.host.clone(),
+                    group: *gid,
+                })
+                .collect(),
+            mappings: self.mappings.iter().map(|m| m.state.clone()).collect(),
+        };
+        let devices = self
+            .devices
+            .iter()
+            .map(|(c, _, d)| (c.id.clone(), lock(d).save()))
+            .collect();
+        (state, devices)
+    }
+
+    /// Every fd the new process must inherit, named for the manifest: vfio-container,
+    /// vfio-group-N, vfio-device-ID, vfio-irq-ID-msi0 / -msixN.
+    pub fn fds(&self) -> Vec<(String, RawFd)> {
+        let mut v = vec![("vfio-container".to_string(), self.container.fd())];
+        for g in &self.groups {
+            v.push((format!("vfio-group-{}", g.id), g.fd()));
+        }
+        for d in self.devices() {
+            v.extend(lock(d).fds());
+        }
+        v
+    }
+
+    /// After exec: adopts the inherited fds (no reset, no SET_IRQS), checks each mapping's
+    /// new address maps the same file pages, moves the mappings there (MAP_DMA FLAG_VADDR),
+    /// then rebuilds each device in the new VM with its routes and irqfds.
+    pub fn restore(
+        state: &VfioContainerState,
+        devices: &[(String, VfioPciState)],
+        take_fd: &mut dyn FnMut(&str) -> Option<OwnedFd>,
+        ram: &GuestRam,
+        router: &Arc<GsiRouter>,
+        bus: &PciBus,
+    ) -> Result<VfioSet, VfioSetError> {
+        let t = std::time::Instant::now();
+        let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
+        let container = Container::from_fd(take("vfio-container".into())?);
+        let features = container.cpr_features()?;
+        let groups = state
+            .groups
+            .iter()
+            .map(|&id| Ok(Group::from_fd(id, take(format!("vfio-group-{id}"))?)))
+            .collect::<Result<Vec<_>, VfioSetError>>()?;
+        let now = ram_mappings(ram)?;
+        let mut mappings = Vec::new();
+        for saved in &state.mappings {
+            let given = now.iter().find(|m| m.iova == saved.iova);
+            let same = given.is_some_and(|g| {
+                g.state.size == saved.size
+                    && g.state.st_dev == saved.st_dev
+                    && g.state.st_ino == saved.st_ino
+                    && g.state.file_offset == saved.file_offset
+            });
+            let Some(g) = given.filter(|_| same) else {
+                let describe = |s: &DmaMappingState| {
+                    format!(
+                        "{} (dev {:#x} inode {} offset {:#x} size {:#x})",
+                        s.block, s.st_dev, s.st_ino, s.file_offset, s.size
+                    )
+                };
+                return Err(VfioSetError::NotSamePages {
+                    iova: saved.iova,
+                    saved: describe(saved),
+                    given: given.map_or("nothing".into(), |g| describe(&g.state)),
+                });
+            };
+            container.map_vaddr(g.iova, g.size, g.vaddr)?;
+            trace(format_args!(
+                "cpr-load: IOVA {:#x} size {:#x} ({}) re-mapped at vaddr {:#x}: same file pages checked",
+                g.iova, g.size, g.state.block, g.vaddr
+            ));
+            mappings.push(Mapping {
+                iova: g.iova,
+                size: g.size,
+                vaddr: g.vaddr,
+                state: g.state.clone(),
+            });
+        }
+        let mut set = VfioSet {
+            container,
+            features,
+            groups,
+            devices: Vec::new(),
+            mappings,
+            prepared: false,
+        };
+        for (i, r) in state.devices.iter().enumerate() {
+            let pci = devices
+                .iter()
+                .find(|(id, _)| *id == r.id)
+                .map(|(_, s)| s)
+                .ok_or_else(|| VfioSetError::MissingDevice { id: r.id.clone() })?;
+            let t_dev = std::time::Instant::now();
+            let dev = Device::from_fd(&r.host, take(format!("vfio-device-{}", r.id))?)?;
+            let efds =
+                |kind: &str,
+                 n: u32,
+                 take: &mut dyn FnMut(String) -> Result<OwnedFd, VfioSetError>| {
+                    (0..n)
+                        .map(|v| {
+                            let fd = take(format!("vfio-irq-{}-{kind}{v}", r.id))?;
+                            // SAFETY: the fd is an eventfd the old process created (the
+                            // manifest names it so) and we own it now.
+                            Ok(unsafe {
+                                <EventFd as std::os::fd::FromRawFd>::from_raw_fd(
+                                    std::os::fd::IntoRawFd::into_raw_fd(fd),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, VfioSetError>>()
+                };
+            let msi = efds("msi", pci.msi_vectors, &mut take)?;
+            let msix = efds("msix", pci.msix_vectors, &mut take)?;
+            let intx = if pci.intx.enabled {
+                let mut two = efds("intx", 1, &mut |n| take(n.replace("intx0", "intx")))?;
+                let mut resample = efds("intx", 1, &mut |n| {
+                    take(n.replace("intx0", "intx-resample"))
+                })?;
+                match (two.pop(), resample.pop()) {
+                    (Some(t), Some(r)) => Some((t, r)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let mut d = VfioPciDevice::restore(
+                dev,
+                pci,
+                msi,
+                msix,
+                intx,
+                router.clone(),
+                BAR_SLOT_BASE + 8 * i as u32,
+            )?;
+            d.set_id(&r.id);
+            trace(format_args!(
+                "cpr-load: {} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause, delivered now: [{}]",
+                r.id,
+                r.host,
+                ms(t_dev),
+                d.latched_at_restore().join(" ")
+            ));
+            let d = Arc::new(Mutex::new(d));
+            bus.add(d.clone()).map_err(|source| VfioSetError::Bus {
+                id: r.id.clone(),
+                source,
+            })?;
+            set.devices.push((
+                VfioDeviceConfig {
+                    host: r.host.clone(),
+                    id: r.id.clone(),
+                },
+                r.group,
+                d,
+            ));
+        }
+        trace(format_args!("cpr-load: VFIO restored in {:.3} ms", ms(t)));
+        Ok(set)
+    }
+
+    /// The raw container fd (tests and diagnostics).
+    pub fn container_fd(&self) -> RawFd {
+        self.container.fd()
+    }
+}
