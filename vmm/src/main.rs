@@ -5,7 +5,7 @@ mod cli;
 mod cpr;
 mod event_loop;
 // The machine is compiled once, in the library; the front end uses it through `crate::machine`.
-use vmm::{machine, pci, vfio};
+use vmm::{machine, vfio};
 mod monitor;
 
 mod version;
