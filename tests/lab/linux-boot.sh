@@ -19,12 +19,13 @@
 #      L2_APPEND  L2 kernel command line (default "console=ttyS0 panic=-1 quiet"; add
 #                 earlyprintk=serial,ttyS0 and drop quiet to debug)
 #      L2_MEM  L2 RAM in MiB (256)   L2_TIMEOUT  seconds to wait for the L2 prompt (120)
+#      LAB_MARKS  words to time on the L2 console before the prompt (see l1-init)
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 VMM=${1:?usage: linux-boot.sh VMM}
 W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
-L2_PROMPT='l2-shell# '
+L2_PROMPT='l2-shell'  # followed by '#': see l2-init and console-watch.awk
 
 missing() { echo "linux-boot.sh: $*" >&2; exit 2; }
 for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout; do
@@ -72,11 +73,13 @@ cp "$VMM" "$R1/vmm"
 cp "$K/boot/vmlinuz-$KV" "$R1/l2/vmlinuz"
 cp "$W/initrd-l2.gz" "$R1/l2/initrd.gz"
 cp "$HERE/l1-init" "$R1/init"
+cp "$HERE/console-watch.awk" "$R1/"
 {
     printf 'L2_APPEND=%q\n' "${L2_APPEND:-console=ttyS0 panic=-1 quiet}"
     printf 'L2_MEM=%q\n' "${L2_MEM:-256}"
     printf 'L2_TIMEOUT=%q\n' "${L2_TIMEOUT:-120}"
     printf 'L2_PROMPT=%q\n' "$L2_PROMPT"
+    printf 'LAB_MARKS=%q\n' "${LAB_MARKS:-}"
 } > "$R1/lab.env"
 mkcpio "$R1" "$W/initrd-l1.gz"
 
