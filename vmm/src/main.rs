@@ -3,7 +3,8 @@
 mod chardev;
 mod cli;
 mod event_loop;
-mod machine;
+// The machine is compiled once, in the library; the front end uses it through `crate::machine`.
+use vmm::machine;
 mod monitor;
 
 use std::process::ExitCode;

@@ -99,7 +99,12 @@ impl Machine {
                 configured: usize::from(config.vcpus),
             });
         }
-        let parts = lifecycle::create(config, ram)?;
+        let msrs: Vec<u32> = state
+            .vcpus
+            .first()
+            .map(|v| v.msrs.iter().map(|m| m.index).collect())
+            .unwrap_or_default();
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Restore { msrs: &msrs })?;
         for (v, s) in parts.vcpus.iter().zip(&state.vcpus) {
             v.restore(s)?;
         }

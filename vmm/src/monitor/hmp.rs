@@ -76,6 +76,17 @@ pub fn info_commands<V: VmControl>() -> Vec<Command<V>> {
             run: info_status,
         },
         Command {
+            names: &["chardev"],
+            params: "",
+            help: "show the character devices",
+            run: |c, _| {
+                Ok(c.chardevs
+                    .iter()
+                    .map(|ch| format!("{}: filename={}\n", ch.label, ch.filename))
+                    .collect())
+            },
+        },
+        Command {
             names: &["cpus"],
             params: "",
             help: "show infos for each CPU",
@@ -177,8 +188,9 @@ fn info_registers<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<Stri
     };
     let mut out = String::new();
     for i in 0..n {
-        if n > 1 {
-            out.push_str(&format!("\nCPU#{i}\n"));
+        // The machine's text starts with its own `CPU#N` header.
+        if i > 0 {
+            out.push('\n');
         }
         let regs = c.vm.describe_registers(i)?;
         out.push_str(&regs);
@@ -219,9 +231,19 @@ pub fn run_line<V: VmControl>(c: &mut Controller<V>, line: &str) -> String {
 pub struct Session {
     line: Vec<u8>,
     after_cr: bool,
+    /// Echo typed keys (a raw-mode terminal shows nothing otherwise).
+    echo: bool,
 }
 
 impl Session {
+    /// A session that echoes what is typed, for a raw-mode terminal.
+    pub fn with_echo() -> Session {
+        Session {
+            echo: true,
+            ..Session::default()
+        }
+    }
+
     pub fn reset(&mut self) {
         self.line.clear();
         self.after_cr = false;
@@ -238,6 +260,9 @@ impl Session {
                     if b == b'\n' && after_cr && self.line.is_empty() {
                         continue;
                     }
+                    if self.echo {
+                        out.push('\n');
+                    }
                     let line = String::from_utf8_lossy(&self.line).into_owned();
                     self.line.clear();
                     out.push_str(&run_line(c, &line));
@@ -248,9 +273,17 @@ impl Session {
                 }
                 // Backspace / DEL edit the line, as a terminal user expects.
                 0x08 | 0x7f => {
-                    self.line.pop();
+                    let erased = self.line.pop().is_some();
+                    if erased && self.echo {
+                        out.push_str("\u{8} \u{8}");
+                    }
                 }
-                _ if self.line.len() < 4096 => self.line.push(b),
+                _ if self.line.len() < 4096 => {
+                    self.line.push(b);
+                    if self.echo && (0x20..0x7f).contains(&b) {
+                        out.push(char::from(b));
+                    }
+                }
                 _ => {}
             }
         }

@@ -9,6 +9,7 @@ use super::json::{ordered_object, to_qemu_json, Message, Streamer};
 use super::{hmp, run_state_name, CmdError, Controller, ErrorClass, Event, VmControl};
 
 /// A QMP argument's expected JSON type, named as QEMU names it in errors.
+#[allow(dead_code)] // Bool: for the cpr-* commands' flags
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgType {
     Str,
@@ -101,6 +102,11 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
             run: |c, _| c.system_wakeup().map(|_| json!({})),
         },
         Command {
+            name: "query-chardev",
+            args: NO_ARGS,
+            run: query_chardev,
+        },
+        Command {
             name: "human-monitor-command",
             args: &[
                 Arg {
@@ -141,6 +147,16 @@ fn query_status<V: VmControl>(
         "singlestep": false,
         "status": run_state_name(s),
     }))
+}
+
+fn query_chardev<V: VmControl>(
+    c: &mut Controller<V>,
+    _: &Map<String, Value>,
+) -> Result<Value, CmdError> {
+    Ok(c.chardevs
+        .iter()
+        .map(|ch| json!({"label": ch.label, "filename": ch.filename, "frontend-open": ch.frontend_open}))
+        .collect())
 }
 
 fn query_commands<V: VmControl>(
