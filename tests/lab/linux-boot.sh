@@ -22,6 +22,7 @@
 #      L2_APPEND  L2 kernel command line (default "console=ttyS0 panic=-1 quiet"; add
 #                 earlyprintk=serial,ttyS0 and drop quiet to debug)
 #      L2_MEM  L2 RAM in MiB (256)   L2_TIMEOUT  seconds to wait for the L2 prompt (120)
+#      L2_ARGS  more vmm options for the L2 guest, e.g. "-smp 2"
 #      L2_KERNEL  L2 kernel (bzImage or vmlinux; default: the Debian kernel the lab boots)
 #      LAB_MARKS  words to time on the L2 console before the prompt (see l1-init)
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
@@ -65,6 +66,7 @@ mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
 R2=$W/rootfs-l2
 rm -rf "$R2" && mkdir -p "$R2"/{bin,proc,sys,dev,tmp}
 cp "$BUSYBOX" "$R2/bin/busybox"
+ln -s busybox "$R2/bin/sh"  # lets rdinit=/bin/sh give a bare shell when debugging
 cp "$HERE/l2-init" "$R2/init"
 mkcpio "$R2" "$W/initrd-l2.gz"
 
@@ -84,6 +86,7 @@ cp "$HERE/console-watch.awk" "$R1/"
     printf 'L2_TIMEOUT=%q\n' "${L2_TIMEOUT:-120}"
     printf 'L2_PROMPT=%q\n' "$L2_PROMPT"
     printf 'LAB_MARKS=%q\n' "${LAB_MARKS:-}"
+    printf 'L2_ARGS=%q\n' "${L2_ARGS:-}"
 } > "$R1/lab.env"
 mkcpio "$R1" "$W/initrd-l1.gz"
 
