@@ -6,7 +6,8 @@
 # nested paging, whose own /dev/kvm runs guests at full speed. Inside it, l1-init runs our
 # static vmm with an L2 guest: the same Debian kernel (bzImage) and a busybox initramfs whose
 # init (l2-init) starts a shell on ttyS0. l1-init feeds the L2 console to console-watch.awk,
-# which waits for the shell prompt, types a command and checks the answer; l1-init then
+# which waits for the shell prompt, types a command and checks the answer (including the
+# number of CPUs the guest brought up); l1-init then
 # prints the L2 boot time (vmm start to prompt) and "RESULT: PASS".
 # The lab's clocks are wall clocks of an emulated machine: on a busy host every time it
 # reports stretches, so the host's load average is printed next to it.
@@ -21,6 +22,7 @@
 #      LAB_TIMEOUT  seconds for the whole lab run (default 300)
 #      L2_APPEND  L2 kernel command line (default "console=ttyS0 panic=-1 quiet"; add
 #                 earlyprintk=serial,ttyS0 and drop quiet to debug)
+#      L2_CPUS  L2 vCPUs (2; the guest must bring them all up)
 #      L2_MEM  L2 RAM in MiB (256)   L2_TIMEOUT  seconds to wait for the L2 prompt (120)
 #      L2_ARGS  more vmm options for the L2 guest, e.g. "-smp 2"
 #      L2_KERNEL  L2 kernel (bzImage or vmlinux; default: the Debian kernel the lab boots)
@@ -83,6 +85,7 @@ cp "$HERE/console-watch.awk" "$R1/"
 {
     printf 'L2_APPEND=%q\n' "${L2_APPEND:-console=ttyS0 panic=-1 quiet}"
     printf 'L2_MEM=%q\n' "${L2_MEM:-256}"
+    printf 'L2_CPUS=%q\n' "${L2_CPUS:-2}"
     printf 'L2_TIMEOUT=%q\n' "${L2_TIMEOUT:-120}"
     printf 'L2_PROMPT=%q\n' "$L2_PROMPT"
     printf 'LAB_MARKS=%q\n' "${LAB_MARKS:-}"
