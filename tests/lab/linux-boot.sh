@@ -5,8 +5,12 @@
 # Debian cloud kernel under QEMU's software emulator (TCG) with an AMD CPU that has SVM and
 # nested paging, whose own /dev/kvm runs guests at full speed. Inside it, l1-init runs our
 # static vmm with an L2 guest: the same Debian kernel (bzImage) and a busybox initramfs whose
-# init (l2-init) starts a shell on ttyS0. l1-init waits for the shell prompt, types a command,
-# checks the answer, and prints the L2 boot time (vmm start to prompt) and "RESULT: PASS".
+# init (l2-init) starts a shell on ttyS0. l1-init feeds the L2 console to console-watch.awk,
+# which waits for the shell prompt, types a command and checks the answer (including the
+# number of CPUs the guest brought up); l1-init then
+# prints the L2 boot time (vmm start to prompt) and "RESULT: PASS".
+# The lab's clocks are wall clocks of an emulated machine: on a busy host every time it
+# reports stretches, so the host's load average is printed next to it.
 #
 # Usage: tests/lab/linux-boot.sh VMM
 #   VMM: a statically linked vmm, e.g. built with
@@ -18,13 +22,17 @@
 #      LAB_TIMEOUT  seconds for the whole lab run (default 300)
 #      L2_APPEND  L2 kernel command line (default "console=ttyS0 panic=-1 quiet"; add
 #                 earlyprintk=serial,ttyS0 and drop quiet to debug)
+#      L2_CPUS  L2 vCPUs (2; the guest must bring them all up)
 #      L2_MEM  L2 RAM in MiB (256)   L2_TIMEOUT  seconds to wait for the L2 prompt (120)
+#      L2_ARGS  more vmm options for the L2 guest, e.g. "-smp 2"
+#      L2_KERNEL  L2 kernel (bzImage or vmlinux; default: the Debian kernel the lab boots)
+#      LAB_MARKS  words to time on the L2 console before the prompt (see l1-init)
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 VMM=${1:?usage: linux-boot.sh VMM}
 W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
-L2_PROMPT='l2-shell# '
+L2_PROMPT='l2-shell'  # followed by '#': see l2-init and console-watch.awk
 
 missing() { echo "linux-boot.sh: $*" >&2; exit 2; }
 for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout; do
@@ -60,6 +68,7 @@ mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
 R2=$W/rootfs-l2
 rm -rf "$R2" && mkdir -p "$R2"/{bin,proc,sys,dev,tmp}
 cp "$BUSYBOX" "$R2/bin/busybox"
+ln -s busybox "$R2/bin/sh"  # lets rdinit=/bin/sh give a bare shell when debugging
 cp "$HERE/l2-init" "$R2/init"
 mkcpio "$R2" "$W/initrd-l2.gz"
 
@@ -69,19 +78,23 @@ rm -rf "$R1" && mkdir -p "$R1"/{bin,proc,sys,dev,tmp,lib/modules,l2}
 cp "$BUSYBOX" "$R1/bin/busybox"
 cp "$MODS/virt/lib/irqbypass.ko" "$MODS/arch/x86/kvm/kvm.ko" "$MODS/arch/x86/kvm/kvm-amd.ko" "$R1/lib/modules/"
 cp "$VMM" "$R1/vmm"
-cp "$K/boot/vmlinuz-$KV" "$R1/l2/vmlinuz"
+cp "${L2_KERNEL:-$K/boot/vmlinuz-$KV}" "$R1/l2/vmlinuz"
 cp "$W/initrd-l2.gz" "$R1/l2/initrd.gz"
 cp "$HERE/l1-init" "$R1/init"
+cp "$HERE/console-watch.awk" "$R1/"
 {
     printf 'L2_APPEND=%q\n' "${L2_APPEND:-console=ttyS0 panic=-1 quiet}"
     printf 'L2_MEM=%q\n' "${L2_MEM:-256}"
+    printf 'L2_CPUS=%q\n' "${L2_CPUS:-2}"
     printf 'L2_TIMEOUT=%q\n' "${L2_TIMEOUT:-120}"
     printf 'L2_PROMPT=%q\n' "$L2_PROMPT"
+    printf 'LAB_MARKS=%q\n' "${LAB_MARKS:-}"
+    printf 'L2_ARGS=%q\n' "${L2_ARGS:-}"
 } > "$R1/lab.env"
 mkcpio "$R1" "$W/initrd-l1.gz"
 
 # 4. Boot the lab host. -cpu max under TCG gives SVM with nested paging.
-echo "linux-boot.sh: booting the lab ($KV)"
+echo "linux-boot.sh: booting the lab ($KV); host load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 set +e
 timeout --foreground -k 5 "${LAB_TIMEOUT:-300}" qemu-system-x86_64 \
     -M q35 -accel tcg -cpu max -smp 1 -m 1024 \
@@ -89,4 +102,5 @@ timeout --foreground -k 5 "${LAB_TIMEOUT:-300}" qemu-system-x86_64 \
     -kernel "$K/boot/vmlinuz-$KV" -initrd "$W/initrd-l1.gz" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null | tee "$W/last.log"
 set -e
+echo "linux-boot.sh: host load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 grep -q '^RESULT: PASS' "$W/last.log"

@@ -151,6 +151,7 @@ pub(super) fn boot(config: &MachineConfig, ram: &GuestRam, bsp: &Vcpu) -> Result
         config.cmdline.as_deref(),
     )?;
     super::mptable::write(ram.memory(), config.vcpus)?;
+    super::acpi::write(ram.memory(), config.vcpus)?;
     let sregs = boot::setup_long_mode(ram.memory(), &bsp.get_sregs()?)?;
     bsp.set_sregs(&sregs)?;
     bsp.set_regs(&boot::boot_regs(info.entry))?;

@@ -17,6 +17,7 @@
 //! vCPU threads are kicked out of KVM_RUN with SIGRTMIN + 0 (`vcpu_thread::kick_signal`);
 //! the front end must leave that signal alone.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod devices;
