@@ -378,8 +378,14 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         None => {
             let frontends = Frontends::open(config)?;
             let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
-            let machine = Machine::new(&config.machine_config(), serial, machine_tx)
-                .map_err(StartError::Machine)?;
+            // With -S the kernel is loaded at `cont`: until then guest RAM is untouched,
+            // so a reboot-mode cpr-load can take over a RAM file as it is.
+            let machine = if config.start_paused {
+                Machine::new_unbooted(&config.machine_config(), serial, machine_tx)
+            } else {
+                Machine::new(&config.machine_config(), serial, machine_tx)
+            }
+            .map_err(StartError::Machine)?;
             let mut ctl = Controller::new(Vm::Active(machine));
             if !config.start_paused {
                 ctl.vm.start().map_err(StartError::Start)?;
@@ -387,6 +393,10 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             (frontends, ctl)
         }
     };
+    ctl.cpr.blockers = Some((
+        cpr::capable::describe(config),
+        cpr::capable::to_json(config),
+    ));
     let code = run_loop(&mut frontends, &mut ctl, &host, &wake, &signals, &loop_rx);
     if let Vm::Active(m) = &mut ctl.vm {
         m.shutdown();

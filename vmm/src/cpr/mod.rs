@@ -26,8 +26,11 @@
 //! ([`timing`]).
 
 pub mod blockers;
+pub mod capable;
 pub mod fds;
 pub mod image;
+pub mod ram_image;
+pub mod reboot;
 pub mod timing;
 
 use std::collections::BTreeMap;
@@ -66,7 +69,9 @@ pub enum CprError {
     Blocked { mode: Mode, list: String },
     #[error("the guest is in state {0}: nothing to save")]
     BadState(&'static str),
-    #[error("no live update is incoming: this vmm was not started by cpr-exec, or has loaded already")]
+    #[error(
+        "no live update is incoming: this vmm was not started by cpr-exec, or has loaded already"
+    )]
     NotIncoming,
     #[error("the guest's state is being loaded: cpr-load first")]
     Incoming,
@@ -106,6 +111,8 @@ pub enum CprError {
     Machine(#[from] MachineError),
     #[error("chardev")]
     Chardev(#[from] crate::chardev::ChardevError),
+    #[error(transparent)]
+    Reboot(Box<reboot::RebootError>),
 }
 
 impl From<CprError> for CmdError {
@@ -150,6 +157,11 @@ pub struct CprStatus {
     pub last: Option<Timestamps>,
     /// Why the last update step failed.
     pub last_error: Option<String>,
+    /// Reboot mode: what the last cpr-save / cpr-load did with RAM (bytes, time, GB/s).
+    pub reboot: Option<String>,
+    /// What blocks each mode for this command line (text, JSON), set at start-up
+    /// (`capable`): info cpr-blockers / query-cpr-blockers.
+    pub blockers: Option<(String, Value)>,
 }
 
 impl CprStatus {
@@ -167,13 +179,18 @@ impl CprStatus {
         if let Some(e) = &self.last_error {
             v["last-error"] = json!(e);
         }
+        if let Some(r) = &self.reboot {
+            v["reboot"] = json!(r.trim_end());
+        }
         v
     }
 
     pub fn describe(&self) -> String {
         let mut s = format!(
             "mode: {}\nstate: {}\n",
-            self.mode.map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+            self.mode
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "none".into()),
             self.phase.name()
         );
         if let Some(i) = &self.image {
@@ -188,6 +205,9 @@ impl CprStatus {
         }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last error: {e}\n"));
+        }
+        if let Some(r) = &self.reboot {
+            s.push_str(&format!("reboot mode, {r}"));
         }
         s
     }
@@ -346,6 +366,9 @@ pub fn perform(
     let result = match op {
         CprOp::Save { path, mode } => save(f, ctl, host, Path::new(&path), &mode),
         CprOp::Exec { argv } => exec(f, ctl, host, origin, reply, &argv),
+        CprOp::Load { path } if reboot::is_reboot_image(Path::new(&path)) => {
+            reboot::load(f, ctl, host, Path::new(&path))
+        }
         CprOp::Load { path } => load(f, ctl, host, Path::new(&path)),
     };
     result.map_err(|e| {
@@ -365,7 +388,7 @@ pub fn save(
 ) -> Result<String, CprError> {
     let mode = match mode {
         "restart" => Mode::Restart,
-        "reboot" => return Err(CprError::ModeNotImplemented(Mode::Reboot)),
+        m if m == "reboot" || m.starts_with("reboot,") => return reboot::save(ctl, host, path, m),
         "transfer" => return Err(CprError::ModeNotImplemented(Mode::Transfer)),
         other => return Err(CprError::UnknownMode(other.to_string())),
     };
@@ -395,20 +418,17 @@ pub fn save(
     };
     m.pause()?;
     t.vcpus_stopped = now_ns();
-    let written = m
-        .save_state()
-        .map_err(CprError::from)
-        .and_then(|state| {
-            let manifest = fds::manifest(m.ram(), &f.chardevs)?;
-            image::write(
-                path,
-                image::header(&host.config, mode),
-                &state,
-                resume_after,
-                &manifest,
-            )?;
-            Ok(())
-        });
+    let written = m.save_state().map_err(CprError::from).and_then(|state| {
+        let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+        image::write(
+            path,
+            image::header(&host.config, mode),
+            &state,
+            resume_after,
+            &manifest,
+        )?;
+        Ok(())
+    });
     if let Err(e) = written {
         if resume_after {
             m.resume()?;
@@ -547,8 +567,7 @@ fn exec_attempt(
         reply: reply_kind,
         reply_id,
     };
-    let mut keep: Vec<(String, RawFd)> =
-        manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
+    let mut keep: Vec<(String, RawFd)> = manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
     let bytes = handover(f, host, &ctl.cpr, m.ram(), exec_state, manifest)?;
     let hfile = fds::handover_memfd(&bytes)?;
     keep.push(("handover".into(), hfile.as_raw_fd()));
@@ -646,8 +665,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     // Chardevs: same id and backend kind adopt their fds; others open afresh.
     let mut chardevs = Vec::new();
     for spec in &config.chardevs {
-        let saved: Option<ChardevState> =
-            img.section(&spec.id).map_err(CprError::Handover)?;
+        let saved: Option<ChardevState> = img.section(&spec.id).map_err(CprError::Handover)?;
         let c = match saved {
             Some(s) if s.backend == backend_name(&spec.backend) => {
                 let mut mine = Vec::new();
@@ -728,6 +746,8 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
         stamps,
         last: None,
         last_error: None,
+        reboot: None,
+        blockers: None,
     };
     Ok(Adopted {
         frontends,
@@ -742,7 +762,11 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
 }
 
 /// Checks that the image's RAM fds are the ones this process inherited.
-fn check_ram_identity(img: &Image, ram_fds: &[RamBlockFd], names: &[String]) -> Result<(), CprError> {
+fn check_ram_identity(
+    img: &Image,
+    ram_fds: &[RamBlockFd],
+    names: &[String],
+) -> Result<(), CprError> {
     for e in img.fd_manifest() {
         if !matches!(e.kind, FdKind::Memfd | FdKind::RamFile) {
             continue;
@@ -780,12 +804,11 @@ pub fn load(
     };
     inc.stamps.load_started = now_ns();
     let img = image::open_checked(path, &host.config)?;
-    let names: Vec<String> = image::ram_state(
-        &inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>(),
-    )
-    .into_iter()
-    .map(|b| b.name)
-    .collect();
+    let names: Vec<String> =
+        image::ram_state(&inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>())
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
     check_ram_identity(&img, &inc.ram_fds, &names)?;
     let (state, resume_after) = image::machine_state(&img)?;
     let prepared = match inc.machine.take() {
@@ -809,7 +832,10 @@ pub fn load(
             let rebuilt = GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
                 .map_err(CprError::Ram)
                 .and_then(|ram| {
-                    Ok(Machine::prepare_incoming(&host.config.machine_config(), ram)?)
+                    Ok(Machine::prepare_incoming(
+                        &host.config.machine_config(),
+                        ram,
+                    )?)
                 });
             inc.machine = rebuilt.ok();
             return Err(e.into());

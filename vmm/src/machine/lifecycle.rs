@@ -165,6 +165,7 @@ pub(super) fn finish(
         msr_list: parts.msr_list,
         boot_state: parts.boot_state,
         paused_while_suspended,
+        boot_pending: false,
     };
     machine.stop_vcpus();
     Ok(machine)

@@ -115,11 +115,21 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
                     ty: ArgType::Str,
                     required: true,
                 },
+                Arg {
+                    name: "ram",
+                    ty: ArgType::Str,
+                    required: false,
+                },
             ],
             run: |c, a| {
+                // Reboot mode's RAM placement rides along in the mode string.
+                let mut mode = str_arg(a, "mode");
+                if let Some(ram) = a.get("ram").and_then(Value::as_str) {
+                    mode = format!("{mode},ram={ram}");
+                }
                 c.defer(CprOp::Save {
                     path: str_arg(a, "filename"),
-                    mode: str_arg(a, "mode"),
+                    mode,
                 });
                 Ok(json!({}))
             },
@@ -158,6 +168,17 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
                     path: str_arg(a, "filename"),
                 });
                 Ok(json!({}))
+            },
+        },
+        Command {
+            name: "query-cpr-blockers",
+            args: NO_ARGS,
+            run: |c, _| {
+                Ok(c.cpr
+                    .blockers
+                    .as_ref()
+                    .map(|b| b.1.clone())
+                    .unwrap_or_else(|| json!({})))
             },
         },
         Command {
