@@ -29,6 +29,7 @@ pub mod blockers;
 pub mod capable;
 pub mod fds;
 pub mod image;
+pub mod incoming;
 pub mod ram_image;
 pub mod reboot;
 pub mod timing;
@@ -113,6 +114,8 @@ pub enum CprError {
     Chardev(#[from] crate::chardev::ChardevError),
     #[error(transparent)]
     Reboot(Box<reboot::RebootError>),
+    #[error(transparent)]
+    Incoming2(Box<incoming::IncomingError>),
 }
 
 impl From<CprError> for CmdError {
