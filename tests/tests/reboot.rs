@@ -238,7 +238,9 @@ fn a_changed_ram_file_is_refused_at_load() {
     let (vmm, _out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
     let reply = hmp.cmd(&format!("cpr-load {img}"));
     assert!(
-        reply.starts_with("Error: RAM block ram-below-4g does not hold the saved guest memory: CRC "),
+        reply.starts_with(
+            "Error: RAM block ram-below-4g does not hold the saved guest memory: CRC "
+        ),
         "{reply}"
     );
     assert_eq!(hmp.cmd("info status"), "VM status: paused (prelaunch)\n");

@@ -406,6 +406,72 @@ mod tests {
         assert_eq!(zeros, 61);
     }
 
+    fn header() -> cpr_format::Header {
+        cpr_format::Header {
+            producer: cpr_format::Producer {
+                name: "vmm".into(),
+                version: "test".into(),
+                build_id: "test".into(),
+            },
+            created_unix_ns: 0,
+            host: cpr_format::HostInfo {
+                kernel_release: String::new(),
+                page_size: 4096,
+            },
+            mode: cpr_format::Mode::Reboot,
+            machine: cpr_format::MachineDesc {
+                vcpus: 1,
+                ram_blocks: vec![],
+                devices: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn ram_in_image_comes_back_and_a_damaged_region_is_refused() {
+        use crate::machine::RamBackendConfig;
+        use vm_memory::{Bytes, GuestAddress};
+        let ram = GuestRam::new(&RamBackendConfig::Anonymous, 8 << 20).unwrap();
+        ram.memory()
+            .write_obj(0xdead_beef_u64, GuestAddress(0x1000))
+            .unwrap();
+        ram.memory()
+            .write_obj(0x1234_u64, GuestAddress(0x60_0ff8))
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("vmm-ram-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ram.cpr");
+        let mut w = ImageWriter::new(header());
+        let stats = add_ram(&mut w, &ram, Placement::InImage, None).unwrap();
+        assert_eq!(stats.regions, 2);
+        assert_eq!(stats.bytes_written, 2 * PAGE as u64);
+        assert_eq!(stats.zero_pages_skipped, (8 << 20) / PAGE as u64 - 2);
+        w.write_atomic(&path).unwrap();
+
+        let img = Image::open(&path).unwrap();
+        let saved: RebootRamState = img.section("0").unwrap().unwrap();
+        let fresh = GuestRam::new(&RamBackendConfig::Anonymous, 8 << 20).unwrap();
+        assert_eq!(
+            restore(&fresh, &img, &path, &saved).unwrap(),
+            2 * PAGE as u64
+        );
+        assert_eq!(fresh.digest(), ram.digest());
+
+        // One flipped byte in a region: refused by the region's CRC.
+        let r = img.regions()[1].clone();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0x55], r.offset + 0xff8).unwrap();
+        let again = GuestRam::new(&RamBackendConfig::Anonymous, 8 << 20).unwrap();
+        let e = restore(&again, &img, &path, &saved).unwrap_err();
+        assert!(matches!(e, RamImageError::RegionDigest { .. }), "{e}");
+        // RAM that is not the saved guest's fails the block digest.
+        assert!(matches!(
+            verify(&again, &saved),
+            Err(RamImageError::BlockDigest { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn zero_check_sees_the_last_byte() {
         let mut p = vec![0u8; PAGE];

@@ -464,3 +464,74 @@ pub fn load(
     }
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> VmmConfig {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["-kernel".to_string(), "/dev/null".to_string()]);
+        match crate::cli::parse_args(v) {
+            Ok(crate::cli::Action::Run(c)) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ram_placement_defaults_to_in_place_only_for_a_ram_file() {
+        let anon = config(&["-m", "64M"]);
+        assert_eq!(placement_for(&anon, None).unwrap(), Placement::InImage);
+        let e = placement_for(&anon, Some(Placement::InPlace)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("this guest's RAM is anonymous memory"),
+            "{e}"
+        );
+        let memfd = config(&["-machine", "memfd-alloc=on"]);
+        let e = placement_for(&memfd, Some(Placement::InPlace)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a memfd, which ends with the process"),
+            "{e}"
+        );
+        let file = config(&[
+            "-object",
+            "memory-backend-file,id=r,size=4M,mem-path=/dev/shm/x,share=on",
+            "-machine",
+            "memory-backend=r",
+        ]);
+        assert_eq!(placement_for(&file, None).unwrap(), Placement::InPlace);
+        assert_eq!(
+            placement_for(&file, Some(Placement::InImage)).unwrap(),
+            Placement::InImage
+        );
+    }
+
+    #[test]
+    fn mode_options_are_parsed_and_unknown_ones_refused() {
+        assert_eq!(parse_mode("reboot").unwrap(), None);
+        assert_eq!(
+            parse_mode("reboot,ram=in-image").unwrap(),
+            Some(Placement::InImage)
+        );
+        assert_eq!(
+            parse_mode("reboot,ram=sideways").unwrap_err().to_string(),
+            "unknown cpr-save option 'ram=sideways' (reboot mode takes ram=in-place|in-image)"
+        );
+        assert!(parse_mode("reboot,fast").is_err());
+    }
+
+    #[test]
+    fn the_machine_options_round_trip_through_the_image_section() {
+        let c = config(&["-m", "96M", "-smp", "2", "-append", "console=ttyS0"]);
+        let s = RebootConfigState::of(&c);
+        let mut w = cpr_format::ImageWriter::new(image::header(&c, Mode::Reboot));
+        w.add_section("0", &s).unwrap();
+        let img = Image::from_bytes(&w.to_bytes().unwrap()).unwrap();
+        let back: RebootConfigState = img.section("0").unwrap().unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.mem_size, 96 << 20);
+        assert_eq!(back.ram, "anonymous");
+    }
+}
