@@ -211,6 +211,12 @@ fn query_cpr_blockers_lists_each_mode() {
     let reply = q.request(r#"{"execute": "query-cpr-blockers"}"#, &mut events);
     let v: serde_json::Value = serde_json::from_str(&reply).expect("JSON reply");
     insta::assert_snapshot!(serde_json::to_string_pretty(&v["return"]).expect("pretty JSON"));
+    let reply = q.request(
+        r#"{"execute": "human-monitor-command", "arguments": {"command-line": "info cpr-blockers"}}"#,
+        &mut events,
+    );
+    let v: serde_json::Value = serde_json::from_str(&reply).expect("JSON reply");
+    insta::assert_snapshot!("info_cpr_blockers", v["return"].as_str().expect("text"));
     // A blocked mode fails before the guest is touched.
     let reply = q.request(
         &format!(

@@ -197,6 +197,7 @@ pub fn save(
         RunState::Shutdown => return Err(CprError::BadState("shutdown")),
         RunState::InternalError => return Err(CprError::BadState("internal-error")),
     };
+    remove_stale_temporaries(path);
     let t0 = Instant::now();
     // Saved again after a cpr-save: already stopped (postmigrate), nothing to pause.
     if before != RunState::Postmigrate {
@@ -243,6 +244,37 @@ pub fn save(
         })),
     );
     Ok(text)
+}
+
+/// Removes temporary files that saves killed before their rename left next to `path`
+/// (`.NAME.tmp.PID`, cpr-format's atomic writer), when process PID is gone. They never have
+/// the image's name, but an in-image one can be as large as guest RAM.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let Some(pid) = n.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .map(|p| Path::new(&format!("/proc/{p}")).exists())
+            .unwrap_or(true);
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn write_image(

@@ -125,6 +125,11 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
                 // Reboot mode's RAM placement rides along in the mode string.
                 let mut mode = str_arg(a, "mode");
                 if let Some(ram) = a.get("ram").and_then(Value::as_str) {
+                    if mode != "reboot" {
+                        return Err(CmdError::generic(
+                            "Parameter 'ram' is only valid in reboot mode",
+                        ));
+                    }
                     mode = format!("{mode},ram={ram}");
                 }
                 c.defer(CprOp::Save {
