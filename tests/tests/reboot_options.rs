@@ -236,3 +236,94 @@ fn query_cpr_blockers_lists_each_mode() {
     let (status, _, _) = vmm.wait();
     assert_eq!(status.code(), Some(0));
 }
+
+fn qmp_vmm(dir: &Scratch, extra: &[&str]) -> (Vmm, RawQmp, Watch) {
+    let kernel = guest("counter");
+    let qmp = dir.str("qmp.sock");
+    let _ = std::fs::remove_file(&qmp);
+    let qmp_arg = format!("unix:{qmp},server=on,wait=off");
+    let mut args = vec![
+        "-kernel",
+        kernel.as_str(),
+        "-m",
+        "32M",
+        "-machine",
+        "memfd-alloc=on",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-qmp", &qmp_arg]);
+    let mut vmm = Vmm::spawn(&args);
+    let out = Watch::new(vmm.child.stdout.take().expect("stdout piped"));
+    let mut q = RawQmp::new(vmm.connect(std::path::Path::new(&qmp)));
+    q.line();
+    q.request(r#"{"execute": "qmp_capabilities"}"#, &mut Vec::new());
+    (vmm, q, out)
+}
+
+/// Reads QMP lines until event `name` (events follow the reply that caused them).
+fn next_event(
+    q: &mut RawQmp,
+    events: &mut Vec<serde_json::Value>,
+    name: &str,
+) -> serde_json::Value {
+    loop {
+        if let Some(e) = events.iter().find(|e| e["event"] == name) {
+            return e.clone();
+        }
+        let l = q.line();
+        let v: serde_json::Value = serde_json::from_str(&l).expect("QMP line is JSON");
+        assert!(v.get("event").is_some(), "unexpected line {l}");
+        events.push(v);
+    }
+}
+
+#[test]
+fn reboot_mode_over_qmp() {
+    let dir = Scratch::new("rbo-qmp");
+    let img = dir.str("vm.cpr");
+    let (vmm, mut q, mut out) = qmp_vmm(&dir, &[]);
+    out.wait_for("count 2\n");
+    let mut events = Vec::new();
+    let bad = q.request(
+        &format!(
+            r#"{{"execute": "cpr-save", "arguments": {{"filename": "{img}", "mode": "restart", "ram": "in-image"}}}}"#
+        ),
+        &mut events,
+    );
+    assert_eq!(
+        bad,
+        r#"{"error": {"class": "GenericError", "desc": "Parameter 'ram' is only valid in reboot mode"}}"#
+    );
+    let reply = q.request(
+        &format!(
+            r#"{{"execute": "cpr-save", "arguments": {{"filename": "{img}", "mode": "reboot", "ram": "in-image"}}}}"#
+        ),
+        &mut events,
+    );
+    assert_eq!(reply, r#"{"return": {}}"#);
+    let saved = next_event(&mut q, &mut events, "CPR_SAVE");
+    assert_eq!(saved["data"]["ram"]["placement"], "in-image");
+    assert!(
+        saved["data"]["ram"]["bytes-written"].as_u64().unwrap_or(0) > 0,
+        "{saved}"
+    );
+    let before = out.seen.clone();
+    q.request(r#"{"execute": "quit"}"#, &mut events);
+    assert_eq!(vmm.wait().0.code(), Some(0));
+
+    let (vmm, mut q, mut out) = qmp_vmm(&dir, &["-S"]);
+    let mut events = Vec::new();
+    let reply = q.request(
+        &format!(r#"{{"execute": "cpr-load", "arguments": {{"filename": "{img}"}}}}"#),
+        &mut events,
+    );
+    assert_eq!(reply, r#"{"return": {}}"#);
+    next_event(&mut q, &mut events, "RESUME");
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["CPR_LOAD", "RESUME"]);
+    let status = q.request(r#"{"execute": "query-status"}"#, &mut events);
+    assert!(status.contains(r#""status": "running""#), "{status}");
+    out.wait_for(&format!("count {}\n", last_count(&before) + 2));
+    q.request(r#"{"execute": "quit"}"#, &mut events);
+    assert_eq!(vmm.wait().0.code(), Some(0));
+}
