@@ -115,7 +115,7 @@ pub enum CprError {
     #[error(transparent)]
     Reboot(Box<reboot::RebootError>),
     #[error(transparent)]
-    Incoming2(Box<incoming::IncomingError>),
+    IncomingImage(Box<incoming::IncomingError>),
 }
 
 impl From<CprError> for CmdError {
