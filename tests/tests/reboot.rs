@@ -246,3 +246,16 @@ fn a_changed_ram_file_is_refused_at_load() {
     assert_eq!(hmp.cmd("info status"), "VM status: paused (prelaunch)\n");
     quit(vmm, hmp);
 }
+
+/// digest=off skips the pass over RAM while the guest is stopped; the guest still loads.
+#[test]
+fn in_place_without_digests() {
+    let shm = ShmFile::new("no-digest");
+    let obj = shm.object("32M");
+    counter_roundtrip(
+        "rb-no-digest",
+        &["-object", &obj, "-machine", "memory-backend=ram0"],
+        " digest=off",
+        "RAM in place: 32 MiB kept in the RAM file, no digests",
+    );
+}

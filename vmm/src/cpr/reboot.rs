@@ -81,7 +81,9 @@ impl RebootConfigState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebootError {
-    #[error("unknown cpr-save option '{0}' (reboot mode takes ram=in-place|in-image)")]
+    #[error(
+        "unknown cpr-save option '{0}' (reboot mode takes ram=in-place|in-image, digest=on|off)"
+    )]
     BadOption(String),
     #[error(
         "ram=in-place needs guest RAM in a persistent shared file (memory-backend-file, \
@@ -130,20 +132,31 @@ impl From<RebootError> for CprError {
     }
 }
 
-/// Splits `reboot,ram=in-image` into the RAM placement asked for (None: choose).
-fn parse_mode(mode: &str) -> Result<Option<Placement>, RebootError> {
-    let mut placement = None;
+/// cpr-save's reboot-mode options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SaveOptions {
+    /// `ram=`: None lets [`placement_for`] choose.
+    placement: Option<Placement>,
+    /// `digest=on|off`: record each RAM block's CRC-32 (default on).
+    digest: bool,
+}
+
+/// Splits `reboot,ram=in-image,digest=off` into its options.
+fn parse_mode(mode: &str) -> Result<SaveOptions, RebootError> {
+    let mut o = SaveOptions {
+        placement: None,
+        digest: true,
+    };
     for opt in mode.split(',').skip(1).filter(|o| !o.is_empty()) {
+        let bad = || RebootError::BadOption(opt.to_string());
         match opt.split_once('=') {
-            Some(("ram", v)) => {
-                placement = Some(
-                    Placement::parse(v).ok_or_else(|| RebootError::BadOption(opt.to_string()))?,
-                )
-            }
-            _ => return Err(RebootError::BadOption(opt.to_string())),
+            Some(("ram", v)) => o.placement = Some(Placement::parse(v).ok_or_else(bad)?),
+            Some(("digest", "on")) => o.digest = true,
+            Some(("digest", "off")) => o.digest = false,
+            _ => return Err(bad()),
         }
     }
-    Ok(placement)
+    Ok(o)
 }
 
 fn ram_kind(spec: &RamSpec) -> &'static str {
@@ -177,7 +190,8 @@ pub fn save(
     path: &Path,
     mode: &str,
 ) -> Result<String, CprError> {
-    let placement = placement_for(&host.config, parse_mode(mode)?)?;
+    let opts = parse_mode(mode)?;
+    let placement = placement_for(&host.config, opts.placement)?;
     let m = match &mut ctl.vm {
         Vm::Active(m) => m,
         Vm::Incoming(_) => return Err(CprError::Incoming),
@@ -203,7 +217,7 @@ pub fn save(
     if before != RunState::Postmigrate {
         m.pause()?;
     }
-    let written = write_image(m, &host.config, path, placement, resume_after);
+    let written = write_image(m, &host.config, path, placement, resume_after, opts.digest);
     let stats = match written {
         Ok(s) => s,
         Err(e) => {
@@ -283,6 +297,7 @@ fn write_image(
     path: &Path,
     placement: Placement,
     running: bool,
+    digest: bool,
 ) -> Result<ram_image::RamStats, CprError> {
     let state = m.save_state()?;
     let werr = |source| ImageError::Write {
@@ -321,7 +336,7 @@ fn write_image(
         }
     }
     let mut stats =
-        ram_image::add_ram(&mut w, m.ram(), placement, file).map_err(RebootError::from)?;
+        ram_image::add_ram(&mut w, m.ram(), placement, file, digest).map_err(RebootError::from)?;
     let t = Instant::now();
     w.write_atomic(path).map_err(werr)?;
     stats.write_ns = t.elapsed().as_nanos() as u64;
@@ -542,14 +557,14 @@ mod tests {
 
     #[test]
     fn mode_options_are_parsed_and_unknown_ones_refused() {
-        assert_eq!(parse_mode("reboot").unwrap(), None);
-        assert_eq!(
-            parse_mode("reboot,ram=in-image").unwrap(),
-            Some(Placement::InImage)
-        );
+        let o = parse_mode("reboot").unwrap();
+        assert_eq!((o.placement, o.digest), (None, true));
+        let o = parse_mode("reboot,ram=in-image,digest=off").unwrap();
+        assert_eq!((o.placement, o.digest), (Some(Placement::InImage), false));
         assert_eq!(
             parse_mode("reboot,ram=sideways").unwrap_err().to_string(),
-            "unknown cpr-save option 'ram=sideways' (reboot mode takes ram=in-place|in-image)"
+            "unknown cpr-save option 'ram=sideways' (reboot mode takes ram=in-place|in-image, \
+             digest=on|off)"
         );
         assert!(parse_mode("reboot,fast").is_err());
     }

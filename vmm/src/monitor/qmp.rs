@@ -120,6 +120,11 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
                     ty: ArgType::Str,
                     required: false,
                 },
+                Arg {
+                    name: "digest",
+                    ty: ArgType::Bool,
+                    required: false,
+                },
             ],
             run: |c, a| {
                 // Reboot mode's RAM placement rides along in the mode string.
@@ -131,6 +136,14 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
                         ));
                     }
                     mode = format!("{mode},ram={ram}");
+                }
+                if let Some(d) = a.get("digest").and_then(Value::as_bool) {
+                    if mode.split(',').next() != Some("reboot") {
+                        return Err(CmdError::generic(
+                            "Parameter 'digest' is only valid in reboot mode",
+                        ));
+                    }
+                    mode = format!("{mode},digest={}", if d { "on" } else { "off" });
                 }
                 c.defer(CprOp::Save {
                     path: str_arg(a, "filename"),
