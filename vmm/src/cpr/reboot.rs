@@ -374,7 +374,19 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<(Image, RebootRam
         }
         .into());
     }
-    let lines = image::machine_differences(&img.header().machine, &image::machine_desc(config));
+    let ram: RebootRamState = img
+        .section("0")
+        .map_err(|source| ImageError::Read {
+            path: p.clone(),
+            source,
+        })?
+        .ok_or_else(|| RebootError::NoRamSection(p.clone()))?;
+    let mut lines = image::machine_differences(&img.header().machine, &image::machine_desc(config));
+    // RAM in the image goes into whatever RAM the new command line has: a reboot-mode
+    // update may change the backing (e.g. anonymous to memfd, to allow restart mode).
+    if Placement::parse(&ram.placement) == Some(Placement::InImage) {
+        lines.retain(|l| !l.starts_with("RAM backing:"));
+    }
     if !lines.is_empty() {
         return Err(ImageError::OtherMachine {
             path: p,
@@ -382,13 +394,6 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<(Image, RebootRam
         }
         .into());
     }
-    let ram: RebootRamState = img
-        .section("0")
-        .map_err(|source| ImageError::Read {
-            path: p.clone(),
-            source,
-        })?
-        .ok_or(RebootError::NoRamSection(p))?;
     Ok((img, ram))
 }
 
