@@ -86,8 +86,9 @@ fn counter_roundtrip(name: &str, machine: &[&str], save: &str, expect: &str) {
     let reply = hmp.cmd(&format!("cpr-save {img} reboot{save}"));
     assert!(reply.contains(expect), "{reply}");
     assert_eq!(hmp.cmd("info status"), "VM status: paused (postmigrate)\n");
-    let before = out.seen.clone();
     quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let before = out.rest().to_string();
 
     let (vmm, mut out, mut hmp) = start(&dir, "counter", machine, &["-S"]);
     let reply = hmp.cmd(&format!("cpr-load {img}"));
@@ -147,8 +148,9 @@ fn running_counter_resumes_at_load_memfd_in_image() {
     assert_eq!(hmp.cmd("info status"), "VM status: running\n");
     let reply = hmp.cmd(&format!("cpr-save {img} reboot"));
     assert!(reply.contains("RAM in image: "), "{reply}");
-    let before = out.seen.clone();
     quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let before = out.rest().to_string();
     let (vmm, mut out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
     hmp.cmd(&format!("cpr-load {img}"));
     assert_eq!(hmp.cmd("info status"), "VM status: running\n");

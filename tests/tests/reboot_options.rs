@@ -44,8 +44,9 @@ fn saved_counter(dir: &Scratch, img: &str) -> String {
     out.wait_for("count 2\n");
     let reply = hmp.cmd(&format!("cpr-save {img} reboot"));
     assert!(reply.contains("RAM in image"), "{reply}");
-    let seen = out.seen.clone();
     quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let seen = out.rest().to_string();
     seen
 }
 
@@ -130,6 +131,15 @@ fn incoming_without_machine_options_builds_the_machine_from_the_image() {
     out.wait_for(&format!("count {}\n", last_count(&before) + 2));
     let info = hmp.cmd("info cpr");
     assert!(info.contains("mode: reboot"), "{info}");
+    // Saved running, then with -S, -incoming leaves the guest paused until cont.
+    hmp.cmd(&format!("cpr-save {img} reboot"));
+    quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let seen = out.rest().to_string();
+    let (vmm, mut out, mut hmp) = start(&dir, &["-incoming", &img, "-S"]);
+    assert_eq!(hmp.cmd("info status"), "VM status: paused\n");
+    assert_eq!(hmp.cmd("cont"), "");
+    out.wait_for(&format!("count {}\n", last_count(&seen) + 2));
     quit(vmm, hmp);
 }
 
@@ -318,9 +328,9 @@ fn reboot_mode_over_qmp() {
         saved["data"]["ram"]["bytes-written"].as_u64().unwrap_or(0) > 0,
         "{saved}"
     );
-    let before = out.seen.clone();
     q.request(r#"{"execute": "quit"}"#, &mut events);
     assert_eq!(vmm.wait().0.code(), Some(0));
+    let before = out.rest().to_string();
 
     let (vmm, mut q, mut out) = qmp_vmm(&dir, &["-S"]);
     let mut events = Vec::new();

@@ -464,13 +464,26 @@ pub fn load(
     host: &Host,
     path: &Path,
 ) -> Result<String, CprError> {
+    load_with(f, ctl, host, path, false)
+}
+
+/// [`load`]; `keep_paused` (`-incoming FILE -S`): leave the guest paused even if it ran at
+/// cpr-save, for `cont` to resume.
+pub fn load_with(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    path: &Path,
+    keep_paused: bool,
+) -> Result<String, CprError> {
     let t0 = Instant::now();
     let old = match &ctl.vm {
         Vm::Active(m) if m.run_state() == RunState::Prelaunch && m.boot_pending() => m,
         _ => return Err(RebootError::NotFresh.into()),
     };
     let (img, saved) = open_checked(path, &host.config)?;
-    let (state, resume_after) = image::machine_state(&img)?;
+    let (state, ran) = image::machine_state(&img)?;
+    let resume_after = ran && !keep_paused;
     let (ram, read) = incoming_ram(old, &host.config, &img, path, &saved)?;
     let prepared = Machine::prepare_incoming(&host.config.machine_config(), ram)?;
     prepared.check(&state)?;
