@@ -207,7 +207,7 @@ impl Machine {
         events: Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
         let ram = GuestRam::new(&config.ram, config.mem_size)?;
-        let parts = lifecycle::create(config, ram)?;
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Boot)?;
         let (serial, serial_irq) = devices::SerialDevice::new(serial_out)?;
         let mut m = lifecycle::finish(
             config,
