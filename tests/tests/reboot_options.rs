@@ -54,7 +54,7 @@ fn last_count(text: &str) -> u64 {
     text.split('\n')
         .filter_map(|l| l.strip_prefix("count "))
         .filter_map(|n| n.parse().ok())
-        .last()
+        .next_back()
         .expect("a count line")
 }
 
