@@ -165,6 +165,9 @@ pub struct CprStatus {
     /// What blocks each mode for this command line (text, JSON), set at start-up
     /// (`capable`): info cpr-blockers / query-cpr-blockers.
     pub blockers: Option<(String, Value)>,
+    /// Length of the RAM file when this VMM started, before it sized the file (None: no
+    /// RAM file, or it did not exist): reboot mode's in-place cpr-load checks it.
+    pub ram_file_len: Option<u64>,
 }
 
 impl CprStatus {
@@ -784,6 +787,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
         last_error: None,
         reboot: None,
         blockers: None,
+        ram_file_len: None,
     };
     Ok(Adopted {
         frontends,
