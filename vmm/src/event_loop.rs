@@ -389,7 +389,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     let handover = cpr::fds::take_handover().map_err(StartError::Handover)?;
     // -incoming FILE: the machine may come from the image.
     let incoming_config = match &config.incoming {
-        Some(image) => Some(cpr::incoming::effective_config(config, image)?),
+        Some(image) => Some(cpr::incoming_image::effective_config(config, image)?),
         None => None,
     };
     let config = incoming_config.as_ref().unwrap_or(config);
