@@ -29,6 +29,8 @@ pub enum StartError {
     Signals(#[source] nix::Error),
     #[error("could not take over from the previous vmm (cpr-exec)")]
     Cpr(#[from] cpr::CprError),
+    #[error("{0}")]
+    NotCpr(String),
     #[error("could not read the hand-over from the previous vmm (cpr-exec)")]
     Handover(#[source] cpr::fds::FdError),
 }
@@ -385,6 +387,15 @@ pub fn run_loop(
 pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     // First, before anything opens a descriptor: the hand-over of a cpr-exec, if any.
     let handover = cpr::fds::take_handover().map_err(StartError::Handover)?;
+    // -incoming FILE: the machine may come from the image.
+    let incoming_config = match &config.incoming {
+        Some(image) => Some(cpr::incoming_image::effective_config(config, image)?),
+        None => None,
+    };
+    let config = incoming_config.as_ref().unwrap_or(config);
+    if config.only_cpr_capable {
+        cpr::capable::check_only_cpr_capable(config).map_err(StartError::NotCpr)?;
+    }
     // A client closing its socket must not kill the VMM when we write to it.
     // SAFETY: setting SIGPIPE to SIG_IGN installs no handler code; it is process-wide by intent.
     unsafe {
@@ -434,18 +445,39 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         None => {
             let frontends = Frontends::open(config)?;
             let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
-            let mut machine = Machine::new(&config.machine_config(), serial, machine_tx)
-                .map_err(StartError::Machine)?;
+            // The RAM file's length before the machine sizes it: a reboot-mode cpr-load
+            // compares it with the image's record.
+            let ram_file_len = match &config.ram {
+                crate::cli::RamSpec::File { path, .. } => {
+                    std::fs::metadata(path).ok().map(|m| m.len())
+                }
+                _ => None,
+            };
+            // With -S the kernel is loaded at `cont`: until then guest RAM is untouched,
+            // so a reboot-mode cpr-load can take over a RAM file as it is.
+            let mut machine = if config.start_paused || config.incoming.is_some() {
+                Machine::new_unbooted(&config.machine_config(), serial, machine_tx)
+            } else {
+                Machine::new(&config.machine_config(), serial, machine_tx)
+            }
+            .map_err(StartError::Machine)?;
             machine
                 .assign_vfio(&config.vfio)
                 .map_err(StartError::Machine)?;
             let mut ctl = Controller::new(Vm::Active(machine));
-            if !config.start_paused {
+            ctl.cpr.ram_file_len = ram_file_len;
+            if let Some(image) = &config.incoming {
+                cpr::reboot::load_with(&frontends, &mut ctl, &host, image, config.start_paused)?;
+            } else if !config.start_paused {
                 ctl.vm.start().map_err(StartError::Start)?;
             }
             (frontends, ctl)
         }
     };
+    ctl.cpr.blockers = Some((
+        cpr::capable::describe(config),
+        cpr::capable::to_json(config),
+    ));
     let code = run_loop(&mut frontends, &mut ctl, &host, &wake, &signals, &loop_rx);
     if let Vm::Active(m) = &mut ctl.vm {
         m.shutdown();

@@ -46,12 +46,25 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        cli::Action::Run(config) => match event_loop::run(&config) {
-            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            Err(e) => {
-                eprintln!("vmm: {}", error_chain(&e));
-                ExitCode::from(1)
+        cli::Action::Run(config) if config.only_cpr_capable => {
+            match cpr::capable::check_only_cpr_capable(&config) {
+                Ok(()) => run(&config),
+                Err(msg) => {
+                    eprintln!("vmm: {msg}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }
+        cli::Action::Run(config) => run(&config),
+    }
+}
+
+fn run(config: &cli::VmmConfig) -> ExitCode {
+    match event_loop::run(config) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("vmm: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
     }
 }

@@ -68,6 +68,11 @@ pub struct VmmConfig {
     /// `-device vfio-pci,host=BDF[,id=ID]` in command-line order.
     #[serde(default)]
     pub vfio: Vec<crate::vfio::VfioDeviceConfig>,
+    /// `-incoming FILE`: load this reboot-mode image at start-up.
+    pub incoming: Option<PathBuf>,
+    /// With `-incoming FILE` and no machine options: the machine (RAM, vCPUs, kernel) comes
+    /// from the image; the fields above hold placeholders until then.
+    pub machine_from_image: bool,
 }
 
 impl VmmConfig {
@@ -104,7 +109,7 @@ const MAX_VCPUS: u64 = 255;
 /// Options taking an argument, with QEMU's spelling (a leading `--` is accepted too).
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "name", "machine", "M", "object", "chardev",
-    "serial", "monitor", "qmp", "accel", "display", "device",
+    "serial", "monitor", "qmp", "accel", "display", "device", "incoming",
 ];
 
 pub const HELP: &str = "\
@@ -127,6 +132,8 @@ Standard options:
                      accepted for habit: this VMM always uses KVM and has no display
 -S                   do not start the guest (state 'prelaunch'; use 'cont')
 -only-cpr-capable    allow only devices that survive a live update
+-incoming FILE       load a reboot-mode image (cpr-save FILE reboot) at start-up; without
+                     machine options (-m, -smp, -kernel, -object, ...) the image's are used
 
 Character devices:
 -chardev stdio|null|pty,id=ID
@@ -208,6 +215,9 @@ struct Builder {
     serial: Option<Option<String>>,
     monitors: Vec<MonitorSpec>,
     vfio: Vec<crate::vfio::VfioDeviceConfig>,
+    incoming: Option<PathBuf>,
+    /// Some option describing the machine was given (-incoming compares it with the image).
+    machine_opts: bool,
 }
 
 /// A PCI address as sysfs spells it (`0000:00:03.0`), from `[DOMAIN:]BUS:DEV.FN`.
@@ -268,7 +278,14 @@ impl Builder {
     }
 
     fn option(&mut self, opt: &str, v: &str) -> Result<(), CliError> {
+        if matches!(
+            opt,
+            "m" | "smp" | "kernel" | "initrd" | "append" | "machine" | "M" | "object"
+        ) {
+            self.machine_opts = true;
+        }
         match opt {
+            "incoming" => self.incoming = Some(PathBuf::from(v)),
             "m" => {
                 let o = Opts::parse(v, Some("size"));
                 if let Some(k) = o.unknown_key(&["size", "slots", "maxmem"]) {
@@ -501,10 +518,15 @@ impl Builder {
     }
 
     fn finish(self) -> Result<VmmConfig, CliError> {
-        let kernel = self
-            .kernel
-            .ok_or_else(|| err("no kernel given: use -kernel FILE"))?;
-        check_readable(&kernel, "kernel")?;
+        // With -incoming, a missing -kernel is the image's (checked when it is read).
+        let kernel = match (self.kernel, &self.incoming) {
+            (Some(k), _) => {
+                check_readable(&k, "kernel")?;
+                k
+            }
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => return Err(err("no kernel given: use -kernel FILE")),
+        };
         if let Some(initrd) = &self.initrd {
             check_readable(initrd, "initrd")?;
         }
@@ -601,6 +623,8 @@ impl Builder {
             serial,
             monitors,
             vfio: self.vfio,
+            machine_from_image: self.incoming.is_some() && !self.machine_opts,
+            incoming: self.incoming,
         })
     }
 }

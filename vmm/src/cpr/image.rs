@@ -227,6 +227,24 @@ pub fn write(
         path: path.display().to_string(),
         source: Box::new(source),
     };
+    let w = writer(path, header, state, running, manifest, vfio)?;
+    w.write_atomic(path).map_err(err)?;
+    Ok(())
+}
+
+/// The image of [`write`], not yet written: reboot mode adds its RAM sections and regions.
+pub fn writer(
+    path: &Path,
+    header: Header,
+    state: &MachineState,
+    running: bool,
+    manifest: &[FdEntry],
+    vfio: Option<&VfioSaved>,
+) -> Result<ImageWriter, ImageError> {
+    let err = |source| ImageError::Write {
+        path: path.display().to_string(),
+        source: Box::new(source),
+    };
     let mut w = ImageWriter::new(header);
     w.add_section(
         ONE,
@@ -254,8 +272,7 @@ pub fn write(
     for e in manifest {
         w.add_fd(e.clone()).map_err(err)?;
     }
-    w.write_atomic(path).map_err(err)?;
-    Ok(())
+    Ok(w)
 }
 
 /// Opens an image and checks it can be loaded here: signature, CRCs and versions (on

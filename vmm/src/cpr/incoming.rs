@@ -306,6 +306,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
         stamps,
         last: None,
         last_error: None,
+        ..CprStatus::default()
     };
     Ok(Adopted {
         frontends,

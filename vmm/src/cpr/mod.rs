@@ -26,9 +26,13 @@
 //! ([`timing`]).
 
 pub mod blockers;
+pub mod capable;
 pub mod fds;
 pub mod image;
 mod incoming;
+pub mod incoming_image;
+pub mod ram_image;
+pub mod reboot;
 pub mod timing;
 
 pub use incoming::{adopt, load, Vm};
@@ -102,6 +106,10 @@ pub enum CprError {
     Machine(#[from] MachineError),
     #[error("chardev")]
     Chardev(#[from] crate::chardev::ChardevError),
+    #[error(transparent)]
+    Reboot(Box<reboot::RebootError>),
+    #[error(transparent)]
+    IncomingImage(Box<incoming_image::IncomingError>),
 }
 
 impl From<CprError> for CmdError {
@@ -146,6 +154,14 @@ pub struct CprStatus {
     pub last: Option<Timestamps>,
     /// Why the last update step failed.
     pub last_error: Option<String>,
+    /// Reboot mode: what the last cpr-save / cpr-load did with RAM (bytes, time, GB/s).
+    pub reboot: Option<String>,
+    /// What blocks each mode for this command line (text, JSON), set at start-up
+    /// (`capable`): info cpr-blockers / query-cpr-blockers.
+    pub blockers: Option<(String, Value)>,
+    /// Length of the RAM file when this VMM started, before it sized the file (None: no
+    /// RAM file, or it did not exist): reboot mode's in-place cpr-load checks it.
+    pub ram_file_len: Option<u64>,
 }
 
 impl CprStatus {
@@ -162,6 +178,9 @@ impl CprStatus {
         }
         if let Some(e) = &self.last_error {
             v["last-error"] = json!(e);
+        }
+        if let Some(r) = &self.reboot {
+            v["reboot"] = json!(r.trim_end());
         }
         v
     }
@@ -186,6 +205,9 @@ impl CprStatus {
         }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last error: {e}\n"));
+        }
+        if let Some(r) = &self.reboot {
+            s.push_str(&format!("reboot mode, {r}"));
         }
         s
     }
@@ -227,6 +249,13 @@ pub fn perform(
     let result = match op {
         CprOp::Save { path, mode } => save(f, ctl, host, Path::new(&path), &mode),
         CprOp::Exec { argv } => exec(f, ctl, host, origin, reply, &argv),
+        // Restart mode loads only into the VM cpr-exec prepared (Incoming); a VMM that
+        // started on its own (-S) can only take a reboot-mode image.
+        CprOp::Load { path }
+            if matches!(ctl.vm, Vm::Active(_)) || reboot::is_reboot_image(Path::new(&path)) =>
+        {
+            reboot::load(f, ctl, host, Path::new(&path))
+        }
         CprOp::Load { path } => load(f, ctl, host, Path::new(&path)),
     };
     result.map_err(|e| {
@@ -246,7 +275,7 @@ pub fn save(
 ) -> Result<String, CprError> {
     let mode = match mode {
         "restart" => Mode::Restart,
-        "reboot" => return Err(CprError::ModeNotImplemented(Mode::Reboot)),
+        m if m == "reboot" || m.starts_with("reboot,") => return reboot::save(ctl, host, path, m),
         "transfer" => return Err(CprError::ModeNotImplemented(Mode::Transfer)),
         other => return Err(CprError::UnknownMode(other.to_string())),
     };

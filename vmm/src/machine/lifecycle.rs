@@ -229,6 +229,7 @@ pub(super) fn finish(
         unsaved_msrs: parts.unsaved_msrs,
         boot_state: parts.boot_state,
         paused_while_suspended,
+        boot_pending: false,
     };
     machine.stop_vcpus();
     Ok(machine)

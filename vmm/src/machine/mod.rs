@@ -163,6 +163,9 @@ pub struct Machine {
     boot_state: Option<lifecycle::BootSnapshot>,
     /// The guest was in S3 when paused: `resume` returns it to Suspended, not Running.
     paused_while_suspended: bool,
+    /// The kernel is not loaded yet (`new_unbooted`): `start` loads it. Until then guest
+    /// RAM is exactly what its backing held, so a reboot-mode cpr-load can still use it.
+    boot_pending: bool,
 }
 
 impl Machine {
@@ -202,10 +205,46 @@ impl Machine {
         )
     }
 
+    /// Like `new`, but the kernel is loaded by `start`, not now: a VMM started with -S
+    /// must not write into guest RAM that a reboot-mode cpr-load may still need (a RAM file
+    /// that kept the guest's memory across the VMM's restart).
+    pub fn new_unbooted(
+        config: &MachineConfig,
+        serial_out: SerialOutput,
+        events: Sender<MachineEvent>,
+    ) -> Result<Machine, MachineError> {
+        let ram = GuestRam::new(&config.ram, config.mem_size)?;
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Boot)?;
+        let (serial, serial_irq) = devices::SerialDevice::new(serial_out)?;
+        let mut m = lifecycle::finish(
+            config,
+            parts,
+            serial,
+            serial_irq,
+            devices::PmControl::default(),
+            events,
+            RunState::Prelaunch,
+            false,
+        )?;
+        m.boot_pending = true;
+        Ok(m)
+    }
+
+    /// Whether guest RAM is still untouched by this process (no kernel loaded, never ran).
+    pub fn boot_pending(&self) -> bool {
+        self.boot_pending
+    }
+
     /// Starts the vCPU threads; the guest runs (state Running).
     pub fn start(&mut self) -> Result<(), MachineError> {
         match self.run_state() {
             RunState::Prelaunch => {
+                if self.boot_pending {
+                    if let Some(h) = self.vcpus.first() {
+                        lifecycle::boot(&self.config, &self.ram, &devices::lock(&h.vcpu))?;
+                    }
+                    self.boot_pending = false;
+                }
                 self.set_running();
                 Ok(())
             }
@@ -319,6 +358,7 @@ impl Machine {
         self.stop_vcpus();
         lifecycle::reset(self)?;
         self.paused_while_suspended = false;
+        self.boot_pending = false;
         match state {
             RunState::Running
             | RunState::Suspended

@@ -59,8 +59,8 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
         },
         Command {
             names: &["cpr-save"],
-            params: "filename mode",
-            help: "stop the guest and save its state for a live update (mode: restart)",
+            params: "filename mode [ram=in-place|in-image] [digest=on|off]",
+            help: "stop the guest and save its state for a live update (mode: restart, reboot)",
             run: cpr_save,
         },
         Command {
@@ -121,6 +121,18 @@ pub fn info_commands<V: VmControl>() -> Vec<Command<V>> {
             params: "",
             help: "show the live-update mode, state and last pause time",
             run: |c, _| Ok(c.cpr.describe()),
+        },
+        Command {
+            names: &["cpr-blockers"],
+            params: "",
+            help: "show what blocks a live update in each mode",
+            run: |c, _| {
+                Ok(c.cpr
+                    .blockers
+                    .as_ref()
+                    .map(|b| b.0.clone())
+                    .unwrap_or_default())
+            },
         },
         Command {
             names: &["ram-digest"],
@@ -241,7 +253,17 @@ fn cpr_save<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, Cm
             });
             Ok(String::new())
         }
-        _ => Err(CmdError::generic("usage: cpr-save filename mode")),
+        // Reboot mode's options ride along in the mode string: `reboot,ram=in-image`.
+        [path, mode, opts @ ..] => {
+            c.defer(CprOp::Save {
+                path: path.to_string(),
+                mode: format!("{mode},{}", opts.join(",")),
+            });
+            Ok(String::new())
+        }
+        _ => Err(CmdError::generic(
+            "usage: cpr-save filename mode [ram=in-place|in-image] [digest=on|off]",
+        )),
     }
 }
 

@@ -269,7 +269,23 @@ fn hmp_defers_cpr_commands_and_keeps_the_rest_of_the_input() {
     assert_eq!(next.process(&mut c), "VM status: running\r\n(vmm) ");
     assert_eq!(
         hmp::run_line(&mut c, "cpr-save onlyone"),
-        "Error: usage: cpr-save filename mode\n"
+        "Error: usage: cpr-save filename mode [ram=in-place|in-image] [digest=on|off]\n"
     );
     assert!(c.deferred.is_none());
+}
+
+#[test]
+fn hmp_cpr_save_passes_reboot_options_in_the_mode() {
+    let mut c = ctl(RunState::Running);
+    assert_eq!(
+        hmp::run_line(&mut c, "cpr-save /tmp/x reboot ram=in-image digest=off"),
+        ""
+    );
+    assert_eq!(
+        c.deferred.take().map(|d| d.op),
+        Some(CprOp::Save {
+            path: "/tmp/x".into(),
+            mode: "reboot,ram=in-image,digest=off".into()
+        })
+    );
 }
