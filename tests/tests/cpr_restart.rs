@@ -461,3 +461,25 @@ fn a_pty_serial_keeps_its_path_and_its_reader() {
     }
     assert_consecutive(&numbers(&out.seen, "count "), 5, "count");
 }
+
+#[test]
+fn commands_pasted_at_once_run_in_order_across_the_exec() {
+    let mut vm = LiveVm::start("cpr-paste", "counter", MEMFD);
+    vm.serial.wait_for("count 2\n");
+    let img = vm.image();
+    let exec = vm.exec_line(&vmm_bin().to_string_lossy());
+    let paste =
+        format!("cpr-save {img} restart\n{exec}\ninfo status\ncpr-load {img}\ninfo status\n");
+    vm.hmp.0.write_all(paste.as_bytes()).unwrap();
+    let mut out = String::new();
+    while out.matches("(vmm) ").count() < 5 {
+        out.push_str(&cpr_tests::read_until(&mut vm.hmp.0, "(vmm) "));
+    }
+    assert_eq!(
+        out.replace("\r\n", "\n"),
+        "(vmm) (vmm) VM status: paused (prelaunch)\n(vmm) (vmm) VM status: running\n(vmm) "
+    );
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
+}
