@@ -310,7 +310,7 @@ fn a_corrupt_image_is_refused_and_a_good_one_loads_after() {
 }
 
 #[test]
-fn a_different_machine_on_the_new_command_line_is_listed_and_the_guest_kept() {
+fn a_different_machine_is_listed_and_a_corrected_exec_then_loads() {
     let mut vm = LiveVm::start("cpr-mismatch", "counter", MEMFD);
     vm.serial.wait_for("count 2\n");
     let img = vm.image();
@@ -331,6 +331,14 @@ fn a_different_machine_on_the_new_command_line_is_listed_and_the_guest_kept() {
     );
     assert_eq!(vm.status(), "VM status: paused (prelaunch)\n");
     assert_eq!(vm.digest(), digest);
+    // The waiting process execs again with the right command line, and that one loads.
+    assert_eq!(vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())), "");
+    assert_eq!(vm.digest(), digest);
+    assert_eq!(vm.hmp.cmd(&format!("cpr-load {img}")), "");
+    assert_eq!(vm.status(), "VM status: running\n");
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
 }
 
 #[test]

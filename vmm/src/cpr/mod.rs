@@ -377,8 +377,8 @@ pub fn exec(
             m.resume()?;
             ctl.emit("RESUME", None);
         }
+        ctl.cpr.phase = Phase::None;
     }
-    ctl.cpr.phase = Phase::None;
     Err(err)
 }
 
@@ -392,7 +392,11 @@ fn exec_attempt(
     reply: &ReplyTo,
     argv: &[String],
 ) -> Result<Never, CprError> {
-    if ctl.cpr.phase != Phase::Saved || ctl.cpr.mode != Some(Mode::Restart) {
+    // From Incoming too: a new process whose command line describes another machine
+    // (cpr-load says how) execs again with a corrected one, RAM and connections intact.
+    if !matches!(ctl.cpr.phase, Phase::Saved | Phase::Incoming)
+        || ctl.cpr.mode != Some(Mode::Restart)
+    {
         return Err(CprError::NotSaved);
     }
     let Some(argv0) = argv.first() else {
@@ -406,17 +410,14 @@ fn exec_attempt(
         .map(|a| std::ffi::CString::new(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| CprError::NulInArgv)?;
-    let m = match &ctl.vm {
-        Vm::Active(m) => m,
-        Vm::Incoming(_) => return Err(CprError::Incoming),
-    };
+    let ram = ctl.vm.ram().ok_or(CprError::Incoming)?;
     ctl.cpr.stamps.exec_requested = now_ns();
-    let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    let manifest = fds::manifest(ram, &f.chardevs)?;
     let (reply_kind, reply_id) = reply_fields(reply);
     let exec_state = ExecState {
         image: ctl.cpr.image.clone().unwrap_or_default(),
         resume_after: ctl.cpr.resume_after,
-        ram: image::ram_state(&m.ram().descs()),
+        ram: image::ram_state(&ram.descs()),
         origin: f
             .chardevs
             .get(origin)
