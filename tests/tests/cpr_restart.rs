@@ -491,3 +491,45 @@ fn commands_pasted_at_once_run_in_order_across_the_exec() {
     wait_past(&mut vm, "count ", c);
     assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
 }
+
+#[test]
+fn a_stdio_serial_keeps_writing_to_the_same_stdout() {
+    let dir = cpr_tests::Scratch::new("cpr-stdio");
+    let kernel = cpr_tests::guest("counter");
+    let mon = format!(
+        "socket,id=mon,path={},server=on,wait=off",
+        dir.str("mon.sock")
+    );
+    let args = [
+        "-m",
+        "64",
+        "-machine",
+        "memfd-alloc=on",
+        "-kernel",
+        &kernel,
+        "-chardev",
+        &mon,
+        "-monitor",
+        "chardev:mon",
+        "-serial",
+        "stdio",
+    ];
+    let mut vmm = Vmm::spawn(&args);
+    let mut out = cpr_tests::Watch::new(vmm.child.stdout.take().expect("stdout piped"));
+    let (mut hmp, _) = cpr_tests::Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    out.wait_for("count 3\n");
+    let img = dir.str("vm.cpr");
+    assert_eq!(hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let line = format!("cpr-exec {} -S {}", vmm_bin().display(), args.join(" "));
+    assert_eq!(hmp.cmd(&line), "");
+    assert_eq!(hmp.cmd(&format!("cpr-load {img}")), "");
+    let last = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+    loop {
+        let now = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+        if now > last + 3 {
+            break;
+        }
+        out.wait_for(&format!("count {}\n", now + 1));
+    }
+    assert_consecutive(&numbers(&out.seen, "count "), 5, "count");
+}
