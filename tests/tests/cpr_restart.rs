@@ -274,6 +274,14 @@ fn exec_without_dash_s_is_refused_and_the_guest_resumes() {
         vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())),
         "Error: cpr-exec needs a cpr-save in restart mode first\n"
     );
+    // cont after cpr-save abandons the update: the image is stale now.
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    assert_eq!(vm.hmp.cmd("cont"), "");
+    assert_eq!(
+        vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())),
+        "Error: cpr-exec needs a cpr-save in restart mode first\n"
+    );
+    assert_eq!(vm.status(), "VM status: running\n");
 }
 
 #[test]

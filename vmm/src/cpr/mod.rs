@@ -410,6 +410,12 @@ fn exec_attempt(
         .map(|a| std::ffi::CString::new(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| CprError::NulInArgv)?;
+    // A guest resumed (cont) after cpr-save has moved on from its image.
+    if let Vm::Active(m) = &ctl.vm {
+        if m.run_state() != RunState::Postmigrate {
+            return Err(CprError::NotSaved);
+        }
+    }
     let ram = ctl.vm.ram().ok_or(CprError::Incoming)?;
     ctl.cpr.stamps.exec_requested = now_ns();
     let manifest = fds::manifest(ram, &f.chardevs)?;
