@@ -9,7 +9,9 @@
 //! have come or gone since cpr-save) and the front end's state (chardevs, monitor sessions,
 //! the pending cpr-exec reply) into a hand-over, itself a small cpr-format image, in a
 //! memfd; clear FD_CLOEXEC on exactly those fds; execve the new binary in place (same PID).
-//! If execve returns, set FD_CLOEXEC again, resume the guest and report why.
+//! If execve returns, set FD_CLOEXEC again, resume the guest and report why. The reply to
+//! cpr-exec comes from the new process once it is ready, so a failed execve is reported on
+//! the very request, and a client's next command (cpr-load) finds the new process waiting.
 //!
 //! **start-up of the new process** ([`adopt`]): read the hand-over, check each inherited
 //! fd's identity, map the RAM memfds at new addresses, build a new KVM VM with memslots,
@@ -20,7 +22,8 @@
 //! compatibility engine, same machine as the new command line, its RAM fds are the ones
 //! inherited), restore the state into the waiting VM, resume the guest if it ran at
 //! cpr-save. A failed load leaves the guest paused with RAM intact; a corrected cpr-load
-//! can follow.
+//! can follow, or a cpr-exec with a corrected command line (the waiting process hands over
+//! again).
 //!
 //! Guest RAM is never copied. Pause = last vCPU stopped .. first vCPU running
 //! ([`timing`]).
