@@ -375,6 +375,24 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             }
             (f, ctl)
         }
+        None if config.incoming.is_some() => {
+            let path = config.incoming.clone().unwrap_or_default();
+            let a = cpr::transfer::incoming(config, &host, &path)?;
+            let mut ctl = Controller::new(a.vm);
+            ctl.cpr = a.status;
+            if let Some(t) = ctl.cpr.transfer {
+                let uri = ctl.cpr.image.clone().unwrap_or_default();
+                ctl.emit("CPR_LOAD", Some(cpr::transfer::loaded_event(&t, &uri)));
+                ctl.emit("RESUME", None);
+            }
+            if let Some((i, reply)) = a.pending_reply {
+                send(
+                    &a.frontends.chardevs[i],
+                    &deferred_reply(&reply, &Ok(String::new())),
+                );
+            }
+            (a.frontends, ctl)
+        }
         None => {
             let frontends = Frontends::open(config)?;
             let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());

@@ -347,7 +347,13 @@ impl Chardev {
     pub fn save(&self) -> ChardevState {
         ChardevState {
             backend: backend_name(&self.spec.backend).to_string(),
-            connected: matches!(&self.kind, Kind::Socket { client: Some(_), .. }),
+            connected: matches!(
+                &self.kind,
+                Kind::Socket {
+                    client: Some(_),
+                    ..
+                }
+            ),
         }
     }
 

@@ -65,6 +65,8 @@ pub struct VmmConfig {
     /// The chardev id the UART writes to, if any.
     pub serial: Option<String>,
     pub monitors: Vec<MonitorSpec>,
+    /// `-incoming cpr:unix:PATH`: wait on PATH for a cpr-transfer from the running vmm.
+    pub incoming: Option<PathBuf>,
 }
 
 impl VmmConfig {
@@ -101,7 +103,7 @@ const MAX_VCPUS: u64 = 255;
 /// Options taking an argument, with QEMU's spelling (a leading `--` is accepted too).
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "name", "machine", "M", "object", "chardev",
-    "serial", "monitor", "qmp",
+    "serial", "monitor", "qmp", "incoming",
 ];
 
 pub const HELP: &str = "\
@@ -122,6 +124,12 @@ Standard options:
 -append CMDLINE      kernel command line
 -S                   do not start the guest (state 'prelaunch'; use 'cont')
 -only-cpr-capable    allow only devices that survive a live update
+-incoming cpr:unix:PATH
+                     wait on PATH (created 0600) for a cpr-transfer from the running
+                     vmm, then run its guest; QEMU's spelling
+                     '{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",
+                     \"type\":\"unix\",\"path\":PATH}}' is accepted too;
+                     '-incoming defer' is ignored
 
 Character devices:
 -chardev stdio|null|pty,id=ID
@@ -194,6 +202,7 @@ struct Builder {
     chardevs: Vec<ChardevSpec>,
     serial: Option<Option<String>>,
     monitors: Vec<MonitorSpec>,
+    incoming: Option<PathBuf>,
 }
 
 impl Builder {
@@ -228,6 +237,14 @@ impl Builder {
                     )));
                 }
                 self.vcpus = Some(n as u8);
+            }
+            "incoming" => {
+                if let Some(p) = crate::cpr::transfer::parse_incoming(v).map_err(err)? {
+                    if self.incoming.is_some() {
+                        return Err(err("only one cpr channel may be given"));
+                    }
+                    self.incoming = Some(p);
+                }
             }
             "kernel" => self.kernel = Some(PathBuf::from(v)),
             "initrd" => self.initrd = Some(PathBuf::from(v)),
@@ -479,6 +496,7 @@ impl Builder {
             chardevs,
             serial,
             monitors: self.monitors,
+            incoming: self.incoming,
         })
     }
 }

@@ -247,11 +247,17 @@ mod tests {
         let fd = f.as_raw_fd();
         set_cloexec("t", fd, false).unwrap();
         // SAFETY: F_GETFD on an open fd.
-        assert_eq!(unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        assert_eq!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
         let e = entry("t".into(), FdKind::Memfd, fd).unwrap();
         verify_inherited(&e).unwrap();
         // SAFETY: as above.
-        assert_ne!(unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        assert_ne!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
         let other = handover_memfd(b"x").unwrap();
         let wrong = FdEntry {
             fd: other.as_raw_fd(),

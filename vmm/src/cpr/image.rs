@@ -191,6 +191,28 @@ pub fn write(
         path: path.display().to_string(),
         source,
     };
+    writer(header, state, running, manifest)
+        .map_err(err)?
+        .write_atomic(path)
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The image of a stopped machine as bytes (transfer mode sends it over the cpr channel).
+pub fn to_bytes(
+    header: Header,
+    state: &MachineState,
+    running: bool,
+) -> Result<Vec<u8>, cpr_format::Error> {
+    writer(header, state, running, &[])?.to_bytes()
+}
+
+fn writer(
+    header: Header,
+    state: &MachineState,
+    running: bool,
+    manifest: &[FdEntry],
+) -> Result<ImageWriter, cpr_format::Error> {
     let mut w = ImageWriter::new(header);
     w.add_section(
         ONE,
@@ -199,21 +221,19 @@ pub fn write(
             suspended: state.suspended,
             ram: ram_state(&state.ram),
         },
-    )
-    .map_err(err)?;
+    )?;
     for v in &state.vcpus {
-        w.add_section(&v.index.to_string(), v).map_err(err)?;
+        w.add_section(&v.index.to_string(), v)?;
     }
-    w.add_section(ONE, &state.irqchip).map_err(err)?;
-    w.add_section(ONE, &state.pit).map_err(err)?;
-    w.add_section(ONE, &state.clock).map_err(err)?;
-    w.add_section(SERIAL_ID, &state.serial).map_err(err)?;
-    w.add_section(ONE, &state.pm).map_err(err)?;
+    w.add_section(ONE, &state.irqchip)?;
+    w.add_section(ONE, &state.pit)?;
+    w.add_section(ONE, &state.clock)?;
+    w.add_section(SERIAL_ID, &state.serial)?;
+    w.add_section(ONE, &state.pm)?;
     for e in manifest {
-        w.add_fd(e.clone()).map_err(err)?;
+        w.add_fd(e.clone())?;
     }
-    w.write_atomic(path).map_err(err)?;
-    Ok(())
+    Ok(w)
 }
 
 /// Opens an image and checks it can be loaded here: signature, CRCs and versions (on

@@ -26,9 +26,12 @@
 //! ([`timing`]).
 
 pub mod blockers;
+pub mod channel;
 pub mod fds;
 pub mod image;
 pub mod timing;
+pub mod transfer;
+pub mod transfer_timing;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -66,7 +69,9 @@ pub enum CprError {
     Blocked { mode: Mode, list: String },
     #[error("the guest is in state {0}: nothing to save")]
     BadState(&'static str),
-    #[error("no live update is incoming: this vmm was not started by cpr-exec, or has loaded already")]
+    #[error(
+        "no live update is incoming: this vmm was not started by cpr-exec, or has loaded already"
+    )]
     NotIncoming,
     #[error("the guest's state is being loaded: cpr-load first")]
     Incoming,
@@ -106,6 +111,8 @@ pub enum CprError {
     Machine(#[from] MachineError),
     #[error("chardev")]
     Chardev(#[from] crate::chardev::ChardevError),
+    #[error(transparent)]
+    Transfer(#[from] transfer::TransferError),
 }
 
 impl From<CprError> for CmdError {
@@ -150,6 +157,8 @@ pub struct CprStatus {
     pub last: Option<Timestamps>,
     /// Why the last update step failed.
     pub last_error: Option<String>,
+    /// Stamps of the transfer this process took the guest from (transfer mode).
+    pub transfer: Option<transfer_timing::TransferTiming>,
 }
 
 impl CprStatus {
@@ -167,13 +176,18 @@ impl CprStatus {
         if let Some(e) = &self.last_error {
             v["last-error"] = json!(e);
         }
+        if let Some(t) = &self.transfer {
+            v["last"] = t.to_json();
+        }
         v
     }
 
     pub fn describe(&self) -> String {
         let mut s = format!(
             "mode: {}\nstate: {}\n",
-            self.mode.map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+            self.mode
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "none".into()),
             self.phase.name()
         );
         if let Some(i) = &self.image {
@@ -188,6 +202,10 @@ impl CprStatus {
         }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last error: {e}\n"));
+        }
+        if let Some(t) = &self.transfer {
+            s.push_str("last transfer (into this process):\n");
+            s.push_str(&t.describe());
         }
         s
     }
@@ -344,6 +362,10 @@ pub fn perform(
     origin: usize,
 ) -> Result<String, CmdError> {
     let result = match op {
+        CprOp::Save { path, mode } if mode == "transfer" => {
+            transfer::transfer(f, ctl, host, origin, reply, &path)
+        }
+        CprOp::Transfer { uri } => transfer::transfer(f, ctl, host, origin, reply, &uri),
         CprOp::Save { path, mode } => save(f, ctl, host, Path::new(&path), &mode),
         CprOp::Exec { argv } => exec(f, ctl, host, origin, reply, &argv),
         CprOp::Load { path } => load(f, ctl, host, Path::new(&path)),
@@ -395,20 +417,17 @@ pub fn save(
     };
     m.pause()?;
     t.vcpus_stopped = now_ns();
-    let written = m
-        .save_state()
-        .map_err(CprError::from)
-        .and_then(|state| {
-            let manifest = fds::manifest(m.ram(), &f.chardevs)?;
-            image::write(
-                path,
-                image::header(&host.config, mode),
-                &state,
-                resume_after,
-                &manifest,
-            )?;
-            Ok(())
-        });
+    let written = m.save_state().map_err(CprError::from).and_then(|state| {
+        let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+        image::write(
+            path,
+            image::header(&host.config, mode),
+            &state,
+            resume_after,
+            &manifest,
+        )?;
+        Ok(())
+    });
     if let Err(e) = written {
         if resume_after {
             m.resume()?;
@@ -547,8 +566,7 @@ fn exec_attempt(
         reply: reply_kind,
         reply_id,
     };
-    let mut keep: Vec<(String, RawFd)> =
-        manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
+    let mut keep: Vec<(String, RawFd)> = manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
     let bytes = handover(f, host, &ctl.cpr, m.ram(), exec_state, manifest)?;
     let hfile = fds::handover_memfd(&bytes)?;
     keep.push(("handover".into(), hfile.as_raw_fd()));
@@ -590,7 +608,36 @@ pub struct Adopted {
 /// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
 /// inherited RAM, rebuild chardevs and monitor sessions.
 pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
+    adopt_from(config, bytes, exec_ns, None)
+}
+
+/// [`adopt`], with the fds either inherited at the manifest's numbers (`received` None) or
+/// received over the cpr-transfer channel, keyed by the sender's numbers.
+fn adopt_from(
+    config: &VmmConfig,
+    bytes: &[u8],
+    exec_ns: u64,
+    received: Option<BTreeMap<RawFd, OwnedFd>>,
+) -> Result<Adopted, CprError> {
     let img = Image::from_bytes(bytes).map_err(CprError::Handover)?;
+    // Received fds have new numbers: rewrite the manifest to them (-1 for one not sent,
+    // which the identity check then refuses).
+    let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
+    let manifest: Vec<cpr_format::FdEntry> = match received {
+        None => img.fd_manifest().to_vec(),
+        Some(map) => {
+            let m = img
+                .fd_manifest()
+                .iter()
+                .map(|e| cpr_format::FdEntry {
+                    fd: map.get(&e.fd).map(|f| f.as_raw_fd()).unwrap_or(-1),
+                    ..e.clone()
+                })
+                .collect();
+            owned.extend(map.into_values().map(|f| (f.as_raw_fd(), f)));
+            m
+        }
+    };
     let exec: ExecState = img
         .section(ONE)
         .map_err(CprError::Handover)?
@@ -603,8 +650,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     stamps.new_main_entered = timing::main_entered();
 
     // Verify every inherited fd before trusting any, and own each number once.
-    let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
-    for e in img.fd_manifest() {
+    for e in &manifest {
         fds::verify_inherited(e)?;
         if !owned.contains_key(&e.fd) {
             // SAFETY: the fd was inherited across exec for this purpose, its identity was
@@ -617,8 +663,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     let mut files: BTreeMap<RawFd, Arc<File>> = BTreeMap::new();
     let mut ram_fds = Vec::new();
     for b in &exec.ram {
-        let e = img
-            .fd_manifest()
+        let e = manifest
             .iter()
             .find(|e| e.name == b.name && matches!(e.kind, FdKind::Memfd | FdKind::RamFile))
             .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
@@ -646,12 +691,11 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     // Chardevs: same id and backend kind adopt their fds; others open afresh.
     let mut chardevs = Vec::new();
     for spec in &config.chardevs {
-        let saved: Option<ChardevState> =
-            img.section(&spec.id).map_err(CprError::Handover)?;
+        let saved: Option<ChardevState> = img.section(&spec.id).map_err(CprError::Handover)?;
         let c = match saved {
             Some(s) if s.backend == backend_name(&spec.backend) => {
                 let mut mine = Vec::new();
-                for e in img.fd_manifest() {
+                for e in &manifest {
                     if let Some(role) = fds::chardev_role(e, &spec.id) {
                         if let Some(fd) = owned.remove(&e.fd) {
                             mine.push((role, fd));
@@ -728,6 +772,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
         stamps,
         last: None,
         last_error: None,
+        transfer: None,
     };
     Ok(Adopted {
         frontends,
@@ -742,7 +787,11 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
 }
 
 /// Checks that the image's RAM fds are the ones this process inherited.
-fn check_ram_identity(img: &Image, ram_fds: &[RamBlockFd], names: &[String]) -> Result<(), CprError> {
+fn check_ram_identity(
+    img: &Image,
+    ram_fds: &[RamBlockFd],
+    names: &[String],
+) -> Result<(), CprError> {
     for e in img.fd_manifest() {
         if !matches!(e.kind, FdKind::Memfd | FdKind::RamFile) {
             continue;
@@ -780,12 +829,11 @@ pub fn load(
     };
     inc.stamps.load_started = now_ns();
     let img = image::open_checked(path, &host.config)?;
-    let names: Vec<String> = image::ram_state(
-        &inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>(),
-    )
-    .into_iter()
-    .map(|b| b.name)
-    .collect();
+    let names: Vec<String> =
+        image::ram_state(&inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>())
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
     check_ram_identity(&img, &inc.ram_fds, &names)?;
     let (state, resume_after) = image::machine_state(&img)?;
     let prepared = match inc.machine.take() {
@@ -809,7 +857,10 @@ pub fn load(
             let rebuilt = GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
                 .map_err(CprError::Ram)
                 .and_then(|ram| {
-                    Ok(Machine::prepare_incoming(&host.config.machine_config(), ram)?)
+                    Ok(Machine::prepare_incoming(
+                        &host.config.machine_config(),
+                        ram,
+                    )?)
                 });
             inc.machine = rebuilt.ok();
             return Err(e.into());

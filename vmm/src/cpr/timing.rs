@@ -76,11 +76,26 @@ const PHASES: &[(&str, fn(&Timestamps) -> (u64, u64))] = &[
 
 /// What each phase covers, for `info cpr` readers and the docs.
 pub const PHASE_HELP: &[(&str, &str)] = &[
-    ("stop-vcpus", "cpr-save asked the vCPUs to stop .. the last one stopped (not in the pause)"),
-    ("write-image", "state read from KVM and devices, image written"),
-    ("until-exec", "cpr-save reply, client sends cpr-exec, hand-over written"),
-    ("exec", "execve, the old mm torn down, the new binary's main()"),
-    ("machine", "fds adopted, RAM mapped, KVM VM + memslots + irqchip + PIT + vCPUs"),
+    (
+        "stop-vcpus",
+        "cpr-save asked the vCPUs to stop .. the last one stopped (not in the pause)",
+    ),
+    (
+        "write-image",
+        "state read from KVM and devices, image written",
+    ),
+    (
+        "until-exec",
+        "cpr-save reply, client sends cpr-exec, hand-over written",
+    ),
+    (
+        "exec",
+        "execve, the old mm torn down, the new binary's main()",
+    ),
+    (
+        "machine",
+        "fds adopted, RAM mapped, KVM VM + memslots + irqchip + PIT + vCPUs",
+    ),
     ("until-load", "cpr-exec reply, client sends cpr-load"),
     ("restore", "image read and verified, state restored"),
     ("resume", "vCPU threads released"),
@@ -126,7 +141,10 @@ impl Timestamps {
     /// Lines for `info cpr`.
     pub fn describe(&self) -> String {
         let mut s = match self.pause_us() {
-            Some(p) => format!("pause: {:.3} ms (last vCPU stopped .. first vCPU running)\n", p / 1000.0),
+            Some(p) => format!(
+                "pause: {:.3} ms (last vCPU stopped .. first vCPU running)\n",
+                p / 1000.0
+            ),
             None => "pause: not complete\n".to_string(),
         };
         for (name, v) in self.phases() {
