@@ -30,6 +30,8 @@ pub enum StartError {
     Signals(#[source] nix::Error),
     #[error("could not take over from the previous vmm (cpr-exec)")]
     Cpr(#[from] cpr::CprError),
+    #[error("could not take the guest over from the running vmm (cpr-transfer); it stays there")]
+    Transfer(#[source] cpr::CprError),
     #[error("could not read the hand-over from the previous vmm (cpr-exec)")]
     Handover(#[source] cpr::fds::FdError),
 }
@@ -377,7 +379,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         }
         None if config.incoming.is_some() => {
             let path = config.incoming.clone().unwrap_or_default();
-            let a = cpr::transfer::incoming(config, &host, &path)?;
+            let a = cpr::transfer::incoming(config, &host, &path).map_err(StartError::Transfer)?;
             let mut ctl = Controller::new(a.vm);
             ctl.cpr = a.status;
             if let Some(t) = ctl.cpr.transfer {

@@ -73,6 +73,8 @@ impl Kind {
 pub enum ChannelError {
     #[error("the peer closed the cpr channel while this side waited for '{0}'")]
     Closed(&'static str),
+    #[error("the peer closed the cpr channel before this side could send '{0}'")]
+    ClosedBeforeSend(&'static str),
     #[error("no '{what}' from the peer within {secs} s")]
     Timeout { what: &'static str, secs: u64 },
     #[error("cannot receive '{what}' on the cpr channel")]
@@ -172,7 +174,12 @@ impl Channel {
         header[..4].copy_from_slice(MAGIC);
         header[4..8].copy_from_slice(&(kind as u32).to_le_bytes());
         header[8..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        let err = |source| ChannelError::Send { what, source };
+        let err = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                ChannelError::ClosedBeforeSend(what)
+            }
+            _ => ChannelError::Send { what, source },
+        };
         let iov = [IoSlice::new(&header)];
         let cmsg = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };

@@ -49,6 +49,10 @@ use crate::monitor::{Controller, ReplyTo};
 pub const PROTOCOL: u32 = 1;
 /// Environment variable overriding the per-step timeout, in milliseconds.
 pub const TIMEOUT_ENV: &str = "VMM_CPR_TRANSFER_TIMEOUT_MS";
+/// Test hook: the new process stops itself (SIGSTOP) at the named step (`accepted`,
+/// `hello`, `ready`, `state`, `restored`: each just before it answers), so a test can kill or
+/// stall it exactly there.
+pub const FAILPOINT_ENV: &str = "VMM_CPR_TRANSFER_FAILPOINT";
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Building the VM over a large RAM may take longer than one step.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -95,6 +99,13 @@ fn step_timeout() -> Duration {
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_STEP_TIMEOUT)
+}
+
+fn failpoint(step: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == step) {
+        // SAFETY: raise only sends a signal to this process; SIGSTOP cannot be caught.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
 }
 
 /// `unix:PATH` → PATH.
@@ -345,6 +356,7 @@ fn receive(
     t: &mut TransferTiming,
 ) -> Result<(Adopted, bool), CprError> {
     let hello = ch.recv(Kind::Hello).map_err(TransferError::from)?;
+    failpoint("hello");
     let (map, bytes) = parse_hello(&hello.payload, hello.fds)?;
     let handed = Image::from_bytes(bytes).map_err(CprError::Handover)?;
     let lines = image::machine_differences(&handed.header().machine, &image::machine_desc(config));
@@ -353,11 +365,13 @@ fn receive(
     }
     let mut adopted = adopt_from(config, bytes, 0, Some(map))?;
     t.machine_ready = now_ns();
+    failpoint("ready");
     ch.send(Kind::Ready, crate::version::version().as_bytes(), &[])
         .map_err(TransferError::from)?;
 
     let state = ch.recv(Kind::State).map_err(TransferError::from)?;
     let received = now_ns();
+    failpoint("state");
     let theirs = TransferTiming::from_bytes(&state.payload)
         .ok_or(TransferError::BadHello("state without stamps"))?;
     *t = TransferTiming {
@@ -378,6 +392,7 @@ fn receive(
     let machine = prepared.restore(&machine_state, serial, host.machine_events.clone())?;
     adopted.vm = Vm::Active(machine);
     t.state_restored = now_ns();
+    failpoint("restored");
     ch.send(Kind::Restored, &[], &[])
         .map_err(TransferError::from)?;
     Ok((adopted, resume_after))
@@ -403,6 +418,7 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
         ch.refuse(&e.to_string());
         return Err(TransferError::from(e).into());
     }
+    failpoint("accepted");
     let mut t = TransferTiming::default();
     let (mut adopted, resume_after) = match receive(&mut ch, config, host, &mut t) {
         Ok(r) => r,
