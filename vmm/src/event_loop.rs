@@ -343,7 +343,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         .map_err(StartError::Signals)?;
     let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(StartError::Signals)?;
-    let wake = EventFd::new(EFD_NONBLOCK).map_err(StartError::EventFd)?;
+    let wake = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(StartError::EventFd)?;
     let forward_wake = wake.try_clone().map_err(StartError::EventFd)?;
     let (machine_tx, machine_rx) = channel::<MachineEvent>();
     let (loop_tx, loop_rx) = channel::<MachineEvent>();
