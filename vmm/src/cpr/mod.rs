@@ -26,6 +26,7 @@
 //! ([`timing`]).
 
 pub mod blockers;
+pub mod boost;
 pub mod channel;
 pub mod fds;
 pub mod image;

@@ -33,6 +33,7 @@ use std::time::Duration;
 use cpr_format::{Image, Mode};
 use serde_json::json;
 
+use super::boost::Boost;
 use super::channel::{Channel, ChannelError, Kind};
 use super::timing::now_ns;
 use super::transfer_timing::TransferTiming;
@@ -227,6 +228,7 @@ pub fn transfer(
     let peer_version = String::from_utf8_lossy(&ready.payload).into_owned();
 
     // 3. state, 4. restored: the pause starts.
+    let boost = Boost::realtime();
     t.stop_requested = now_ns();
     m.pause()?;
     t.vcpus_stopped = now_ns();
@@ -249,6 +251,7 @@ pub fn transfer(
         ch.send(Kind::Go, &[], &[]).map_err(TransferError::from)?;
         Ok(())
     })();
+    drop(boost);
     if let Err(e) = outcome {
         ch.refuse(&crate::error_chain(&e));
         drop(ch);
@@ -354,7 +357,7 @@ fn receive(
     config: &VmmConfig,
     host: &Host,
     t: &mut TransferTiming,
-) -> Result<(Adopted, bool), CprError> {
+) -> Result<(Adopted, bool, Boost), CprError> {
     let hello = ch.recv(Kind::Hello).map_err(TransferError::from)?;
     failpoint("hello");
     let (map, bytes) = parse_hello(&hello.payload, hello.fds)?;
@@ -368,6 +371,8 @@ fn receive(
     failpoint("ready");
     ch.send(Kind::Ready, crate::version::version().as_bytes(), &[])
         .map_err(TransferError::from)?;
+    // The old process pauses the guest now: from here to the resume, wake-ups count.
+    let boost = Boost::realtime();
 
     let state = ch.recv(Kind::State).map_err(TransferError::from)?;
     let received = now_ns();
@@ -395,7 +400,7 @@ fn receive(
     failpoint("restored");
     ch.send(Kind::Restored, &[], &[])
         .map_err(TransferError::from)?;
-    Ok((adopted, resume_after))
+    Ok((adopted, resume_after, boost))
 }
 
 /// `-incoming cpr:unix:PATH`: waits for the running vmm, takes its guest over, and returns
@@ -420,7 +425,7 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
     }
     failpoint("accepted");
     let mut t = TransferTiming::default();
-    let (mut adopted, resume_after) = match receive(&mut ch, config, host, &mut t) {
+    let (mut adopted, resume_after, boost) = match receive(&mut ch, config, host, &mut t) {
         Ok(r) => r,
         Err(e) => {
             ch.refuse(&crate::error_chain(&e));
@@ -438,6 +443,7 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
     t.first_vcpu_running = now_ns();
     // 6. running: best effort, the guest is ours whatever the old process does now.
     let _ = ch.send(Kind::Running, &t.to_bytes(), &[]);
+    drop(boost);
     adopted.status.mode = Some(Mode::Transfer);
     adopted.status.phase = Phase::None;
     adopted.status.image = Some(format!("unix:{}", path.display()));
