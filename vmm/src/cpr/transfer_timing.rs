@@ -86,7 +86,7 @@ fn us(a: u64, b: u64) -> Option<f64> {
 
 impl TransferTiming {
     /// The stamps as words, in field order (the wire form).
-    pub fn to_words(&self) -> [u64; WORDS] {
+    pub fn to_words(self) -> [u64; WORDS] {
         [
             self.hello_sent,
             self.machine_ready,
