@@ -178,11 +178,26 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v.get(i).copied().unwrap_or(f64::NAN)
 }
 
+/// Children still running when a size fails are killed, so no guest RAM is left behind.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: kill only sends SIGKILL to a child this benchmark started; an exited
+            // (reaped or zombie) pid is harmless here.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 fn bench_size(a: &Args, label: &str, mib: u64) -> Result<(), String> {
+    let mut reaper = Reaper(Vec::new());
     let dir = std::env::temp_dir().join(format!("cpr-transfer-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut cur = spawn(a, &dir, mib, false)?;
+    reaper.0.push(cur.id());
     let ser = connect(&dir.join("ser.sock"), &mut cur)?;
     let mut mon = connect(&dir.join("mon.sock"), &mut cur)?;
     read_until(&mut mon, "(vmm) ")?;
@@ -207,6 +222,7 @@ fn bench_size(a: &Args, label: &str, mib: u64) -> Result<(), String> {
     for _ in 0..a.runs {
         hmp(&mut mon, "info ram-digest")?;
         let mut next = spawn(a, &dir, mib, true)?;
+        reaper.0.push(next.id());
         let start = Instant::now();
         while !dir.join("cpr.sock").exists() {
             if let Ok(Some(st)) = next.try_wait() {
@@ -249,6 +265,7 @@ fn bench_size(a: &Args, label: &str, mib: u64) -> Result<(), String> {
     let consecutive = counts.windows(2).all(|w| w[1] == w[0] + 1);
     let _ = hmp(&mut mon, "quit");
     let _ = cur.wait();
+    reaper.0.clear();
     let _ = std::fs::remove_dir_all(&dir);
     if !consecutive || counts.is_empty() {
         return Err(format!("the guest's count did not continue: {counts:?}"));

@@ -490,7 +490,9 @@ fn handover(
             Frontend::Hmp(s) => {
                 w.add_section(&c.spec.id, &s.save()).map_err(err)?;
             }
-            Frontend::Serial | Frontend::None => {}
+            // A mux (serial + HMP on one chardev, e.g. stdio) keeps its chardev; its HMP
+            // session starts afresh.
+            Frontend::Serial | Frontend::None | Frontend::Mux(_) => {}
         }
     }
     for e in manifest {
@@ -764,7 +766,9 @@ fn adopt_from(
                     }
                 }
             }
-            Frontend::Serial | Frontend::None => {}
+            // A mux (serial + HMP on one chardev, e.g. stdio) keeps its chardev; its HMP
+            // session starts afresh.
+            Frontend::Serial | Frontend::None | Frontend::Mux(_) => {}
         }
         if *id == exec.origin && frontends.adopted[i] {
             let id_value = exec

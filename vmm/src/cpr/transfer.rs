@@ -408,7 +408,20 @@ fn receive(
 /// the old process (which was told why); the caller exits.
 pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted, CprError> {
     let listener = listen(path)?;
+    // The event loop reads SIGINT/SIGTERM/SIGHUP from a signalfd and has blocked them; it
+    // does not run while this process waits for its predecessor, which may be never. Let
+    // them end the process meanwhile (no vCPU thread exists yet to inherit the mask).
+    let mut term = nix::sys::signal::SigSet::empty();
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        term.add(sig);
+    }
+    let _ = term.thread_unblock();
     let accepted = listener.accept();
+    let _ = term.thread_block();
     drop(listener);
     let _ = std::fs::remove_file(path);
     let (stream, _) = accepted.map_err(|source| TransferError::Listen {
@@ -478,6 +491,72 @@ mod tests {
             .contains("channel-type 'cpr'"));
         assert!(parse_incoming("tcp:0:4444").is_err());
         assert!(parse_incoming("cpr:unix:").is_err());
+    }
+
+    #[test]
+    fn a_descriptor_other_than_the_one_sent_is_refused() {
+        use crate::machine::{GuestRam, RamBackendConfig};
+        let config = match crate::cli::parse_args(
+            [
+                "-m",
+                "64M",
+                "-machine",
+                "memfd-alloc=on",
+                "-kernel",
+                "/dev/null",
+            ]
+            .map(String::from),
+        ) {
+            Ok(crate::cli::Action::Run(c)) => *c,
+            other => panic!("{other:?}"),
+        };
+        let memfd = RamBackendConfig::Memfd { hugetlb: false };
+        let ram = GuestRam::new(&memfd, config.mem_size).unwrap();
+        let f = Frontends::attach(&config, Vec::new());
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let host = Host {
+            config: config.clone(),
+            machine_events: tx,
+        };
+        let manifest = fds::manifest(&ram, &[]).unwrap();
+        let exec = ExecState {
+            image: "unix:/nowhere".into(),
+            resume_after: true,
+            ram: image::ram_state(&ram.descs()),
+            origin: String::new(),
+            reply: "hmp".into(),
+            reply_id: None,
+        };
+        let status = super::super::CprStatus::default();
+        let bytes = handover(&f, &host, &status, &ram, exec, manifest.clone()).unwrap();
+        // Another memfd of the same size under the sender's number.
+        let other = GuestRam::new(&memfd, config.mem_size).unwrap();
+        let file = other.blocks()[0]
+            .file
+            .as_ref()
+            .unwrap()
+            .try_clone()
+            .unwrap();
+        let map = BTreeMap::from([(manifest[0].fd, OwnedFd::from(file))]);
+        match adopt_from(&config, &bytes, 0, Some(map)) {
+            Err(CprError::Fd(fds::FdError::Mismatch { name, .. })) => {
+                assert_eq!(name, "ram-below-4g")
+            }
+            Err(e) => panic!("{}", crate::error_chain(&e)),
+            Ok(_) => panic!("a foreign memfd was adopted"),
+        }
+        // A descriptor that was not sent at all.
+        match adopt_from(&config, &bytes, 0, Some(BTreeMap::new())) {
+            Err(CprError::Fd(_)) => {}
+            Err(e) => panic!("{}", crate::error_chain(&e)),
+            Ok(_) => panic!("a missing memfd was adopted"),
+        }
+        // The right one is adopted.
+        let file = ram.blocks()[0].file.as_ref().unwrap().try_clone().unwrap();
+        let map = BTreeMap::from([(manifest[0].fd, OwnedFd::from(file))]);
+        if let Err(e) = adopt_from(&config, &bytes, 0, Some(map)) {
+            panic!("{}", crate::error_chain(&e));
+        }
     }
 
     #[test]

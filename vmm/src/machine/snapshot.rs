@@ -88,15 +88,16 @@ impl Machine {
 
     /// The first half of [`Machine::restore`], for a live update that builds the VM before
     /// its state arrives: a new KVM VM, TSS, memslots (RAM before the irqchip: a memslot
-    /// added after KVM_CREATE_IRQCHIP costs milliseconds), irqchip, PIT, vCPUs, and the
-    /// vCPU threads, parked: starting threads is scheduler-bound on a busy host, so it is
-    /// done before the guest pauses (transfer mode), not inside the pause. The devices are
-    /// placeholders until `restore` puts the guest's in.
+    /// added after KVM_CREATE_IRQCHIP costs milliseconds), irqchip, PIT and vCPUs, without
+    /// boot configuration (the saved state overwrites it all), and the vCPU threads,
+    /// parked: starting threads is scheduler-bound on a busy host, so it is done before the
+    /// guest pauses (transfer mode), not inside the pause. The devices are placeholders
+    /// until `restore` puts the guest's in.
     pub fn prepare_incoming(
         config: &MachineConfig,
         ram: GuestRam,
     ) -> Result<IncomingMachine, MachineError> {
-        let parts = lifecycle::create(config, ram)?;
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Restore { msrs: &[] })?;
         let (serial, serial_irq) = SerialDevice::new(Box::new(std::io::sink()))?;
         // Nobody listens to a parked machine; `restore` installs the front end's sender.
         let (events, _) = std::sync::mpsc::channel();
@@ -177,6 +178,12 @@ impl IncomingMachine {
                 gsi: devices::serial::COM1_IRQ,
                 source,
             })?;
+        // The MSRs the state carries are the ones later saves read.
+        m.msr_list = state
+            .vcpus
+            .first()
+            .map(|v| v.msrs.iter().map(|m| m.index).collect())
+            .unwrap_or_default();
         for (h, s) in m.vcpus.iter().zip(&state.vcpus) {
             devices::lock(&h.vcpu).restore(s)?;
         }

@@ -142,6 +142,29 @@ fn run_state_changes_emit_events() {
 }
 
 #[test]
+fn chardev_queries() {
+    let mut c = ctl(RunState::Running);
+    c.chardevs = vec![ChardevInfo {
+        label: "serial0".into(),
+        filename: "pty:/dev/pts/7".into(),
+        frontend_open: true,
+    }];
+    assert_eq!(
+        hmp::run_line(&mut c, "info chardev"),
+        "serial0: filename=pty:/dev/pts/7\n"
+    );
+    let mut s = qmp::Session::default();
+    s.greeting();
+    qmp_lines(&mut s, &mut c, r#"{"execute": "qmp_capabilities"}"#);
+    assert_eq!(
+        qmp_lines(&mut s, &mut c, r#"{"execute": "query-chardev"}"#),
+        [
+            r#"{"return": [{"filename": "pty:/dev/pts/7", "frontend-open": true, "label": "serial0"}]}"#
+        ]
+    );
+}
+
+#[test]
 fn hmp_commands() {
     let mut c = ctl(RunState::Prelaunch);
     assert_eq!(
