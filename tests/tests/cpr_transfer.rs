@@ -465,3 +465,14 @@ fn the_new_vmm_refuses_a_peer_of_another_uid() {
     assert!(err.contains("uid 65534"), "{err}");
     let _ = UnixStream::connect(dir.path("cpr.sock")).expect_err("socket removed");
 }
+
+#[test]
+fn a_waiting_successor_ends_on_sigterm() {
+    let dir = Scratch::new("tx-sigterm");
+    let args = machine_args(&dir, "counter", "256M");
+    let new = start_new(&dir, &vmm_bin(), &args, &[]);
+    // SAFETY: kill sends SIGTERM to our own child.
+    unsafe { libc::kill(new.child.id() as i32, libc::SIGTERM) };
+    let (status, _, err) = new.wait();
+    assert!(!status.success(), "{status} {err}");
+}
