@@ -30,7 +30,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cpr_format::{Image, Mode};
+use cpr_format::{Image, Mode, Schema};
 use serde_json::json;
 
 use super::boost::Boost;
@@ -47,7 +47,7 @@ use crate::machine::RunState;
 use crate::monitor::{Controller, ReplyTo};
 
 /// Version of the message sequence above; both sides must speak the same.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 /// Environment variable overriding the per-step timeout, in milliseconds.
 pub const TIMEOUT_ENV: &str = "VMM_CPR_TRANSFER_TIMEOUT_MS";
 /// Test hook: the new process stops itself (SIGSTOP) at the named step (`accepted`,
@@ -204,12 +204,17 @@ pub fn transfer(
         }
     }
     let bytes = handover(f, host, &ctl.cpr, m.ram(), exec_state, manifest)?;
-    let mut payload = Vec::with_capacity(8 + 4 * numbers.len() + bytes.len());
+    // The schema of the state this binary writes: the new process checks compatibility now,
+    // while the guest runs, instead of inside the pause.
+    let schema = serde_json::to_vec(&image::reader_schema()).unwrap_or_default();
+    let mut payload = Vec::with_capacity(12 + 4 * numbers.len() + schema.len() + bytes.len());
     payload.extend_from_slice(&PROTOCOL.to_le_bytes());
     payload.extend_from_slice(&(numbers.len() as u32).to_le_bytes());
     for n in &numbers {
         payload.extend_from_slice(&n.to_le_bytes());
     }
+    payload.extend_from_slice(&(schema.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&schema);
     payload.extend_from_slice(&bytes);
     t.hello_sent = now_ns();
     ch.send(Kind::Hello, &payload, &numbers)
@@ -304,11 +309,17 @@ fn listen(path: &Path) -> Result<UnixListener, TransferError> {
     bound.map_err(err)
 }
 
-/// Parses hello's payload: protocol, the sender's fd numbers, the hand-over bytes.
-fn parse_hello(
-    payload: &[u8],
-    fds: Vec<OwnedFd>,
-) -> Result<(BTreeMap<RawFd, OwnedFd>, &[u8]), TransferError> {
+/// What hello carries besides the descriptors.
+struct Hello<'a> {
+    fds: BTreeMap<RawFd, OwnedFd>,
+    /// The schema of the state image the sender will write.
+    schema: Schema,
+    handover: &'a [u8],
+}
+
+/// Parses hello's payload: protocol, the sender's fd numbers, its state schema (JSON), the
+/// hand-over bytes.
+fn parse_hello(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Hello<'_>, TransferError> {
     let word = |i: usize| -> Result<u32, TransferError> {
         let b = payload
             .get(i * 4..i * 4 + 4)
@@ -329,16 +340,39 @@ fn parse_hello(
     for (i, fd) in fds.into_iter().enumerate() {
         map.insert(word(2 + i)? as RawFd, fd);
     }
-    Ok((map, &payload[(2 + n) * 4..]))
+    let len = word(2 + n)? as usize;
+    let at = (3 + n) * 4;
+    let text = payload
+        .get(at..at + len)
+        .ok_or(TransferError::BadHello("the state schema is cut short"))?;
+    let schema = serde_json::from_slice(text)
+        .map_err(|_| TransferError::BadHello("the state schema is not valid"))?;
+    Ok(Hello {
+        fds: map,
+        schema,
+        handover: &payload[at + len..],
+    })
 }
 
-/// Checks the state image: readable, compatible with this binary, transfer mode, and the
-/// machine of this command line.
-fn check_state(img: &Image, config: &VmmConfig) -> Result<(), TransferError> {
-    let report = img.check_compat(&image::reader_schema());
-    if !report.is_compatible() {
+fn incompatible(report: &cpr_format::CompatReport) -> Option<TransferError> {
+    (!report.is_compatible()).then(|| {
         let findings = report.errors().map(|f| f.to_string()).collect::<Vec<_>>();
-        return Err(TransferError::Incompatible(findings.join("\n")));
+        TransferError::Incompatible(findings.join("\n"))
+    })
+}
+
+/// Checks the state image: compatible with this binary (already known when its schema is
+/// the one announced in hello), transfer mode, and the machine of this command line.
+fn check_state(img: &Image, announced: &Schema, config: &VmmConfig) -> Result<(), TransferError> {
+    let as_announced = img
+        .schema()
+        .sections
+        .iter()
+        .all(|s| announced.get(&s.name) == Some(s));
+    if !as_announced {
+        if let Some(e) = incompatible(&img.check_compat(&image::reader_schema())) {
+            return Err(e);
+        }
     }
     if img.header().mode != Mode::Transfer {
         return Err(TransferError::WrongMode(img.header().mode));
@@ -360,7 +394,18 @@ fn receive(
 ) -> Result<(Adopted, bool, Boost), CprError> {
     let hello = ch.recv(Kind::Hello).map_err(TransferError::from)?;
     failpoint("hello");
-    let (map, bytes) = parse_hello(&hello.payload, hello.fds)?;
+    let Hello {
+        fds: map,
+        schema: announced,
+        handover: bytes,
+    } = parse_hello(&hello.payload, hello.fds)?;
+    // A binary whose state this one cannot read is refused before the guest pauses.
+    if let Some(e) = incompatible(&cpr_format::compat::check(
+        &announced,
+        &image::reader_schema(),
+    )) {
+        return Err(e.into());
+    }
     let handed = Image::from_bytes(bytes).map_err(CprError::Handover)?;
     let lines = image::machine_differences(&handed.header().machine, &image::machine_desc(config));
     if !lines.is_empty() {
@@ -386,7 +431,7 @@ fn receive(
     };
     let img = Image::from_bytes(&state.payload[super::transfer_timing::WORDS * 8..])
         .map_err(TransferError::StateImage)?;
-    check_state(&img, config)?;
+    check_state(&img, &announced, config)?;
     let (machine_state, resume_after) = image::machine_state(&img)?;
     let prepared = match &mut adopted.vm {
         Vm::Incoming(inc) => inc.machine.take(),
@@ -566,20 +611,24 @@ mod tests {
         p.extend_from_slice(&0u32.to_le_bytes());
         assert!(matches!(
             parse_hello(&p, Vec::new()),
-            Err(TransferError::Protocol(2))
+            Err(TransferError::Protocol(3))
         ));
+        let schema = serde_json::to_vec(&image::reader_schema()).unwrap();
         let mut p = Vec::new();
         p.extend_from_slice(&PROTOCOL.to_le_bytes());
         p.extend_from_slice(&1u32.to_le_bytes());
         p.extend_from_slice(&7i32.to_le_bytes());
+        p.extend_from_slice(&(schema.len() as u32).to_le_bytes());
+        p.extend_from_slice(&schema);
         p.extend_from_slice(b"img");
         assert!(matches!(
             parse_hello(&p, Vec::new()),
             Err(TransferError::BadHello(_))
         ));
         let f = fds::handover_memfd(b"x").unwrap();
-        let (map, rest) = parse_hello(&p, vec![OwnedFd::from(f)]).unwrap();
-        assert!(map.contains_key(&7));
-        assert_eq!(rest, b"img");
+        let h = parse_hello(&p, vec![OwnedFd::from(f)]).unwrap();
+        assert!(h.fds.contains_key(&7));
+        assert_eq!(h.schema, image::reader_schema());
+        assert_eq!(h.handover, b"img");
     }
 }

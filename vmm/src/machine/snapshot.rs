@@ -111,6 +111,14 @@ impl Machine {
             RunState::Paused,
             false,
         )?;
+        // The placeholder UART never interrupts: its irqfd goes now, outside any pause.
+        machine
+            .vm
+            .unregister_irqfd(&machine.serial_irq, devices::serial::COM1_IRQ)
+            .map_err(|source| MachineError::Irqfd {
+                gsi: devices::serial::COM1_IRQ,
+                source,
+            })?;
         Ok(IncomingMachine { machine })
     }
 }
@@ -171,13 +179,6 @@ impl IncomingMachine {
     ) -> Result<Machine, MachineError> {
         self.check(state)?;
         let mut m = self.machine;
-        // The placeholder UART's irqfd goes first, so nothing but the guest's UART can
-        // raise GSI 4 once the irqchip state is set.
-        m.vm.unregister_irqfd(&m.serial_irq, devices::serial::COM1_IRQ)
-            .map_err(|source| MachineError::Irqfd {
-                gsi: devices::serial::COM1_IRQ,
-                source,
-            })?;
         // The MSRs the state carries are the ones later saves read.
         m.msr_list = state
             .vcpus
