@@ -121,6 +121,11 @@ impl ChardevOutput {
         self.lock().pending.len()
     }
 
+    /// The queued output (a live update hands it to the new process, which sends it first).
+    pub fn pending_bytes(&self) -> Vec<u8> {
+        self.lock().pending.clone()
+    }
+
     /// Writes what the peer can take now of the queued output.
     pub fn flush_pending(&self) {
         let mut st = self.lock();

@@ -87,6 +87,8 @@ cpr_format::state! {
         pub backend: String,
         /// A socket client was attached.
         pub connected: bool,
+        /// Monitor output queued for a peer that was not reading.
+        pub pending_output: cpr_format::Bytes,
     }
 }
 
@@ -369,6 +371,7 @@ impl Chardev {
                     ..
                 }
             ),
+            pending_output: cpr_format::Bytes(self.out.pending_bytes()),
         }
     }
 

@@ -35,12 +35,10 @@ use serde_json::json;
 
 use super::boost::Boost;
 use super::channel::{Channel, ChannelError, Kind};
+use super::incoming::{adopt_from, Adopted};
 use super::timing::now_ns;
 use super::transfer_timing::TransferTiming;
-use super::{
-    adopt_from, blockers, fds, handover, image, reply_fields, Adopted, CprError, ExecState, Host,
-    Phase, Vm,
-};
+use super::{blockers, fds, handover, image, reply_fields, CprError, ExecState, Host, Phase, Vm};
 use crate::cli::VmmConfig;
 use crate::event_loop::Frontends;
 use crate::machine::RunState;
@@ -203,7 +201,7 @@ pub fn transfer(
             numbers.push(e.fd);
         }
     }
-    let bytes = handover(f, host, &ctl.cpr, m.ram(), exec_state, manifest)?;
+    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest)?;
     // The schema of the state this binary writes: the new process checks compatibility now,
     // while the guest runs, instead of inside the pause.
     let schema = serde_json::to_vec(&image::reader_schema()).unwrap_or_default();
@@ -406,7 +404,7 @@ fn receive(
     )) {
         return Err(e.into());
     }
-    let handed = Image::from_bytes(bytes).map_err(CprError::Handover)?;
+    let handed = Image::from_bytes(bytes).map_err(|e| CprError::Handover(Box::new(e)))?;
     let lines = image::machine_differences(&handed.header().machine, &image::machine_desc(config));
     if !lines.is_empty() {
         return Err(TransferError::OtherMachine(lines.join("\n")).into());
@@ -573,7 +571,7 @@ mod tests {
             reply_id: None,
         };
         let status = super::super::CprStatus::default();
-        let bytes = handover(&f, &host, &status, &ram, exec, manifest.clone()).unwrap();
+        let bytes = handover(&f, &host, &status, exec, manifest.clone()).unwrap();
         // Another memfd of the same size under the sender's number.
         let other = GuestRam::new(&memfd, config.mem_size).unwrap();
         let file = other.blocks()[0]
