@@ -119,7 +119,7 @@ impl TransferTiming {
     }
 
     /// Little-endian bytes of [`Self::to_words`].
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes(self) -> Vec<u8> {
         self.to_words()
             .iter()
             .flat_map(|w| w.to_le_bytes())
@@ -154,7 +154,7 @@ impl TransferTiming {
             .collect()
     }
 
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         let mut phases = serde_json::Map::new();
         let mut outside = serde_json::Map::new();
         for (name, inside, v) in self.phases() {
