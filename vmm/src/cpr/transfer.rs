@@ -352,6 +352,17 @@ fn parse_hello(payload: &[u8], fds: Vec<OwnedFd>) -> Result<Hello<'_>, TransferE
     })
 }
 
+/// A binary whose state this one cannot read is refused at hello, before the guest pauses.
+fn check_announced(announced: &Schema) -> Result<(), TransferError> {
+    match incompatible(&cpr_format::compat::check(
+        announced,
+        &image::reader_schema(),
+    )) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 fn incompatible(report: &cpr_format::CompatReport) -> Option<TransferError> {
     (!report.is_compatible()).then(|| {
         let findings = report.errors().map(|f| f.to_string()).collect::<Vec<_>>();
@@ -397,13 +408,7 @@ fn receive(
         schema: announced,
         handover: bytes,
     } = parse_hello(&hello.payload, hello.fds)?;
-    // A binary whose state this one cannot read is refused before the guest pauses.
-    if let Some(e) = incompatible(&cpr_format::compat::check(
-        &announced,
-        &image::reader_schema(),
-    )) {
-        return Err(e.into());
-    }
+    check_announced(&announced)?;
     let handed = Image::from_bytes(bytes).map_err(|e| CprError::Handover(Box::new(e)))?;
     let lines = image::machine_differences(&handed.header().machine, &image::machine_desc(config));
     if !lines.is_empty() {
@@ -599,6 +604,26 @@ mod tests {
         let map = BTreeMap::from([(manifest[0].fd, OwnedFd::from(file))]);
         if let Err(e) = adopt_from(&config, &bytes, 0, Some(map)) {
             panic!("{}", crate::error_chain(&e));
+        }
+    }
+
+    #[test]
+    fn a_state_schema_this_binary_cannot_read_is_refused_at_hello() {
+        let mine = image::reader_schema();
+        assert!(check_announced(&mine).is_ok());
+        let mut newer = mine.clone();
+        let cpu = newer
+            .sections
+            .iter_mut()
+            .find(|s| s.name == "cpu")
+            .expect("a cpu section schema");
+        cpu.version += 1;
+        cpu.min_version = cpu.version;
+        match check_announced(&newer) {
+            Err(TransferError::Incompatible(findings)) => {
+                assert!(findings.contains("cpu"), "{findings}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
