@@ -31,6 +31,8 @@ pub enum StartError {
     Cpr(#[from] cpr::CprError),
     #[error("{0}")]
     NotCpr(String),
+    #[error("could not take the guest over from the running vmm (cpr-transfer); it stays there")]
+    Transfer(#[source] cpr::CprError),
     #[error("could not read the hand-over from the previous vmm (cpr-exec)")]
     Handover(#[source] cpr::fds::FdError),
 }
@@ -441,6 +443,24 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
                 let _ = &mut f;
             }
             (f, ctl)
+        }
+        None if config.incoming_transfer.is_some() => {
+            let path = config.incoming_transfer.clone().unwrap_or_default();
+            let a = cpr::transfer::incoming(config, &host, &path).map_err(StartError::Transfer)?;
+            let mut ctl = Controller::new(a.vm);
+            ctl.cpr = a.status;
+            if let Some(t) = ctl.cpr.transfer {
+                let uri = ctl.cpr.image.clone().unwrap_or_default();
+                ctl.emit("CPR_LOAD", Some(cpr::transfer::loaded_event(&t, &uri)));
+                ctl.emit("RESUME", None);
+            }
+            if let Some((i, reply)) = a.pending_reply {
+                send(
+                    &a.frontends.chardevs[i],
+                    &deferred_reply(&reply, &Ok(String::new())),
+                );
+            }
+            (a.frontends, ctl)
         }
         None => {
             let frontends = Frontends::open(config)?;

@@ -73,6 +73,9 @@ pub struct VmmConfig {
     /// With `-incoming FILE` and no machine options: the machine (RAM, vCPUs, kernel) comes
     /// from the image; the fields above hold placeholders until then.
     pub machine_from_image: bool,
+    /// `-incoming cpr:unix:PATH`: wait on PATH for a cpr-transfer from the running vmm.
+    #[serde(default)]
+    pub incoming_transfer: Option<PathBuf>,
 }
 
 impl VmmConfig {
@@ -134,6 +137,12 @@ Standard options:
 -only-cpr-capable    allow only devices that survive a live update
 -incoming FILE       load a reboot-mode image (cpr-save FILE reboot) at start-up; without
                      machine options (-m, -smp, -kernel, -object, ...) the image's are used
+-incoming cpr:unix:PATH
+                     wait on PATH (created 0600) for a cpr-transfer from the running
+                     vmm, then run its guest; QEMU's spelling
+                     '{\"channel-type\":\"cpr\",\"addr\":{\"transport\":\"socket\",
+                     \"type\":\"unix\",\"path\":PATH}}' is accepted too;
+                     '-incoming defer' is ignored
 
 Character devices:
 -chardev stdio|null|pty,id=ID
@@ -218,6 +227,7 @@ struct Builder {
     incoming: Option<PathBuf>,
     /// Some option describing the machine was given (-incoming compares it with the image).
     machine_opts: bool,
+    incoming_transfer: Option<PathBuf>,
 }
 
 /// A PCI address as sysfs spells it (`0000:00:03.0`), from `[DOMAIN:]BUS:DEV.FN`.
@@ -285,6 +295,17 @@ impl Builder {
             self.machine_opts = true;
         }
         match opt {
+            // A cpr channel (transfer mode) or a reboot-mode image file.
+            "incoming"
+                if v == "defer" || v.starts_with("cpr:") || v.trim_start().starts_with('{') =>
+            {
+                if let Some(p) = crate::cpr::transfer::parse_incoming(v).map_err(err)? {
+                    if self.incoming_transfer.is_some() {
+                        return Err(err("only one cpr channel may be given"));
+                    }
+                    self.incoming_transfer = Some(p);
+                }
+            }
             "incoming" => self.incoming = Some(PathBuf::from(v)),
             "m" => {
                 let o = Opts::parse(v, Some("size"));
@@ -624,6 +645,7 @@ impl Builder {
             monitors,
             vfio: self.vfio,
             machine_from_image: self.incoming.is_some() && !self.machine_opts,
+            incoming_transfer: self.incoming_transfer,
             incoming: self.incoming,
         })
     }

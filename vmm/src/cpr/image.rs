@@ -232,6 +232,16 @@ pub fn write(
     Ok(())
 }
 
+/// The image of a stopped machine as bytes (transfer mode sends it over the cpr channel;
+/// its fds travel separately, with SCM_RIGHTS).
+pub fn to_bytes(
+    header: Header,
+    state: &MachineState,
+    running: bool,
+) -> Result<Vec<u8>, cpr_format::Error> {
+    build(header, state, running, &[], None)?.to_bytes()
+}
+
 /// The image of [`write`], not yet written: reboot mode adds its RAM sections and regions.
 pub fn writer(
     path: &Path,
@@ -241,10 +251,19 @@ pub fn writer(
     manifest: &[FdEntry],
     vfio: Option<&VfioSaved>,
 ) -> Result<ImageWriter, ImageError> {
-    let err = |source| ImageError::Write {
+    build(header, state, running, manifest, vfio).map_err(|source| ImageError::Write {
         path: path.display().to_string(),
         source: Box::new(source),
-    };
+    })
+}
+
+fn build(
+    header: Header,
+    state: &MachineState,
+    running: bool,
+    manifest: &[FdEntry],
+    vfio: Option<&VfioSaved>,
+) -> Result<ImageWriter, cpr_format::Error> {
     let mut w = ImageWriter::new(header);
     w.add_section(
         ONE,
@@ -253,24 +272,23 @@ pub fn writer(
             suspended: state.suspended,
             ram: ram_state(&state.ram),
         },
-    )
-    .map_err(err)?;
+    )?;
     for v in &state.vcpus {
-        w.add_section(&v.index.to_string(), v).map_err(err)?;
+        w.add_section(&v.index.to_string(), v)?;
     }
-    w.add_section(ONE, &state.irqchip).map_err(err)?;
-    w.add_section(ONE, &state.pit).map_err(err)?;
-    w.add_section(ONE, &state.clock).map_err(err)?;
-    w.add_section(SERIAL_ID, &state.serial).map_err(err)?;
-    w.add_section(ONE, &state.pm).map_err(err)?;
+    w.add_section(ONE, &state.irqchip)?;
+    w.add_section(ONE, &state.pit)?;
+    w.add_section(ONE, &state.clock)?;
+    w.add_section(SERIAL_ID, &state.serial)?;
+    w.add_section(ONE, &state.pm)?;
     if let Some((container, devices)) = vfio {
-        w.add_section(ONE, container).map_err(err)?;
+        w.add_section(ONE, container)?;
         for (id, d) in devices {
-            w.add_section(id, d).map_err(err)?;
+            w.add_section(id, d)?;
         }
     }
     for e in manifest {
-        w.add_fd(e.clone()).map_err(err)?;
+        w.add_fd(e.clone())?;
     }
     Ok(w)
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ pub enum Vm {
 /// The new process before cpr-load: inherited RAM and a VM built over it.
 pub struct Incoming {
     /// `None` only after a failed restore, until rebuilt.
-    machine: Option<IncomingMachine>,
+    pub(super) machine: Option<IncomingMachine>,
     /// The inherited RAM fds: they outlive any VM built over them.
     ram_fds: Vec<RamBlockFd>,
     /// Inherited VFIO fds by manifest name, adopted at cpr-load.
@@ -161,7 +161,36 @@ pub struct Adopted {
 /// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
 /// inherited RAM, rebuild chardevs and monitor sessions.
 pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
+    adopt_from(config, bytes, exec_ns, None)
+}
+
+/// [`adopt`], with the fds either inherited at the manifest's numbers (`received` None) or
+/// received over the cpr-transfer channel, keyed by the sender's numbers.
+pub(super) fn adopt_from(
+    config: &VmmConfig,
+    bytes: &[u8],
+    exec_ns: u64,
+    received: Option<BTreeMap<RawFd, OwnedFd>>,
+) -> Result<Adopted, CprError> {
     let img = Image::from_bytes(bytes).map_err(|e| CprError::Handover(Box::new(e)))?;
+    // Received fds have new numbers: rewrite the manifest to them (-1 for one not sent,
+    // which the identity check then refuses).
+    let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
+    let manifest: Vec<cpr_format::FdEntry> = match received {
+        None => img.fd_manifest().to_vec(),
+        Some(map) => {
+            let m = img
+                .fd_manifest()
+                .iter()
+                .map(|e| cpr_format::FdEntry {
+                    fd: map.get(&e.fd).map(|f| f.as_raw_fd()).unwrap_or(-1),
+                    ..e.clone()
+                })
+                .collect();
+            owned.extend(map.into_values().map(|f| (f.as_raw_fd(), f)));
+            m
+        }
+    };
     let exec: ExecState = img
         .section(ONE)
         .map_err(|e| CprError::Handover(Box::new(e)))?
@@ -174,8 +203,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     stamps.new_main_entered = timing::main_entered();
 
     // Verify every inherited fd before trusting any, and own each number once.
-    let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
-    for e in img.fd_manifest() {
+    for e in &manifest {
         fds::verify_inherited(e)?;
         // SAFETY: the fd was inherited across exec for this purpose, its identity was just
         // checked, and nothing else in this process owns it (one owner per number).
@@ -188,8 +216,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     let mut files: BTreeMap<RawFd, Arc<File>> = BTreeMap::new();
     let mut ram_fds = Vec::new();
     for b in &exec.ram {
-        let e = img
-            .fd_manifest()
+        let e = manifest
             .iter()
             .find(|e| e.name == b.name && matches!(e.kind, FdKind::Memfd | FdKind::RamFile))
             .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
@@ -223,7 +250,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
         let c = match saved {
             Some(s) if s.backend == backend_name(&spec.backend) => {
                 let mut mine = Vec::new();
-                for e in img.fd_manifest() {
+                for e in &manifest {
                     if let Some(role) = fds::chardev_role(e, &spec.id) {
                         if let Some(fd) = owned.remove(&e.fd) {
                             mine.push((role, fd));

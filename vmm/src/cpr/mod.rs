@@ -29,7 +29,9 @@
 //! ([`timing`]).
 
 pub mod blockers;
+pub mod boost;
 pub mod capable;
+pub mod channel;
 pub mod fds;
 pub mod image;
 mod incoming;
@@ -37,6 +39,8 @@ pub mod incoming_image;
 pub mod ram_image;
 pub mod reboot;
 pub mod timing;
+pub mod transfer;
+pub mod transfer_timing;
 
 pub use incoming::{adopt, load, Vm};
 
@@ -113,6 +117,8 @@ pub enum CprError {
     Reboot(Box<reboot::RebootError>),
     #[error(transparent)]
     IncomingImage(Box<incoming_image::IncomingError>),
+    #[error(transparent)]
+    Transfer(#[from] transfer::TransferError),
 }
 
 impl From<CprError> for CmdError {
@@ -165,6 +171,8 @@ pub struct CprStatus {
     /// Length of the RAM file when this VMM started, before it sized the file (None: no
     /// RAM file, or it did not exist): reboot mode's in-place cpr-load checks it.
     pub ram_file_len: Option<u64>,
+    /// Stamps of the transfer this process took the guest from (transfer mode).
+    pub transfer: Option<transfer_timing::TransferTiming>,
 }
 
 impl CprStatus {
@@ -184,6 +192,9 @@ impl CprStatus {
         }
         if let Some(r) = &self.reboot {
             v["reboot"] = json!(r.trim_end());
+        }
+        if let Some(t) = &self.transfer {
+            v["last"] = t.to_json();
         }
         v
     }
@@ -211,6 +222,10 @@ impl CprStatus {
         }
         if let Some(r) = &self.reboot {
             s.push_str(&format!("reboot mode, {r}"));
+        }
+        if let Some(t) = &self.transfer {
+            s.push_str("last transfer (into this process):\n");
+            s.push_str(&t.describe());
         }
         s
     }
@@ -250,6 +265,10 @@ pub fn perform(
     origin: usize,
 ) -> Result<String, CmdError> {
     let result = match op {
+        CprOp::Save { path, mode } if mode == "transfer" => {
+            transfer::transfer(f, ctl, host, origin, reply, &path)
+        }
+        CprOp::Transfer { uri } => transfer::transfer(f, ctl, host, origin, reply, &uri),
         CprOp::Save { path, mode } => save(f, ctl, host, Path::new(&path), &mode),
         CprOp::Exec { argv } => exec(f, ctl, host, origin, reply, &argv),
         // Restart mode loads only into the VM cpr-exec prepared (Incoming); a VMM that

@@ -89,15 +89,37 @@ impl Machine {
     /// The first half of [`Machine::restore`], for a live update that builds the VM before
     /// its state arrives: a new KVM VM, TSS, memslots (RAM before the irqchip: a memslot
     /// added after KVM_CREATE_IRQCHIP costs milliseconds), irqchip, PIT and vCPUs, without
-    /// boot configuration (the saved state overwrites it all).
+    /// boot configuration (the saved state overwrites it all), and the vCPU threads,
+    /// parked: starting threads is scheduler-bound on a busy host, so it is done before the
+    /// guest pauses (transfer mode), not inside the pause. The devices are placeholders
+    /// until `restore` puts the guest's in.
     pub fn prepare_incoming(
         config: &MachineConfig,
         ram: GuestRam,
     ) -> Result<IncomingMachine, MachineError> {
-        Ok(IncomingMachine {
-            config: config.clone(),
-            parts: lifecycle::create(config, ram, lifecycle::Prepare::Restore { msrs: &[] })?,
-        })
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Restore { msrs: &[] })?;
+        let (serial, serial_irq) = SerialDevice::new(Box::new(std::io::sink()))?;
+        // Nobody listens to a parked machine; `restore` installs the front end's sender.
+        let (events, _) = std::sync::mpsc::channel();
+        let machine = lifecycle::finish(
+            config,
+            parts,
+            serial,
+            serial_irq,
+            PmControl::default(),
+            events,
+            RunState::Paused,
+            false,
+        )?;
+        // The placeholder UART never interrupts: its irqfd goes now, outside any pause.
+        machine
+            .vm
+            .unregister_irqfd(&machine.serial_irq, devices::serial::COM1_IRQ)
+            .map_err(|source| MachineError::Irqfd {
+                gsi: devices::serial::COM1_IRQ,
+                source,
+            })?;
+        Ok(IncomingMachine { machine })
     }
 }
 
@@ -130,20 +152,20 @@ fn check_vcpus(config: &MachineConfig, state: &MachineState) -> Result<(), Machi
 /// A VM created over RAM that holds a guest, waiting for the guest's state
 /// ([`Machine::prepare_incoming`]).
 pub struct IncomingMachine {
-    config: MachineConfig,
-    parts: lifecycle::Parts,
+    /// Paused, with placeholder devices; never run.
+    machine: Machine,
 }
 
 impl IncomingMachine {
     /// The RAM the VM was built over.
     pub fn ram(&self) -> &GuestRam {
-        &self.parts.ram
+        &self.machine.ram
     }
 
     /// Checks that `state` fits this VM (RAM layout, vCPU count) without consuming it.
     pub fn check(&self, state: &MachineState) -> Result<(), MachineError> {
-        check_layout(&self.parts.ram, state)?;
-        check_vcpus(&self.config, state)
+        check_layout(&self.machine.ram, state)?;
+        check_vcpus(&self.machine.config, state)
     }
 
     /// The second half of [`Machine::restore`]: each vCPU's state; irqchip, PIT and clock
@@ -156,30 +178,32 @@ impl IncomingMachine {
         events: std::sync::mpsc::Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
         self.check(state)?;
-        let IncomingMachine { config, mut parts } = self;
+        let mut m = self.machine;
         // The MSRs the state carries are the ones later saves read.
-        parts.msr_list = state
+        m.msr_list = state
             .vcpus
             .first()
             .map(|v| v.msrs.iter().map(|m| m.index).collect())
             .unwrap_or_default();
-        for (v, s) in parts.vcpus.iter().zip(&state.vcpus) {
-            v.restore(s)?;
+        for (h, s) in m.vcpus.iter().zip(&state.vcpus) {
+            devices::lock(&h.vcpu).restore(s)?;
         }
-        vm::set_irqchip(&parts.vm, &state.irqchip)?;
-        vm::set_pit(&parts.vm, &state.pit)?;
-        vm::set_clock(&parts.vm, &state.clock)?;
+        vm::set_irqchip(&m.vm, &state.irqchip)?;
+        vm::set_pit(&m.vm, &state.pit)?;
+        vm::set_clock(&m.vm, &state.clock)?;
         let (serial, serial_irq) = SerialDevice::restore(&state.serial, serial_out)?;
-        let pm = PmControl::restore(&state.pm);
-        lifecycle::finish(
-            &config,
-            parts,
-            serial,
-            serial_irq,
-            pm,
-            events,
-            RunState::Paused,
-            state.suspended,
-        )
+        // Registered after the irqchip state is final: an interrupt the UART raised while
+        // being restored is already latched in the eventfd and KVM injects it now.
+        m.vm.register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
+            .map_err(|source| MachineError::Irqfd {
+                gsi: devices::serial::COM1_IRQ,
+                source,
+            })?;
+        *devices::lock(&m.shared.devices.serial) = serial;
+        *devices::lock(&m.shared.devices.pm) = PmControl::restore(&state.pm);
+        *devices::lock(&m.shared.events) = events;
+        m.serial_irq = serial_irq;
+        m.paused_while_suspended = state.suspended;
+        Ok(m)
     }
 }

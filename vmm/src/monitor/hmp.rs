@@ -76,6 +76,12 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
             run: cpr_load,
         },
         Command {
+            names: &["cpr-transfer"],
+            params: "unix:PATH",
+            help: "hand the guest to a vmm started with -incoming cpr:unix:PATH",
+            run: cpr_transfer,
+        },
+        Command {
             names: &["system_wakeup"],
             params: "",
             help: "wakeup guest from suspend",
@@ -274,6 +280,18 @@ fn cpr_exec<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, Cm
     }
     c.defer(CprOp::Exec { argv });
     Ok(String::new())
+}
+
+fn cpr_transfer<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, CmdError> {
+    match arg.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [uri] => {
+            c.defer(CprOp::Transfer {
+                uri: uri.to_string(),
+            });
+            Ok(String::new())
+        }
+        _ => Err(CmdError::generic("usage: cpr-transfer unix:PATH")),
+    }
 }
 
 fn cpr_load<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, CmdError> {

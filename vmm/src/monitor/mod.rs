@@ -76,9 +76,20 @@ pub fn digest_of(ram: &crate::machine::GuestRam) -> Vec<(String, u64, u32)> {
 /// with the chardevs and monitor sessions at hand, then sends the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CprOp {
-    Save { path: String, mode: String },
-    Exec { argv: Vec<String> },
-    Load { path: String },
+    Save {
+        path: String,
+        mode: String,
+    },
+    Exec {
+        argv: Vec<String>,
+    },
+    Load {
+        path: String,
+    },
+    /// cpr-transfer: hand the guest to a vmm started with `-incoming cpr:unix:PATH`.
+    Transfer {
+        uri: String,
+    },
 }
 
 /// How the reply to a deferred command is written.

@@ -201,6 +201,20 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
             },
         },
         Command {
+            name: "cpr-transfer",
+            args: &[Arg {
+                name: "uri",
+                ty: ArgType::Str,
+                required: true,
+            }],
+            run: |c, a| {
+                c.defer(CprOp::Transfer {
+                    uri: str_arg(a, "uri"),
+                });
+                Ok(json!({}))
+            },
+        },
+        Command {
             name: "query-cpr",
             args: NO_ARGS,
             run: |c, _| Ok(c.cpr.to_json()),
