@@ -8,7 +8,10 @@
 //! the vCPUs, sets their registers and runs vCPU 0 until its first exit. The elapsed time
 //! from before execve to that exit is the floor the VMM's pause is compared against.
 //!
-//! Usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb]
+//! `--thp` asks for shmem transparent huge pages on the mapping (MADV_HUGEPAGE; needs
+//! /sys/kernel/mm/transparent_hugepage/shmem_enabled = advise, which the caller sets).
+//!
+//! Usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp]
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
@@ -27,6 +30,7 @@ struct Args {
     vcpus: u8,
     runs: u32,
     hugetlb: bool,
+    thp: bool,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -35,6 +39,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         vcpus: 1,
         runs: 10,
         hugetlb: false,
+        thp: false,
     };
     let mut it = argv.iter();
     while let Some(a) = it.next() {
@@ -49,9 +54,11 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--vcpus" => args.vcpus = u8::try_from(value("--vcpus")?).map_err(|e| e.to_string())?,
             "--runs" => args.runs = u32::try_from(value("--runs")?).map_err(|e| e.to_string())?,
             "--hugetlb" => args.hugetlb = true,
+            "--thp" => args.thp = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb]".into(),
+                    "usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp]"
+                        .into(),
                 )
             }
             other => return Err(format!("unknown argument '{other}'")),
@@ -81,7 +88,7 @@ fn ram_blocks(size: u64) -> Vec<(u64, u64, u64)> {
     }
 }
 
-fn map_shared(fd: RawFd, size: u64) -> Result<*mut u8, String> {
+fn map_shared(fd: RawFd, size: u64, thp: bool) -> Result<*mut u8, String> {
     // SAFETY: a fresh shared mapping of a file we own; the kernel picks the address, so no
     // existing mapping is affected, and the result is checked for MAP_FAILED.
     let addr = unsafe {
@@ -100,6 +107,16 @@ fn map_shared(fd: RawFd, size: u64) -> Result<*mut u8, String> {
             std::io::Error::last_os_error()
         ));
     }
+    if thp {
+        // SAFETY: advice on the mapping just created, of exactly its length.
+        let r = unsafe { libc::madvise(addr, size as usize, libc::MADV_HUGEPAGE) };
+        if r != 0 {
+            return Err(format!(
+                "MADV_HUGEPAGE: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     Ok(addr.cast())
 }
 
@@ -113,7 +130,7 @@ fn new_ram(args: &Args) -> Result<(OwnedFd, *mut u8), String> {
     let fd: OwnedFd = nix::sys::memfd::memfd_create(c"cpr-floor-ram", flags)
         .map_err(|e| format!("memfd_create: {e}"))?;
     nix::unistd::ftruncate(&fd, size as i64).map_err(|e| format!("ftruncate: {e}"))?;
-    let ram = map_shared(fd.as_raw_fd(), size)?;
+    let ram = map_shared(fd.as_raw_fd(), size, args.thp)?;
     // SAFETY: the guest code fits in the mapping (size >= 1 MiB).
     unsafe {
         std::ptr::copy_nonoverlapping(
@@ -153,7 +170,7 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
         monotonic_ns().to_string(),
         run.to_string(),
         args.runs.to_string(),
-        if args.hugetlb { "1".into() } else { "0".into() },
+        (args.hugetlb as u8 | (args.thp as u8) << 1).to_string(),
     ]
     .into_iter()
     .map(|s| CString::new(s).map_err(|e| e.to_string()))
@@ -163,10 +180,16 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
 }
 
 /// Child side: everything a new VMM image must do before the guest runs again.
-fn child(raw_fd: RawFd, size: u64, vcpus: u8, t0: u64) -> Result<(u64, OwnedFd, *mut u8), String> {
+fn child(
+    raw_fd: RawFd,
+    size: u64,
+    vcpus: u8,
+    t0: u64,
+    thp: bool,
+) -> Result<(u64, OwnedFd, *mut u8), String> {
     // SAFETY: the parent passed this fd number on purpose; nothing else in this process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw_fd) };
-    let ram = map_shared(fd.as_raw_fd(), size)?;
+    let ram = map_shared(fd.as_raw_fd(), size, thp)?;
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     vm.set_tss_address(0xfffb_d000)
@@ -229,7 +252,7 @@ fn main() {
     if argv.first().map(String::as_str) == Some("--child") {
         let n = |i: usize| argv.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         let (fd, size, vcpus, t0, run, runs, huge) = (n(1), n(2), n(3), n(4), n(5), n(6), n(7));
-        match child(fd as RawFd, size, vcpus as u8, t0) {
+        match child(fd as RawFd, size, vcpus as u8, t0, huge & 2 != 0) {
             Ok((ns, fd, ram)) => {
                 println!("run {run}: floor {:.3} ms", ns as f64 / 1e6);
                 if run + 1 < runs {
@@ -237,7 +260,8 @@ fn main() {
                         mem_mib: size >> 20,
                         vcpus: vcpus as u8,
                         runs: runs as u32,
-                        hugetlb: huge == 1,
+                        hugetlb: huge & 1 != 0,
+                        thp: huge & 2 != 0,
                     };
                     if let Err(e) = parent(&args, run as u32 + 1, fd, ram) {
                         eprintln!("cpr-floor: {e}");
