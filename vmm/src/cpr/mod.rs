@@ -32,6 +32,7 @@ pub mod image;
 pub mod incoming;
 pub mod ram_image;
 pub mod reboot;
+pub mod teardown;
 pub mod timing;
 
 use std::collections::BTreeMap;
@@ -575,7 +576,9 @@ fn exec_attempt(
     let hfile = fds::handover_memfd(&bytes)?;
     keep.push(("handover".into(), hfile.as_raw_fd()));
     let mut env: Vec<std::ffi::CString> = std::env::vars_os()
-        .filter(|(k, _)| k != fds::HANDOVER_ENV && k != fds::EXEC_TIME_ENV)
+        .filter(|(k, _)| {
+            k != fds::HANDOVER_ENV && k != fds::EXEC_TIME_ENV && k != teardown::TEARDOWN_ENV
+        })
         .filter_map(|(k, v)| {
             let mut s = k.into_encoded_bytes();
             s.push(b'=');
@@ -586,6 +589,21 @@ fn exec_attempt(
     let env_item = |k: &str, v: String| std::ffi::CString::new(format!("{k}={v}")).ok();
     env.extend(env_item(fds::HANDOVER_ENV, hfile.as_raw_fd().to_string()));
     fds::clear_cloexec_all(&keep)?;
+    // The old mm and VM are freed by this helper after the guest runs again, instead of
+    // by execve inside the pause (see `teardown`). Best effort: without it, exec frees them.
+    let helper = teardown::Helper::spawn().ok().and_then(|h| {
+        let fd = h.write_fd();
+        match fds::clear_cloexec_all(&[("teardown".into(), fd)]) {
+            Ok(()) => Some(h),
+            Err(_) => {
+                h.abandon();
+                None
+            }
+        }
+    });
+    if let Some(h) = &helper {
+        env.extend(env_item(teardown::TEARDOWN_ENV, h.env_value()));
+    }
     // Written last so it is as close to execve as it can be.
     env.extend(env_item(fds::EXEC_TIME_ENV, now_ns().to_string()));
     let e = match nix::unistd::execvpe(&cargs[0], &cargs, &env) {
@@ -593,6 +611,9 @@ fn exec_attempt(
         Err(e) => e,
     };
     fds::restore_cloexec_all(&keep);
+    if let Some(h) = helper {
+        h.abandon();
+    }
     drop(hfile);
     Err(CprError::Exec {
         argv0: argv0.clone(),
@@ -612,6 +633,7 @@ pub struct Adopted {
 /// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
 /// inherited RAM, rebuild chardevs and monitor sessions.
 pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
+    teardown::adopt_from_env();
     let img = Image::from_bytes(bytes).map_err(CprError::Handover)?;
     let exec: ExecState = img
         .section(ONE)
@@ -850,6 +872,8 @@ pub fn load(
         machine.resume()?;
         t.first_vcpu_running = now_ns();
     }
+    // After the pause: the previous image's address space and VM may go now.
+    teardown::release();
     ctl.vm = Vm::Active(machine);
     ctl.cpr.phase = Phase::None;
     ctl.cpr.image = Some(path.display().to_string());
