@@ -19,6 +19,8 @@ pub struct Row {
     pub samples: Samples,
     /// The floor program's pause for the same RAM, vCPUs and pages, measured beside it.
     pub floor: Option<Summary>,
+    /// The floor with the old mm freed after the interval (`cpr-floor --defer-teardown`).
+    pub floor_deferred: Option<Summary>,
     /// Load average when the scenario started.
     pub load: f64,
     /// Why the scenario has no figures (skipped or failed).
@@ -87,6 +89,7 @@ pub fn table(rows: &[Row]) -> String {
         "max",
         "floor median ms",
         "pause - floor",
+        "floor, deferred teardown",
         "phases (median ms)",
         "load",
     ]);
@@ -117,6 +120,7 @@ pub fn table(rows: &[Row]) -> String {
             f3(p.map(|p| p.max)),
             f3(r.floor.map(|f| f.median)),
             f3(p.zip(r.floor).map(|(p, f)| p.median - f.median)),
+            f3(r.floor_deferred.map(|f| f.median)),
             extra,
             format!("{:.1}", r.load),
         ]);
@@ -133,7 +137,7 @@ fn csv_field(s: &str) -> String {
 }
 
 pub const CSV_HEADER: &str = "scenario,ram_mib,vcpus,pages,runs,pause_median_ms,pause_p90_ms,\
-pause_max_ms,floor_median_ms,floor_p90_ms,floor_max_ms,phases_median_ms,save_gbps,load_gbps,\
+pause_max_ms,floor_median_ms,floor_p90_ms,floor_max_ms,floor_deferred_median_ms,phases_median_ms,save_gbps,load_gbps,\
 load_avg,note";
 
 pub fn csv(rows: &[Row]) -> String {
@@ -160,6 +164,7 @@ pub fn csv(rows: &[Row]) -> String {
             f3(r.floor.map(|f| f.median)),
             f3(r.floor.map(|f| f.p90)),
             f3(r.floor.map(|f| f.max)),
+            f3(r.floor_deferred.map(|f| f.median)),
             phases,
             f3(sg),
             f3(lg),
@@ -198,6 +203,7 @@ pub fn json(rows: &[Row], machine: &Value, command: &str) -> Value {
                 "pause-ms": summary_json(r.pause()),
                 "pause-samples-ms": r.samples.pause_ms,
                 "floor-ms": summary_json(r.floor),
+                "floor-deferred-teardown-ms": summary_json(r.floor_deferred),
                 "phases-median-ms": r.phase_medians().into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>(),
                 "phases-samples-ms": r.samples.phases_ms,
                 "save-gbps": sg,
@@ -218,9 +224,11 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
         ("restart", "4k", RED, false),
         ("restart", "hugetlb", BLUE, false),
         ("restart", "shmem-thp", GREEN, false),
+        ("restart-teardown-in-exec", "4k", MAGENTA, false),
         ("floor", "4k", RED, true),
         ("floor", "hugetlb", BLUE, true),
         ("floor", "shmem-thp", GREEN, true),
+        ("floor-deferred-teardown", "4k", BLACK, true),
     ]
     .iter()
     .filter_map(|(scen, pages, color, dashed)| {
@@ -250,7 +258,7 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     root.fill(&WHITE).map_err(e)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Restart-mode pause vs guest RAM (median), floor dashed",
+            "Restart-mode pause vs guest RAM (median); floors dashed",
             ("sans-serif", 24),
         )
         .margin(15)

@@ -73,7 +73,7 @@ struct Vmm {
 }
 
 impl Vmm {
-    fn spawn(env: &Env, args: &[String], tag: &str) -> Result<Vmm, String> {
+    fn spawn(env: &Env, args: &[String], tag: &str, vars: &[(&str, &str)]) -> Result<Vmm, String> {
         let sock = env.scratch.join("qmp.sock");
         let _ = std::fs::remove_file(&sock);
         let stderr = env.scratch.join(format!("{tag}.stderr"));
@@ -81,6 +81,7 @@ impl Vmm {
             std::fs::File::create(&stderr).map_err(|e| format!("{}: {e}", stderr.display()))?;
         let mut child = Command::new(&env.vmm)
             .args(args)
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err_file)
@@ -183,16 +184,24 @@ fn ms(v: &Value) -> Option<f64> {
 }
 
 /// Restart mode: `runs` successive cpr-save / cpr-exec / cpr-load of one guest lineage.
+/// `teardown_in_exec` sets VMM_CPR_TEARDOWN_IN_EXEC: execve frees the old mm in the pause,
+/// as before the deferred teardown (the A/B comparison).
 pub fn restart(
     env: &Env,
     mib: u64,
     vcpus: u8,
     pages: Pages,
     runs: usize,
+    teardown_in_exec: bool,
 ) -> Result<Samples, String> {
+    let vars: &[(&str, &str)] = if teardown_in_exec {
+        &[("VMM_CPR_TEARDOWN_IN_EXEC", "1")]
+    } else {
+        &[]
+    };
     let _ = std::fs::remove_file(env.scratch.join("serial.log"));
     let args = vmm_args(env, mib, vcpus, &memfd_opts(mib, pages));
-    let mut vmm = Vmm::spawn(env, &args, "restart")?;
+    let mut vmm = Vmm::spawn(env, &args, "restart", vars)?;
     let img = env.scratch.join("restart.img").display().to_string();
     let mut exec_argv = vec![env.vmm.display().to_string()];
     exec_argv.extend(args.iter().cloned());
@@ -266,7 +275,7 @@ pub fn reboot(env: &Env, mib: u64, in_image: bool, runs: usize) -> Result<Sample
     let img = env.scratch.join("reboot.img").display().to_string();
     let placement = if in_image { "in-image" } else { "in-place" };
     let result = (|| {
-        let mut vmm = Vmm::spawn(env, &args, "reboot")?;
+        let mut vmm = Vmm::spawn(env, &args, "reboot", &[])?;
         let mut out = Samples::default();
         for _ in 0..runs {
             touch_ram(&mut vmm)?;
@@ -278,7 +287,7 @@ pub fn reboot(env: &Env, mib: u64, in_image: bool, runs: usize) -> Result<Sample
             )?;
             let saved = vmm.qmp.wait_event("CPR_SAVE")?;
             vmm.quit()?;
-            vmm = Vmm::spawn(env, &incoming, "reboot")?;
+            vmm = Vmm::spawn(env, &incoming, "reboot", &[])?;
             vmm.cmd("cpr-load", json!({ "filename": img }))?;
             let pause = t0.elapsed().as_secs_f64() * 1e3;
             let loaded = vmm.qmp.wait_event("CPR_LOAD")?;
@@ -327,8 +336,16 @@ fn fill_pattern(path: &Path, size: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The floor program (cpr-floor) for the same RAM, vCPUs and page size.
-pub fn floor(env: &Env, mib: u64, vcpus: u8, pages: Pages, runs: usize) -> Result<Samples, String> {
+/// The floor program (cpr-floor) for the same RAM, vCPUs and page size; `deferred`: with
+/// the old mm freed after the measured interval, as the vmm does.
+pub fn floor(
+    env: &Env,
+    mib: u64,
+    vcpus: u8,
+    pages: Pages,
+    runs: usize,
+    deferred: bool,
+) -> Result<Samples, String> {
     let mut cmd = Command::new(&env.floor);
     cmd.args([
         "--mem-mib",
@@ -338,6 +355,9 @@ pub fn floor(env: &Env, mib: u64, vcpus: u8, pages: Pages, runs: usize) -> Resul
         "--runs",
         &runs.to_string(),
     ]);
+    if deferred {
+        cmd.arg("--defer-teardown");
+    }
     match pages {
         Pages::Small => {}
         Pages::Hugetlb => {

@@ -162,16 +162,20 @@ fn row(scenario: &str, mib: u64, vcpus: u8, pages: Pages) -> Row {
         pages: pages.name().into(),
         samples: Samples::default(),
         floor: None,
+        floor_deferred: None,
         load: host::load_avg(),
         note: String::new(),
     }
 }
 
-/// One restart-mode scenario and its floor, both measured now.
-fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages) -> Vec<Row> {
+/// One restart-mode scenario and its floors, all measured now. With `ab` (4 KiB pages),
+/// also the vmm with the old mm freed inside execve, and the floor with it deferred.
+fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: bool) -> Vec<Row> {
     let runs = runs_for(args, mib);
     let mut r = row("restart", mib, vcpus, pages);
     let mut f = row("floor", mib, vcpus, pages);
+    let mut fd = row("floor-deferred-teardown", mib, vcpus, pages);
+    let mut old = row("restart-teardown-in-exec", mib, vcpus, pages);
     eprintln!(
         "restart {mib} MiB, {vcpus} vCPU(s), {} pages, {runs} runs (load {:.1})",
         pages.name(),
@@ -188,24 +192,46 @@ fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages) -> Ve
         f.note = r.note.clone();
         return vec![r, f];
     }
-    match scenario::floor(env, mib, vcpus, pages, runs) {
+    let floor = |deferred: bool, row: &mut Row| match scenario::floor(
+        env, mib, vcpus, pages, runs, deferred,
+    ) {
         Ok(s) => {
-            r.floor = summarize(&s.pause_ms);
-            f.samples = s;
+            let sum = summarize(&s.pause_ms);
+            row.samples = s;
+            sum
         }
-        Err(e) => f.note = format!("failed: {e}"),
+        Err(e) => {
+            row.note = format!("failed: {e}");
+            None
+        }
+    };
+    let classic = floor(false, &mut f);
+    let deferred = floor(true, &mut fd);
+    for x in [&mut r, &mut old] {
+        x.floor = classic;
+        x.floor_deferred = deferred;
     }
-    match scenario::restart(env, mib, vcpus, pages, runs) {
+    match scenario::restart(env, mib, vcpus, pages, runs, false) {
         Ok(s) => r.samples = s,
         Err(e) => r.note = format!("failed: {e}"),
     }
+    let mut rows = vec![r];
+    if ab {
+        match scenario::restart(env, mib, vcpus, pages, runs, true) {
+            Ok(s) => old.samples = s,
+            Err(e) => old.note = format!("failed: {e}"),
+        }
+        rows.push(old);
+    }
+    rows.push(f);
+    rows.push(fd);
     drop(guard);
-    for x in [&r, &f] {
+    for x in &rows {
         if !x.note.is_empty() {
             eprintln!("  {}: {}", x.scenario, x.note);
         }
     }
-    vec![r, f]
+    rows
 }
 
 fn main() {
@@ -248,7 +274,14 @@ fn run(args: &Args) -> Result<(), String> {
         }
         for pages in kinds {
             for &mib in &args.sizes {
-                rows.extend(restart_pair(&env, args, mib, 1, pages));
+                rows.extend(restart_pair(
+                    &env,
+                    args,
+                    mib,
+                    1,
+                    pages,
+                    pages == Pages::Small,
+                ));
             }
         }
     }
@@ -260,7 +293,7 @@ fn run(args: &Args) -> Result<(), String> {
                 r.scenario == "restart" && r.ram_mib == mib && r.vcpus == v && r.pages == "4k"
             });
             if !done {
-                rows.extend(restart_pair(&env, args, mib, v, Pages::Small));
+                rows.extend(restart_pair(&env, args, mib, v, Pages::Small, false));
             }
         }
     }

@@ -11,7 +11,10 @@
 //! `--thp` asks for shmem transparent huge pages on the mapping (MADV_HUGEPAGE; needs
 //! /sys/kernel/mm/transparent_hugepage/shmem_enabled = advise, which the caller sets).
 //!
-//! Usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp]
+//! `--defer-teardown` keeps the old mm alive in a helper across execve, as the vmm does
+//! (vmm/src/cpr/teardown.rs), so the old mappings are freed after the measured interval.
+//!
+//! Usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp] [--defer-teardown]
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
@@ -31,6 +34,7 @@ struct Args {
     runs: u32,
     hugetlb: bool,
     thp: bool,
+    defer: bool,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -40,6 +44,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         runs: 10,
         hugetlb: false,
         thp: false,
+        defer: false,
     };
     let mut it = argv.iter();
     while let Some(a) = it.next() {
@@ -55,9 +60,11 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--runs" => args.runs = u32::try_from(value("--runs")?).map_err(|e| e.to_string())?,
             "--hugetlb" => args.hugetlb = true,
             "--thp" => args.thp = true,
+            "--defer-teardown" => args.defer = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp]"
+                    "usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp] \
+                     [--defer-teardown]"
                         .into(),
                 )
             }
@@ -160,6 +167,12 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
     )
     .map_err(|e| format!("clear FD_CLOEXEC: {e}"))?;
     std::mem::forget(fd); // stays open across execve on purpose
+    let t0 = monotonic_ns();
+    let (helper_pid, helper_fd) = if args.defer {
+        vmm_bench::defer::spawn()?
+    } else {
+        (0, -1)
+    };
     let exe = CString::new("/proc/self/exe").map_err(|e| e.to_string())?;
     let argv: Vec<CString> = [
         "cpr-floor".to_string(),
@@ -167,10 +180,12 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
         raw.to_string(),
         size.to_string(),
         args.vcpus.to_string(),
-        monotonic_ns().to_string(),
+        t0.to_string(),
         run.to_string(),
         args.runs.to_string(),
-        (args.hugetlb as u8 | (args.thp as u8) << 1).to_string(),
+        (args.hugetlb as u8 | (args.thp as u8) << 1 | (args.defer as u8) << 2).to_string(),
+        helper_pid.to_string(),
+        helper_fd.to_string(),
     ]
     .into_iter()
     .map(|s| CString::new(s).map_err(|e| e.to_string()))
@@ -255,6 +270,10 @@ fn main() {
         match child(fd as RawFd, size, vcpus as u8, t0, huge & 2 != 0) {
             Ok((ns, fd, ram)) => {
                 println!("run {run}: floor {:.3} ms", ns as f64 / 1e6);
+                if huge & 4 != 0 {
+                    let m = |i: usize| argv.get(i).and_then(|s| s.parse::<i32>().ok());
+                    vmm_bench::defer::release(m(8).unwrap_or(0), m(9).unwrap_or(-1));
+                }
                 if run + 1 < runs {
                     let args = Args {
                         mem_mib: size >> 20,
@@ -262,6 +281,7 @@ fn main() {
                         runs: runs as u32,
                         hugetlb: huge & 1 != 0,
                         thp: huge & 2 != 0,
+                        defer: huge & 4 != 0,
                     };
                     if let Err(e) = parent(&args, run as u32 + 1, fd, ram) {
                         eprintln!("cpr-floor: {e}");
