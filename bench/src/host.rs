@@ -48,6 +48,12 @@ fn read_u64(path: &str) -> Result<u64, String> {
         .map_err(|e| format!("{path}: {e}"))
 }
 
+fn free_huge_pages() -> u64 {
+    first_match("/proc/meminfo", "HugePages_Free")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// 2 MiB huge pages reserved for one scenario; the old count is restored on drop.
 pub struct HugePages {
     old: u64,
@@ -58,15 +64,30 @@ impl HugePages {
     /// got, when the kernel cannot find that many (fragmented or short of memory).
     pub fn reserve(mib: u64) -> Result<HugePages, String> {
         let old = read_u64(NR_HUGEPAGES)?;
-        let want = old + mib.div_ceil(2);
-        std::fs::write(NR_HUGEPAGES, want.to_string())
-            .map_err(|e| format!("{NR_HUGEPAGES}: {e} (reserving huge pages needs root)"))?;
+        let need = mib.div_ceil(2);
         let guard = HugePages { old };
-        let got = read_u64(NR_HUGEPAGES)?;
-        if got < want {
-            return Err(format!("only {got} of {want} huge pages could be reserved"));
+        // Pages of an earlier scenario may still be in use for a moment (a process being
+        // torn down): what counts is free pages, so raise the pool until enough are free.
+        let start = std::time::Instant::now();
+        loop {
+            let free = free_huge_pages();
+            if free >= need {
+                return Ok(guard);
+            }
+            let total = read_u64(NR_HUGEPAGES)?;
+            std::fs::write(NR_HUGEPAGES, (total + need - free).to_string())
+                .map_err(|e| format!("{NR_HUGEPAGES}: {e} (reserving huge pages needs root)"))?;
+            if free_huge_pages() >= need {
+                return Ok(guard);
+            }
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                return Err(format!(
+                    "only {} of {need} huge pages could be reserved",
+                    free_huge_pages()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        Ok(guard)
     }
 }
 
