@@ -86,8 +86,9 @@ fn counter_roundtrip(name: &str, machine: &[&str], save: &str, expect: &str) {
     let reply = hmp.cmd(&format!("cpr-save {img} reboot{save}"));
     assert!(reply.contains(expect), "{reply}");
     assert_eq!(hmp.cmd("info status"), "VM status: paused (postmigrate)\n");
-    let before = out.seen.clone();
     quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let before = out.rest().to_string();
 
     let (vmm, mut out, mut hmp) = start(&dir, "counter", machine, &["-S"]);
     let reply = hmp.cmd(&format!("cpr-load {img}"));
@@ -147,8 +148,9 @@ fn running_counter_resumes_at_load_memfd_in_image() {
     assert_eq!(hmp.cmd("info status"), "VM status: running\n");
     let reply = hmp.cmd(&format!("cpr-save {img} reboot"));
     assert!(reply.contains("RAM in image: "), "{reply}");
-    let before = out.seen.clone();
     quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let before = out.rest().to_string();
     let (vmm, mut out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
     hmp.cmd(&format!("cpr-load {img}"));
     assert_eq!(hmp.cmd("info status"), "VM status: running\n");
@@ -238,8 +240,67 @@ fn a_changed_ram_file_is_refused_at_load() {
     let (vmm, _out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
     let reply = hmp.cmd(&format!("cpr-load {img}"));
     assert!(
-        reply.starts_with("Error: RAM block ram-below-4g does not hold the saved guest memory: CRC "),
+        reply.starts_with(
+            "Error: RAM block ram-below-4g does not hold the saved guest memory: CRC "
+        ),
         "{reply}"
+    );
+    assert_eq!(hmp.cmd("info status"), "VM status: paused (prelaunch)\n");
+    quit(vmm, hmp);
+}
+
+/// digest=off skips the pass over RAM while the guest is stopped; the guest still loads.
+#[test]
+fn in_place_without_digests() {
+    let shm = ShmFile::new("no-digest");
+    let obj = shm.object("32M");
+    counter_roundtrip(
+        "rb-no-digest",
+        &["-object", &obj, "-machine", "memory-backend=ram0"],
+        " digest=off",
+        "RAM in place: 32 MiB kept in the RAM file, no digests",
+    );
+}
+
+/// In place, a RAM file of another length, or none, is refused (the length is taken as the
+/// new vmm found it, before it sized the file for the guest).
+#[test]
+fn a_resized_or_missing_ram_file_is_refused_at_load() {
+    let shm = ShmFile::new("resized");
+    let obj = shm.object("32M");
+    let machine = ["-object", obj.as_str(), "-machine", "memory-backend=ram0"];
+    let dir = Scratch::new("rb-resized");
+    let img = dir.str("vm.cpr");
+    let (vmm, mut out, mut hmp) = start(&dir, "counter", &machine, &[]);
+    out.wait_for("count 1\n");
+    hmp.cmd(&format!("cpr-save {img} reboot digest=off"));
+    quit(vmm, hmp);
+
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shm.0)
+        .expect("open the RAM file");
+    f.set_len(16 << 20).expect("shrink the RAM file");
+    drop(f);
+    let (vmm, _out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
+    assert_eq!(
+        hmp.cmd(&format!("cpr-load {img}")),
+        format!(
+            "Error: the RAM file {} is 16777216 bytes long; the image recorded 33554432\n",
+            shm.0
+        )
+    );
+    quit(vmm, hmp);
+
+    std::fs::remove_file(&shm.0).expect("remove the RAM file");
+    let (vmm, _out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
+    assert_eq!(
+        hmp.cmd(&format!("cpr-load {img}")),
+        format!(
+            "Error: the RAM file {} did not exist when this vmm started: the guest's memory is \
+             gone\n",
+            shm.0
+        )
     );
     assert_eq!(hmp.cmd("info status"), "VM status: paused (prelaunch)\n");
     quit(vmm, hmp);

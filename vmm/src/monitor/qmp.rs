@@ -11,6 +11,7 @@ use super::{
 };
 
 /// A QMP argument's expected JSON type, named as QEMU names it in errors.
+#[allow(dead_code)] // Bool: for the cpr-* commands' flags
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgType {
     Str,
@@ -120,12 +121,30 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
                     ty: ArgType::Str,
                     required: false,
                 },
+                Arg {
+                    name: "digest",
+                    ty: ArgType::Bool,
+                    required: false,
+                },
             ],
             run: |c, a| {
                 // Reboot mode's RAM placement rides along in the mode string.
                 let mut mode = str_arg(a, "mode");
                 if let Some(ram) = a.get("ram").and_then(Value::as_str) {
+                    if mode != "reboot" {
+                        return Err(CmdError::generic(
+                            "Parameter 'ram' is only valid in reboot mode",
+                        ));
+                    }
                     mode = format!("{mode},ram={ram}");
+                }
+                if let Some(d) = a.get("digest").and_then(Value::as_bool) {
+                    if mode.split(',').next() != Some("reboot") {
+                        return Err(CmdError::generic(
+                            "Parameter 'digest' is only valid in reboot mode",
+                        ));
+                    }
+                    mode = format!("{mode},digest={}", if d { "on" } else { "off" });
                 }
                 c.defer(CprOp::Save {
                     path: str_arg(a, "filename"),
@@ -201,6 +220,11 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
             },
         },
         Command {
+            name: "query-chardev",
+            args: NO_ARGS,
+            run: query_chardev,
+        },
+        Command {
             name: "human-monitor-command",
             args: &[
                 Arg {
@@ -241,6 +265,16 @@ fn query_status<V: VmControl>(
         "singlestep": false,
         "status": run_state_name(s),
     }))
+}
+
+fn query_chardev<V: VmControl>(
+    c: &mut Controller<V>,
+    _: &Map<String, Value>,
+) -> Result<Value, CmdError> {
+    Ok(c.chardevs
+        .iter()
+        .map(|ch| json!({"label": ch.label, "filename": ch.filename, "frontend-open": ch.frontend_open}))
+        .collect())
 }
 
 fn query_commands<V: VmControl>(
