@@ -216,6 +216,35 @@ pub fn json(rows: &[Row], machine: &Value, command: &str) -> Value {
     json!({ "machine": machine, "command": command, "rows": rows })
 }
 
+/// Rows back from a `results.json` (scenario, size, vCPUs, pages, pause samples): to redraw
+/// the plot without re-running.
+pub fn rows_from_json(v: &Value) -> Vec<Row> {
+    v["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| Row {
+                    scenario: r["scenario"].as_str().unwrap_or("").to_string(),
+                    ram_mib: r["ram-mib"].as_u64().unwrap_or(0),
+                    vcpus: r["vcpus"].as_u64().unwrap_or(0) as u8,
+                    pages: r["pages"].as_str().unwrap_or("").to_string(),
+                    samples: Samples {
+                        pause_ms: r["pause-samples-ms"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                            .unwrap_or_default(),
+                        ..Samples::default()
+                    },
+                    floor: None,
+                    floor_deferred: None,
+                    load: r["load-avg"].as_f64().unwrap_or(0.0),
+                    note: String::new(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Pause against RAM size: restart mode per page size, the floor beside each.
 pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
@@ -253,6 +282,10 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
         .iter()
         .flat_map(|s| s.1.iter().map(|p| p.1))
         .fold(1.0f64, f64::max);
+    let ymin = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(ymax, f64::min);
     let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| format!("plot {}: {e:?}", path.display());
     root.fill(&WHITE).map_err(e)?;
@@ -264,12 +297,13 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..xmax * 1.05, 0f64..ymax * 1.15)
+        // Log scale: the floors and the vmm span three orders of magnitude.
+        .build_cartesian_2d(0f64..xmax * 1.05, (ymin * 0.7..ymax * 1.5).log_scale())
         .map_err(e)?;
     chart
         .configure_mesh()
         .x_desc("guest RAM (GiB)")
-        .y_desc("pause (ms)")
+        .y_desc("pause (ms, log scale)")
         .draw()
         .map_err(e)?;
     for (name, pts, color, dashed) in series {

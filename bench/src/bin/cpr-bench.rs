@@ -235,6 +235,20 @@ fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: b
 }
 
 fn main() {
+    // `--replot DIR`: redraw DIR/pause-vs-ram.png from DIR/results.json.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--replot") {
+        let dir = PathBuf::from(argv.get(2).map_or(".", String::as_str));
+        let res = std::fs::read_to_string(dir.join("results.json"))
+            .map_err(|e| format!("{}: {e}", dir.join("results.json").display()))
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            .and_then(|v| report::plot(&report::rows_from_json(&v), &dir.join("pause-vs-ram.png")));
+        if let Err(e) = res {
+            eprintln!("cpr-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
