@@ -5,7 +5,7 @@
 //! `results.csv`, `results.json` and `pause-vs-ram.png` into `--out`.
 //!
 //! Usage: cargo run --release -p vmm-bench -- [--quick] [--runs N] [--sizes 256M,1G,4G,8G]
-//!        [--vcpus 1,2,4,8] [--no-hugetlb] [--thp] [--only restart,vcpus,reboot]
+//!        [--vcpus 1,2,4,8] [--no-hugetlb] [--thp] [--pages 4k,hugetlb,thp] [--only restart,vcpus,reboot]
 //!        [--out DIR] [--vmm PATH]
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +22,7 @@ struct Args {
     vcpus: Vec<u8>,
     hugetlb: bool,
     thp: bool,
+    small: bool,
     only: Vec<String>,
     out: Option<PathBuf>,
     vmm: Option<PathBuf>,
@@ -47,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         vcpus: vec![1, 2, 4, 8],
         hugetlb: true,
         thp: false,
+        small: true,
         only: vec!["restart".into(), "vcpus".into(), "reboot".into()],
         out: None,
         vmm: None,
@@ -76,13 +78,27 @@ fn parse_args() -> Result<Args, String> {
             }
             "--no-hugetlb" => a.hugetlb = false,
             "--thp" => a.thp = true,
+            "--pages" => {
+                let v = val()?;
+                a.small = false;
+                a.hugetlb = false;
+                a.thp = false;
+                for p in v.split(',') {
+                    match p {
+                        "4k" => a.small = true,
+                        "hugetlb" => a.hugetlb = true,
+                        "thp" | "shmem-thp" => a.thp = true,
+                        other => return Err(format!("--pages: unknown page kind {other:?}")),
+                    }
+                }
+            }
             "--only" => a.only = val()?.split(',').map(String::from).collect(),
             "--out" => a.out = Some(PathBuf::from(val()?)),
             "--vmm" => a.vmm = Some(PathBuf::from(val()?)),
             "-h" | "--help" => {
                 return Err(
                     "usage: cpr-bench [--quick] [--runs N] [--sizes 256M,1G,4G,8G] \
-                            [--vcpus 1,2,4,8] [--no-hugetlb] [--thp] \
+                            [--vcpus 1,2,4,8] [--no-hugetlb] [--thp] [--pages 4k,hugetlb,thp] \
                             [--only restart,vcpus,reboot] [--out DIR] [--vmm PATH]"
                         .into(),
                 )
@@ -279,7 +295,10 @@ fn run(args: &Args) -> Result<(), String> {
     let want = |s: &str| args.only.iter().any(|o| o == s);
 
     if want("restart") {
-        let mut kinds = vec![Pages::Small];
+        let mut kinds = Vec::new();
+        if args.small {
+            kinds.push(Pages::Small);
+        }
         if args.hugetlb {
             kinds.push(Pages::Hugetlb);
         }
