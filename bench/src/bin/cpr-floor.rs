@@ -8,7 +8,13 @@
 //! the vCPUs, sets their registers and runs vCPU 0 until its first exit. The elapsed time
 //! from before execve to that exit is the floor the VMM's pause is compared against.
 //!
-//! Usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb]
+//! `--thp` asks for shmem transparent huge pages on the mapping (MADV_HUGEPAGE; needs
+//! /sys/kernel/mm/transparent_hugepage/shmem_enabled = advise, which the caller sets).
+//!
+//! `--defer-teardown` keeps the old mm alive in a helper across execve, as the vmm does
+//! (vmm/src/cpr/teardown.rs), so the old mappings are freed after the measured interval.
+//!
+//! Usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp] [--defer-teardown]
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
@@ -27,6 +33,8 @@ struct Args {
     vcpus: u8,
     runs: u32,
     hugetlb: bool,
+    thp: bool,
+    defer: bool,
 }
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -35,6 +43,8 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         vcpus: 1,
         runs: 10,
         hugetlb: false,
+        thp: false,
+        defer: false,
     };
     let mut it = argv.iter();
     while let Some(a) = it.next() {
@@ -49,9 +59,13 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--vcpus" => args.vcpus = u8::try_from(value("--vcpus")?).map_err(|e| e.to_string())?,
             "--runs" => args.runs = u32::try_from(value("--runs")?).map_err(|e| e.to_string())?,
             "--hugetlb" => args.hugetlb = true,
+            "--thp" => args.thp = true,
+            "--defer-teardown" => args.defer = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb]".into(),
+                    "usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp] \
+                     [--defer-teardown]"
+                        .into(),
                 )
             }
             other => return Err(format!("unknown argument '{other}'")),
@@ -81,7 +95,7 @@ fn ram_blocks(size: u64) -> Vec<(u64, u64, u64)> {
     }
 }
 
-fn map_shared(fd: RawFd, size: u64) -> Result<*mut u8, String> {
+fn map_shared(fd: RawFd, size: u64, thp: bool) -> Result<*mut u8, String> {
     // SAFETY: a fresh shared mapping of a file we own; the kernel picks the address, so no
     // existing mapping is affected, and the result is checked for MAP_FAILED.
     let addr = unsafe {
@@ -100,6 +114,16 @@ fn map_shared(fd: RawFd, size: u64) -> Result<*mut u8, String> {
             std::io::Error::last_os_error()
         ));
     }
+    if thp {
+        // SAFETY: advice on the mapping just created, of exactly its length.
+        let r = unsafe { libc::madvise(addr, size as usize, libc::MADV_HUGEPAGE) };
+        if r != 0 {
+            return Err(format!(
+                "MADV_HUGEPAGE: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     Ok(addr.cast())
 }
 
@@ -113,7 +137,7 @@ fn new_ram(args: &Args) -> Result<(OwnedFd, *mut u8), String> {
     let fd: OwnedFd = nix::sys::memfd::memfd_create(c"cpr-floor-ram", flags)
         .map_err(|e| format!("memfd_create: {e}"))?;
     nix::unistd::ftruncate(&fd, size as i64).map_err(|e| format!("ftruncate: {e}"))?;
-    let ram = map_shared(fd.as_raw_fd(), size)?;
+    let ram = map_shared(fd.as_raw_fd(), size, args.thp)?;
     // SAFETY: the guest code fits in the mapping (size >= 1 MiB).
     unsafe {
         std::ptr::copy_nonoverlapping(
@@ -143,6 +167,12 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
     )
     .map_err(|e| format!("clear FD_CLOEXEC: {e}"))?;
     std::mem::forget(fd); // stays open across execve on purpose
+    let t0 = monotonic_ns();
+    let (helper_pid, helper_fd) = if args.defer {
+        vmm_bench::defer::spawn()?
+    } else {
+        (0, -1)
+    };
     let exe = CString::new("/proc/self/exe").map_err(|e| e.to_string())?;
     let argv: Vec<CString> = [
         "cpr-floor".to_string(),
@@ -150,10 +180,12 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
         raw.to_string(),
         size.to_string(),
         args.vcpus.to_string(),
-        monotonic_ns().to_string(),
+        t0.to_string(),
         run.to_string(),
         args.runs.to_string(),
-        if args.hugetlb { "1".into() } else { "0".into() },
+        (args.hugetlb as u8 | (args.thp as u8) << 1 | (args.defer as u8) << 2).to_string(),
+        helper_pid.to_string(),
+        helper_fd.to_string(),
     ]
     .into_iter()
     .map(|s| CString::new(s).map_err(|e| e.to_string()))
@@ -163,10 +195,16 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
 }
 
 /// Child side: everything a new VMM image must do before the guest runs again.
-fn child(raw_fd: RawFd, size: u64, vcpus: u8, t0: u64) -> Result<(u64, OwnedFd, *mut u8), String> {
+fn child(
+    raw_fd: RawFd,
+    size: u64,
+    vcpus: u8,
+    t0: u64,
+    thp: bool,
+) -> Result<(u64, OwnedFd, *mut u8), String> {
     // SAFETY: the parent passed this fd number on purpose; nothing else in this process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw_fd) };
-    let ram = map_shared(fd.as_raw_fd(), size)?;
+    let ram = map_shared(fd.as_raw_fd(), size, thp)?;
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     vm.set_tss_address(0xfffb_d000)
@@ -229,15 +267,21 @@ fn main() {
     if argv.first().map(String::as_str) == Some("--child") {
         let n = |i: usize| argv.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         let (fd, size, vcpus, t0, run, runs, huge) = (n(1), n(2), n(3), n(4), n(5), n(6), n(7));
-        match child(fd as RawFd, size, vcpus as u8, t0) {
+        match child(fd as RawFd, size, vcpus as u8, t0, huge & 2 != 0) {
             Ok((ns, fd, ram)) => {
                 println!("run {run}: floor {:.3} ms", ns as f64 / 1e6);
+                if huge & 4 != 0 {
+                    let m = |i: usize| argv.get(i).and_then(|s| s.parse::<i32>().ok());
+                    vmm_bench::defer::release(m(8).unwrap_or(0), m(9).unwrap_or(-1));
+                }
                 if run + 1 < runs {
                     let args = Args {
                         mem_mib: size >> 20,
                         vcpus: vcpus as u8,
                         runs: runs as u32,
-                        hugetlb: huge == 1,
+                        hugetlb: huge & 1 != 0,
+                        thp: huge & 2 != 0,
+                        defer: huge & 4 != 0,
                     };
                     if let Err(e) = parent(&args, run as u32 + 1, fd, ram) {
                         eprintln!("cpr-floor: {e}");

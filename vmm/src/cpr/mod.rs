@@ -38,6 +38,7 @@ mod incoming;
 pub mod incoming_image;
 pub mod ram_image;
 pub mod reboot;
+pub mod teardown;
 pub mod timing;
 pub mod transfer;
 pub mod transfer_timing;
@@ -513,7 +514,9 @@ fn exec_attempt(
     let hfile = fds::handover_memfd(&bytes)?;
     keep.push(("handover".into(), hfile.as_raw_fd()));
     let mut env: Vec<std::ffi::CString> = std::env::vars_os()
-        .filter(|(k, _)| k != fds::HANDOVER_ENV && k != fds::EXEC_TIME_ENV)
+        .filter(|(k, _)| {
+            k != fds::HANDOVER_ENV && k != fds::EXEC_TIME_ENV && k != teardown::TEARDOWN_ENV
+        })
         .filter_map(|(k, v)| {
             let mut s = k.into_encoded_bytes();
             s.push(b'=');
@@ -524,6 +527,21 @@ fn exec_attempt(
     let env_item = |k: &str, v: String| std::ffi::CString::new(format!("{k}={v}")).ok();
     env.extend(env_item(fds::HANDOVER_ENV, hfile.as_raw_fd().to_string()));
     fds::clear_cloexec_all(&keep)?;
+    // The old mm and VM are freed by this helper after the guest runs again, instead of
+    // by execve inside the pause (see `teardown`). Best effort: without it, exec frees them.
+    let helper = teardown::Helper::spawn().ok().and_then(|h| {
+        let fd = h.write_fd();
+        match fds::clear_cloexec_all(&[("teardown".into(), fd)]) {
+            Ok(()) => Some(h),
+            Err(_) => {
+                h.abandon();
+                None
+            }
+        }
+    });
+    if let Some(h) = &helper {
+        env.extend(env_item(teardown::TEARDOWN_ENV, h.env_value()));
+    }
     // Written last so it is as close to execve as it can be.
     env.extend(env_item(fds::EXEC_TIME_ENV, now_ns().to_string()));
     let program = resolve_program(argv0);
@@ -532,6 +550,9 @@ fn exec_attempt(
         Err(e) => e,
     };
     fds::restore_cloexec_all(&keep);
+    if let Some(h) = helper {
+        h.abandon();
+    }
     drop(hfile);
     Err(CprError::Exec {
         argv0: argv0.clone(),
