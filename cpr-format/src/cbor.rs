@@ -29,6 +29,9 @@ pub(crate) const MAJOR_MAP: u8 = 5;
 pub(crate) const MAJOR_TAG: u8 = 6;
 pub(crate) const MAJOR_SIMPLE: u8 = 7;
 
+/// Hard bound on nesting, above any configured limit: the scanner recurses.
+pub(crate) const MAX_NESTING: u32 = 128;
+
 /// A decoded item head.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Head {
@@ -130,6 +133,8 @@ impl<'a> Cursor<'a> {
     /// Skip one complete item in the strict profile, checking all declared lengths and
     /// the nesting bound. `depth` is the depth of this item (top level: 1).
     pub fn skip(&mut self, depth: u32, max_depth: u32) -> Result<(), ScanError> {
+        // Whatever limit the caller asks for, recursion stays within the stack.
+        let max_depth = max_depth.min(MAX_NESTING);
         if depth > max_depth {
             return Err(ScanError::TooDeep {
                 offset: self.offset(),
@@ -143,7 +148,7 @@ impl<'a> Cursor<'a> {
             MAJOR_BYTES => self.take(h.arg, "byte string").map(|_| ()),
             MAJOR_TEXT => {
                 let s = self.take(h.arg, "text string")?;
-                if std::str::from_utf8(s).is_err() {
+                if !s.is_ascii() && std::str::from_utf8(s).is_err() {
                     return Err(self.malformed(start, "text string is not UTF-8"));
                 }
                 Ok(())

@@ -170,6 +170,14 @@ pub enum Error {
         /// Oldest version the reader's type loads.
         reader_min_version: u32,
     },
+    /// A section the reader needs is not in the image.
+    #[error("Image has no section {name}[{instance}]")]
+    MissingSection {
+        /// Section name.
+        name: String,
+        /// Instance.
+        instance: String,
+    },
     /// A region's bytes do not match its digest.
     #[error("Region {name} (bytes {offset}..{end}) does not match its digest: stored {stored:#010x}, computed {computed:#010x}")]
     RegionDigest {
@@ -195,6 +203,13 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// The reader cannot load the image (unknown required section, version too new or
+    /// too old, required field missing, type changed).
+    #[error("Image cannot be loaded: {}", join_findings(.errors))]
+    Incompatible {
+        /// The error findings of the compatibility check.
+        errors: Vec<crate::compat::Finding>,
+    },
     /// A received descriptor is not the one recorded.
     #[error("Descriptor {name} is not the recorded file: expected {expected:?}, got {actual:?}")]
     FdIdentityMismatch {
@@ -205,6 +220,13 @@ pub enum Error {
         /// Identity of the received descriptor.
         actual: FdIdentity,
     },
+}
+
+fn join_findings(f: &[crate::compat::Finding]) -> String {
+    f.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn mangled_note(m: bool) -> &'static str {

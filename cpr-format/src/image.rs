@@ -4,73 +4,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
-
-use crate::cbor::{Cursor, ScanError, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_TAG};
+use crate::cbor::Cursor;
 use crate::compat::{self, CompatReport};
+use crate::decode::{decode_elem, scan_err};
 use crate::error::{Error, Location, Result};
 use crate::layout::{self, align_up, Limits, RegionDesc, CRC_FIELD_LEN, PREFIX_LEN};
 use crate::model::{FdEntry, FormatVersion, Header};
 use crate::schema::{Schema, SectionState};
-use crate::Value;
-
-/// One section as stored in an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Section {
-    /// Section name.
-    pub name: String,
-    /// Instance id.
-    pub instance: String,
-    /// Payload version.
-    pub version: u32,
-    /// Oldest reader version that can load it.
-    pub min_version: u32,
-    /// Whether a reader that does not know it must refuse the image.
-    pub required: bool,
-    /// CRC32 of the payload bytes (verified).
-    pub crc: u32,
-    /// Byte offset of the payload's first byte in the file.
-    pub offset: u64,
-    /// Length of the payload in bytes.
-    pub length: u64,
-    payload: Vec<u8>,
-}
-
-impl Section {
-    /// The encoded payload (a CBOR map), exactly as stored.
-    pub fn payload_bytes(&self) -> &[u8] {
-        &self.payload
-    }
-
-    /// The payload as an untyped value tree, to be read with the image's schema.
-    pub fn value(&self) -> Result<Value> {
-        decode::<Value>(&self.payload, self.location(), self.offset)
-    }
-
-    /// Decode the payload into `T` without version checks (see [`Image::section`]).
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        decode::<T>(&self.payload, self.location(), self.offset)
-    }
-
-    /// Where this section is, for error messages.
-    pub fn location(&self) -> Location {
-        Location::Section {
-            name: self.name.clone(),
-            instance: self.instance.clone(),
-        }
-    }
-
-    /// Name, instance, versions and flag, as the writer takes them.
-    pub fn info(&self) -> crate::SectionInfo {
-        crate::SectionInfo {
-            name: self.name.clone(),
-            instance: self.instance.clone(),
-            version: self.version,
-            min_version: self.min_version,
-            required: self.required,
-        }
-    }
-}
+use crate::section::{read_sections, Section};
 
 enum Store {
     /// Bytes after the metadata (region area), for images read from memory.
@@ -121,23 +62,34 @@ impl Image {
     pub fn open_with(path: impl AsRef<Path>, limits: &Limits) -> Result<Image> {
         let path = path.as_ref();
         let file = File::open(path).map_err(crate::writer::io_err("open", path))?;
+        Image::from_file_named(file, path.to_path_buf(), limits)
+    }
+
+    /// Validate the image in an open file (for example a memfd received across a live
+    /// update), with default limits. Region data is not read. Reads use positioned I/O:
+    /// the file offset is not used or changed.
+    pub fn from_file(file: File) -> Result<Image> {
+        let name = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ));
+        Image::from_file_named(file, name, &Limits::default())
+    }
+
+    fn from_file_named(file: File, path: PathBuf, limits: &Limits) -> Result<Image> {
         let file_len = file
             .metadata()
-            .map_err(crate::writer::io_err("read", path))?
+            .map_err(crate::writer::io_err("read", &path))?
             .len();
         let mut prefix = vec![0u8; (PREFIX_LEN as u64).min(file_len) as usize];
         file.read_exact_at(&mut prefix, 0)
-            .map_err(crate::writer::io_err("read", path))?;
+            .map_err(crate::writer::io_err("read", &path))?;
         let (_, meta_len) = layout::check_prefix(&prefix)?;
         check_meta_len(meta_len, file_len, limits)?;
         let mut meta = vec![0u8; meta_len as usize];
         file.read_exact_at(&mut meta, 0)
-            .map_err(crate::writer::io_err("read", path))?;
-        let store = Store::File {
-            file,
-            path: path.to_path_buf(),
-        };
-        Image::parse(meta, file_len, store, limits)
+            .map_err(crate::writer::io_err("read", &path))?;
+        Image::parse(meta, file_len, Store::File { file, path }, limits)
     }
 
     /// Validate an image held in memory, with default limits.
@@ -286,7 +238,7 @@ impl Image {
                 return Err(inconsistent(loc, "duplicate region name".into()));
             }
             let end = r.offset.checked_add(r.length);
-            if r.offset != next || end.is_none_or(|e| e > self.file_len) {
+            if r.offset != next || !matches!(end, Some(e) if e <= self.file_len) {
                 return Err(inconsistent(
                     loc,
                     format!("region at {} length {} is not at the next aligned offset {next} inside the {}-byte file", r.offset, r.length, self.file_len),
@@ -382,6 +334,16 @@ impl Image {
         }
     }
 
+    /// Like [`Image::section`], but a missing section is an [`Error::MissingSection`]:
+    /// for state a restore cannot do without.
+    pub fn required_section<T: SectionState>(&self, instance: &str) -> Result<T> {
+        self.section(instance)?
+            .ok_or_else(|| Error::MissingSection {
+                name: T::NAME.to_owned(),
+                instance: instance.to_owned(),
+            })
+    }
+
     /// Decode every instance of `T::NAME`, in file order, with their instance ids.
     pub fn sections_of<T: SectionState>(&self) -> Result<Vec<(String, T)>> {
         self.sections
@@ -431,10 +393,56 @@ impl Image {
         Ok(data)
     }
 
+    /// Check region `name` against its digest, reading it in 1 MiB pieces (memory use
+    /// does not grow with the region).
+    pub fn verify_region(&self, name: &str) -> Result<()> {
+        let r = self
+            .region(name)
+            .ok_or_else(|| Error::NoSuchRegion(name.to_owned()))?;
+        let mut h = crc32fast::Hasher::new();
+        let mut done = 0u64;
+        while done < r.length {
+            let n = (r.length - done).min(1 << 20);
+            let chunk = self.read_at(r.offset + done, n, Location::Region(r.name.clone()))?;
+            h.update(&chunk);
+            done += n;
+        }
+        let computed = h.finalize();
+        if computed != r.crc32 {
+            return Err(Error::RegionDigest {
+                name: r.name.clone(),
+                offset: r.offset,
+                end: r.offset + r.length,
+                stored: r.crc32,
+                computed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Check every section payload against the embedded schema (types, required fields,
+    /// ranges), as a tool's "verify" does; opening does not decode payloads.
+    pub fn verify_payloads(&self) -> Result<()> {
+        for s in &self.sections {
+            let schema = self
+                .schema
+                .get(&s.name)
+                .ok_or_else(|| inconsistent(s.location(), "no schema for this section".into()))?;
+            let v = s.value()?;
+            crate::describe::check(&v, &schema.payload).map_err(|m| Error::Decode {
+                location: s.location(),
+                offset: s.offset,
+                field: m.path,
+                reason: m.reason,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Check every region against its digest.
     pub fn verify_regions(&self) -> Result<()> {
         for r in &self.regions {
-            self.read_region(&r.name)?;
+            self.verify_region(&r.name)?;
         }
         Ok(())
     }
@@ -455,6 +463,19 @@ impl Image {
             Store::File { path, .. } => Some(path),
             Store::Memory(_) => None,
         }
+    }
+
+    /// Like [`Image::check_compat`], but an image the reader cannot load is an
+    /// [`Error::Incompatible`] listing the reasons. A VMM calls this with the schema of
+    /// its state types before restoring anything.
+    pub fn require_compatible(&self, reader: &Schema) -> Result<CompatReport> {
+        let report = compat::check(&self.schema, reader);
+        if !report.is_compatible() {
+            return Err(Error::Incompatible {
+                errors: report.errors().cloned().collect(),
+            });
+        }
+        Ok(report)
     }
 
     /// Whether a program reading `reader` can load this image (see [`compat::check`]).
@@ -516,251 +537,6 @@ fn decode_typed<T: SectionState>(s: &Section) -> Result<T> {
         });
     }
     s.decode()
-}
-
-/// Read the section array.
-fn read_sections(c: &mut Cursor<'_>, limits: &Limits) -> Result<Vec<Section>> {
-    let loc = || Location::Element("sections");
-    let at = c.pos;
-    let n = c
-        .expect(MAJOR_ARRAY, "the section array")
-        .map_err(|e| scan_err(e, loc()))?;
-    // A section record takes well over 8 bytes: reject absurd counts before reserving.
-    if n > c.remaining() as u64 / 8 {
-        return Err(Error::Truncated {
-            what: "section array".into(),
-            offset: c.base + at as u64,
-            needed: n.saturating_mul(8),
-            available: c.remaining() as u64,
-        });
-    }
-    let mut out = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        out.push(read_section(c, i, limits)?);
-    }
-    Ok(out)
-}
-
-fn read_section(c: &mut Cursor<'_>, index: u64, limits: &Limits) -> Result<Section> {
-    let rec_loc = || Location::Element("sections");
-    let at = c.pos;
-    let pairs = c
-        .expect(MAJOR_MAP, "a section record map")
-        .map_err(|e| scan_err(e, rec_loc()))?;
-    let (mut name, mut instance, mut version, mut min_version, mut required, mut crc, mut payload) =
-        (None, None, None, None, None, None, None);
-    for _ in 0..pairs {
-        let kat = c.pos;
-        let key = c.text("record key").map_err(|e| scan_err(e, rec_loc()))?;
-        let kat_abs = c.base + kat as u64;
-        let dup = || Error::Malformed {
-            location: rec_loc(),
-            offset: kat_abs,
-            reason: format!("duplicate key {key}"),
-        };
-        let s = |e: ScanError| scan_err(e, rec_loc());
-        match key {
-            "name" => {
-                set_once(&mut name, c.text("name").map_err(s)?.to_owned()).map_err(|_| dup())?
-            }
-            "instance" => set_once(&mut instance, c.text("instance").map_err(s)?.to_owned())
-                .map_err(|_| dup())?,
-            "version" => {
-                set_once(&mut version, c.uint("version").map_err(s)?).map_err(|_| dup())?
-            }
-            "min_version" => {
-                set_once(&mut min_version, c.uint("min_version").map_err(s)?).map_err(|_| dup())?
-            }
-            "required" => {
-                set_once(&mut required, c.boolean("required").map_err(s)?).map_err(|_| dup())?
-            }
-            "crc" => set_once(&mut crc, c.uint("crc").map_err(s)?).map_err(|_| dup())?,
-            "payload" => {
-                let tat = c.pos;
-                let tag = c.head().map_err(s)?;
-                if tag.major != MAJOR_TAG || tag.arg != 24 {
-                    return Err(s(c.malformed(tat, "payload must be tag 24 (encoded CBOR)")));
-                }
-                let bat = c.pos;
-                let h = c.head().map_err(s)?;
-                if h.major != MAJOR_BYTES {
-                    return Err(s(c.malformed(bat, "payload must be a byte string")));
-                }
-                if h.arg > limits.max_section_len {
-                    return Err(Error::Limit {
-                        location: rec_loc(),
-                        offset: c.base + bat as u64,
-                        what: "section payload length",
-                        value: h.arg,
-                        limit: limits.max_section_len,
-                    });
-                }
-                let off = c.offset();
-                let bytes = c.take(h.arg, "payload").map_err(s)?;
-                set_once(&mut payload, (off, bytes)).map_err(|_| dup())?;
-            }
-            _ => c.skip(2, limits.max_depth).map_err(s)?,
-        }
-    }
-    let at_abs = c.base + at as u64;
-    let missing = |k: &str| Error::Malformed {
-        location: rec_loc(),
-        offset: at_abs,
-        reason: format!("section record {index} has no {k}"),
-    };
-    let name = name.ok_or_else(|| missing("name"))?;
-    let instance = instance.ok_or_else(|| missing("instance"))?;
-    let loc = Location::Section {
-        name: name.clone(),
-        instance: instance.clone(),
-    };
-    let small = |v: u64, what: &str| {
-        u32::try_from(v).map_err(|_| Error::Malformed {
-            location: loc.clone(),
-            offset: at_abs,
-            reason: format!("{what} {v} does not fit in 32 bits"),
-        })
-    };
-    let version = small(version.ok_or_else(|| missing("version"))?, "version")?;
-    let min_version = small(
-        min_version.ok_or_else(|| missing("min_version"))?,
-        "min_version",
-    )?;
-    let crc = small(crc.ok_or_else(|| missing("crc"))?, "crc")?;
-    let required = required.ok_or_else(|| missing("required"))?;
-    let (poff, pbytes) = payload.ok_or_else(|| missing("payload"))?;
-    let computed = crc32fast::hash(pbytes);
-    if computed != crc {
-        return Err(Error::Crc {
-            location: loc,
-            offset: poff,
-            end: poff + pbytes.len() as u64,
-            stored: crc,
-            computed,
-        });
-    }
-    if pbytes.first().map(|b| b >> 5) != Some(MAJOR_MAP) {
-        return Err(Error::Malformed {
-            location: loc,
-            offset: poff,
-            reason: "payload is not a CBOR map".into(),
-        });
-    }
-    crate::cbor::check_item(pbytes, poff, limits.max_depth)
-        .map_err(|e| scan_err(e, loc.clone()))?;
-    Ok(Section {
-        name,
-        instance,
-        version,
-        min_version,
-        required,
-        crc,
-        offset: poff,
-        length: pbytes.len() as u64,
-        payload: pbytes.to_vec(),
-    })
-}
-
-fn set_once<T>(slot: &mut Option<T>, v: T) -> std::result::Result<(), ()> {
-    if slot.is_some() {
-        return Err(());
-    }
-    *slot = Some(v);
-    Ok(())
-}
-
-/// Scan one element in the strict profile, then decode it.
-fn decode_elem<T: DeserializeOwned>(
-    c: &mut Cursor<'_>,
-    elem: &'static str,
-    limits: &Limits,
-) -> Result<T> {
-    let start = c.pos;
-    c.skip(1, limits.max_depth)
-        .map_err(|e| scan_err(e, Location::Element(elem)))?;
-    let bytes = &c.buf[start..c.pos];
-    decode(bytes, Location::Element(elem), c.base + start as u64)
-}
-
-/// Separates the field path from serde's message inside a ciborium error string.
-const PATH_SEP: char = '\u{1f}';
-
-/// Records the path of the field that failed, via serde_path_to_error; the path travels
-/// inside the error message because ciborium's deserializer is not public.
-struct Tracked<T>(T);
-
-impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Tracked<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        serde_path_to_error::deserialize(d)
-            .map(Tracked)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                <D::Error as serde::de::Error>::custom(format!(
-                    "{path}{PATH_SEP}{}",
-                    e.into_inner()
-                ))
-            })
-    }
-}
-
-/// Decode bytes that already passed the strict scan (so no length in them is larger
-/// than the input and nesting is bounded).
-pub(crate) fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
-    location: Location,
-    offset: u64,
-) -> Result<T> {
-    match ciborium::de::from_reader::<Tracked<T>, _>(bytes) {
-        Ok(Tracked(v)) => Ok(v),
-        Err(e) => {
-            let (field, reason, at) = match e {
-                ciborium::de::Error::Semantic(at, msg) => match msg.split_once(PATH_SEP) {
-                    Some((p, m)) => (p.to_owned(), m.to_owned(), at),
-                    None => (".".to_owned(), msg, at),
-                },
-                ciborium::de::Error::Syntax(at) => {
-                    (".".to_owned(), "invalid CBOR".to_owned(), Some(at))
-                }
-                ciborium::de::Error::RecursionLimitExceeded => {
-                    (".".to_owned(), "nested too deeply".to_owned(), None)
-                }
-                ciborium::de::Error::Io(e) => (".".to_owned(), format!("{e:?}"), None),
-            };
-            Err(Error::Decode {
-                location,
-                offset: offset + at.unwrap_or(0) as u64,
-                field,
-                reason,
-            })
-        }
-    }
-}
-
-pub(crate) fn scan_err(e: ScanError, location: Location) -> Error {
-    match e {
-        ScanError::Truncated {
-            offset,
-            needed,
-            available,
-        } => Error::Truncated {
-            what: location.to_string(),
-            offset,
-            needed,
-            available,
-        },
-        ScanError::Malformed { offset, reason } => Error::Malformed {
-            location,
-            offset,
-            reason,
-        },
-        ScanError::TooDeep { offset, limit } => Error::Limit {
-            location,
-            offset,
-            what: "nesting depth",
-            value: u64::from(limit) + 1,
-            limit: u64::from(limit),
-        },
-    }
 }
 
 fn inconsistent(location: Location, reason: String) -> Error {

@@ -41,6 +41,18 @@
 ///   doc comments of a plain struct. The macro derives `Debug, Clone, PartialEq`,
 ///   `Serialize` and `Deserialize`.
 /// - The calling crate refers to this crate as `cpr_format`.
+///
+/// A field added after version 1 that is not optional does not compile:
+///
+/// ```compile_fail
+/// cpr_format::state! {
+///     #[section(name = "x", version = 2, min_version = 1, required = true)]
+///     pub struct X {
+///         pub a: u64,
+///         #[since(2)] pub b: u64,
+///     }
+/// }
+/// ```
 #[macro_export]
 macro_rules! state {
     () => {};
@@ -80,6 +92,12 @@ macro_rules! state {
 
         impl $crate::Describe for $name {
             fn field_type() -> $crate::FieldType {
+                $crate::FieldType::Struct(<$name as $crate::__private::DescribeStruct>::struct_schema())
+            }
+        }
+
+        impl $crate::__private::DescribeStruct for $name {
+            fn struct_schema() -> $crate::StructSchema {
                 // Fields added after version 1 must be optional, or older images
                 // (which lack them) could not be loaded.
                 $($(
@@ -87,7 +105,7 @@ macro_rules! state {
                     fn $fname<T: $crate::OptionalField>() {}
                     $fname::<$fty>();
                 )?)*
-                $crate::FieldType::Struct($crate::StructSchema {
+                $crate::StructSchema {
                     name: ::std::string::String::from(stringify!($name)),
                     fields: ::std::vec![
                         $(
@@ -100,7 +118,7 @@ macro_rules! state {
                             }
                         ),*
                     ],
-                })
+                }
             }
         }
     };
@@ -137,10 +155,7 @@ macro_rules! state {
             const MIN_VERSION: u32 = $minv;
             const REQUIRED: bool = $req;
             fn schema() -> $crate::SectionSchema {
-                let payload = match <$name as $crate::Describe>::field_type() {
-                    $crate::FieldType::Struct(s) => s,
-                    _ => unreachable!("state! structs describe themselves as structs"),
-                };
+                let payload = <$name as $crate::__private::DescribeStruct>::struct_schema();
                 $crate::SectionSchema {
                     name: ::std::string::String::from($sname),
                     version: $ver,

@@ -220,7 +220,7 @@ pub fn device(i: u32) -> DeviceState {
         kind: "generic".into(),
         regs: (0..16).map(|r| r * i).collect(),
         fifo: Bytes(vec![i as u8; 16]),
-        mmio_base: if i % 2 == 0 {
+        mmio_base: if i & 1 == 0 {
             Some(0xd000_0000 + u64::from(i) * 0x1000)
         } else {
             None

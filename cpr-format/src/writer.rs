@@ -1,7 +1,8 @@
 //! [`ImageWriter`]: builds an image and writes it atomically.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -72,6 +73,8 @@ pub struct ImageWriter {
     schema: Schema,
     regions: Vec<PendingRegion>,
     limits: Limits,
+    /// Section name -> Rust type whose schema is in `schema` for it.
+    typed: std::collections::HashMap<&'static str, &'static str>,
 }
 
 impl ImageWriter {
@@ -86,6 +89,7 @@ impl ImageWriter {
             schema: Schema::default(),
             regions: Vec::new(),
             limits: Limits::default(),
+            typed: Default::default(),
         }
     }
 
@@ -99,7 +103,15 @@ impl ImageWriter {
             required: T::REQUIRED,
         };
         let payload = encode(state, &section_loc(&info))?;
-        self.push_section(info, T::schema(), payload)
+        // Building a schema costs more than encoding a payload: once per type is enough.
+        let type_name = std::any::type_name::<T>();
+        if self.typed.get(T::NAME) == Some(&type_name) {
+            self.check_payload(&info, &payload)?;
+            return self.push_checked(info, payload, None);
+        }
+        self.push_section(info, T::schema(), payload)?;
+        self.typed.insert(T::NAME, type_name);
+        Ok(self)
     }
 
     /// Add an untyped section: a value tree (a CBOR map) with its schema. For tools that
@@ -125,16 +137,12 @@ impl ImageWriter {
         self.push_section(info, schema, payload)
     }
 
-    fn push_section(
-        &mut self,
-        info: SectionInfo,
-        schema: SectionSchema,
-        payload: Vec<u8>,
-    ) -> Result<&mut Self> {
-        let loc = section_loc(&info);
+    /// Size bound, a map at the top, strict profile: what the reader will demand.
+    fn check_payload(&self, info: &SectionInfo, payload: &[u8]) -> Result<()> {
+        let loc = || section_loc(info);
         if payload.len() as u64 > self.limits.max_section_len {
             return Err(Error::Encode {
-                location: loc,
+                location: loc(),
                 reason: format!(
                     "payload is {} bytes, limit {}",
                     payload.len(),
@@ -144,14 +152,24 @@ impl ImageWriter {
         }
         if payload.first().map(|b| b >> 5) != Some(MAJOR_MAP) {
             return Err(Error::Encode {
-                location: loc,
+                location: loc(),
                 reason: "payload must be a CBOR map".into(),
             });
         }
-        cbor::check_item(&payload, 0, self.limits.max_depth).map_err(|e| Error::Encode {
-            location: loc.clone(),
+        cbor::check_item(payload, 0, self.limits.max_depth).map_err(|e| Error::Encode {
+            location: loc(),
             reason: format!("payload is outside the strict CBOR profile: {e:?}"),
-        })?;
+        })
+    }
+
+    fn push_section(
+        &mut self,
+        info: SectionInfo,
+        schema: SectionSchema,
+        payload: Vec<u8>,
+    ) -> Result<&mut Self> {
+        self.check_payload(&info, &payload)?;
+        let loc = section_loc(&info);
         if schema.name != info.name
             || schema.version != info.version
             || schema.min_version != info.min_version
@@ -172,16 +190,30 @@ impl ImageWriter {
                 });
             }
         }
+        // Untyped sections may replace what a typed one provided: forget the type.
+        self.typed.remove(info.name.as_str());
+        self.push_checked(info, payload, Some(schema))
+    }
+
+    /// Record a checked section; `schema` is `None` when the table already has it.
+    fn push_checked(
+        &mut self,
+        info: SectionInfo,
+        payload: Vec<u8>,
+        schema: Option<SectionSchema>,
+    ) -> Result<&mut Self> {
         if !self
             .names
             .insert((info.name.clone(), info.instance.clone()))
         {
             return Err(Error::Encode {
-                location: loc,
+                location: section_loc(&info),
                 reason: "duplicate section instance".into(),
             });
         }
-        self.schema.insert(schema);
+        if let Some(schema) = schema {
+            self.schema.insert(schema);
+        }
         put_section_record(&mut self.sections, &info, &payload);
         self.section_count += 1;
         Ok(self)
@@ -237,22 +269,33 @@ impl ImageWriter {
     }
 
     /// Encode the whole image in memory (regions from readers are read).
-    pub fn to_bytes(self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
+    pub fn to_bytes(mut self) -> Result<Vec<u8>> {
         let plan = self.plan()?;
-        let ImageWriter { regions, .. } = self;
         let mut descs = plan.regions.clone();
-        out.resize(plan.file_len as usize, 0);
-        for (r, d) in regions.into_iter().zip(descs.iter_mut()) {
-            let dst = &mut out[d.offset as usize..(d.offset + d.length) as usize];
-            match r.source {
-                RegionSource::Bytes(b) => dst.copy_from_slice(&b),
-                RegionSource::Reader(mut rd) => read_exactly(&mut rd, dst, &r.name)?,
-            }
-            d.crc32 = crc32fast::hash(dst);
+        let mut data = Vec::with_capacity(descs.len());
+        for (r, d) in std::mem::take(&mut self.regions)
+            .into_iter()
+            .zip(descs.iter_mut())
+        {
+            let bytes = match r.source {
+                RegionSource::Bytes(b) => b,
+                RegionSource::Reader(mut rd) => {
+                    let n = usize::try_from(r.len).map_err(|_| too_big())?;
+                    let mut b = vec![0u8; n];
+                    read_exactly(&mut rd, &mut b, &r.name)?;
+                    b
+                }
+            };
+            d.crc32 = crc32fast::hash(&bytes);
+            data.push(bytes);
         }
-        let meta = plan.finish(&descs)?;
-        out[..meta.len()].copy_from_slice(&meta);
+        let file_len = usize::try_from(plan.file_len).map_err(|_| too_big())?;
+        let mut out = Vec::with_capacity(file_len);
+        plan.finish(&self.sections, &descs, &mut out)?;
+        out.resize(file_len, 0);
+        for (d, bytes) in descs.iter().zip(data) {
+            out[d.offset as usize..(d.offset + d.length) as usize].copy_from_slice(&bytes);
+        }
         Ok(out)
     }
 
@@ -287,6 +330,31 @@ impl ImageWriter {
     }
 
     fn write_tmp(self, tmp: &Path) -> Result<WriteStats> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(io_err("create", tmp))?;
+        let stats = self.write_file(&f, tmp)?;
+        f.sync_all().map_err(io_err("sync", tmp))?;
+        Ok(stats)
+    }
+
+    /// Write the image into an open file from offset 0 and set its length (for example
+    /// a memfd handed to the new process); the file offset is not used. Not atomic and
+    /// not synced: for a path, use [`ImageWriter::write_atomic`].
+    pub fn write_to_file(self, file: &File) -> Result<WriteStats> {
+        let name = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(file)
+        ));
+        // Old contents past the new metadata would otherwise show through the padding.
+        file.set_len(0).map_err(io_err("truncate", &name))?;
+        self.write_file(file, &name)
+    }
+
+    /// Regions first (their digests go in the metadata), then the metadata at 0.
+    fn write_file(self, f: &File, name: &Path) -> Result<WriteStats> {
         let plan = self.plan()?;
         let stats = WriteStats {
             file_len: plan.file_len,
@@ -295,56 +363,53 @@ impl ImageWriter {
             fds: self.fds.len(),
             regions: self.regions.len(),
         };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(tmp)
-            .map_err(io_err("create", tmp))?;
         let mut descs = plan.regions.clone();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = Vec::new();
         for (r, d) in self.regions.into_iter().zip(descs.iter_mut()) {
-            f.seek(SeekFrom::Start(d.offset))
-                .map_err(io_err("seek", tmp))?;
             let mut h = crc32fast::Hasher::new();
             match r.source {
                 RegionSource::Bytes(b) => {
                     h.update(&b);
-                    f.write_all(&b).map_err(io_err("write", tmp))?;
+                    f.write_all_at(&b, d.offset)
+                        .map_err(io_err("write", name))?;
                 }
                 RegionSource::Reader(mut rd) => {
-                    let mut left = r.len;
-                    while left > 0 {
-                        let n = left.min(buf.len() as u64) as usize;
+                    buf.resize(1 << 20, 0);
+                    let mut done = 0u64;
+                    while done < r.len {
+                        let n = (r.len - done).min(buf.len() as u64) as usize;
                         read_exactly(&mut rd, &mut buf[..n], &r.name)?;
                         h.update(&buf[..n]);
-                        f.write_all(&buf[..n]).map_err(io_err("write", tmp))?;
-                        left -= n as u64;
+                        f.write_all_at(&buf[..n], d.offset + done)
+                            .map_err(io_err("write", name))?;
+                        done += n as u64;
                     }
                 }
             }
             d.crc32 = h.finalize();
         }
-        let meta = plan.finish(&descs)?;
-        f.seek(SeekFrom::Start(0)).map_err(io_err("seek", tmp))?;
-        f.write_all(&meta).map_err(io_err("write", tmp))?;
+        let mut meta = Vec::with_capacity(plan.meta_len as usize);
+        plan.finish(&self.sections, &descs, &mut meta)?;
+        f.write_all_at(&meta, 0).map_err(io_err("write", name))?;
         // Gaps between the metadata and regions are holes, which read as zeros.
-        f.set_len(plan.file_len).map_err(io_err("write", tmp))?;
-        f.sync_all().map_err(io_err("sync", tmp))?;
+        f.set_len(plan.file_len).map_err(io_err("write", name))?;
         Ok(stats)
     }
 
     /// Lay the image out: everything but region CRCs is fixed here.
     fn plan(&self) -> Result<Plan> {
-        let mut body = Vec::with_capacity(self.sections.len() + 4096);
-        append_encoded(&mut body, &self.header, "header")?;
-        put_head(&mut body, MAJOR_ARRAY, self.section_count);
-        body.extend_from_slice(&self.sections);
-        append_encoded(&mut body, &self.fds, "fd_manifest")?;
-        append_encoded(&mut body, &self.schema, "schema")?;
+        // Sections stay where they are; the small elements around them are encoded here.
+        let mut head = Vec::with_capacity(1024);
+        append_encoded(&mut head, &self.header, "header")?;
+        put_head(&mut head, MAJOR_ARRAY, self.section_count);
+        let mut mid = Vec::with_capacity(8192);
+        append_encoded(&mut mid, &self.fds, "fd_manifest")?;
+        append_encoded(&mut mid, &self.schema, "schema")?;
+        let body_len = head.len() + self.sections.len() + mid.len();
         // The metadata length depends on the region offsets and the file length, which
         // depend on the metadata length: iterate to the fixed point (lengths only grow,
         // so this ends after a few rounds).
-        let mut meta_len = (PREFIX_LEN + body.len()) as u64;
+        let mut meta_len = (PREFIX_LEN + body_len) as u64;
         for _ in 0..16 {
             let mut next = align_up(meta_len).ok_or_else(too_big)?;
             let mut regions = Vec::with_capacity(self.regions.len());
@@ -367,10 +432,11 @@ impl ImageWriter {
                 None => meta_len,
             };
             layout::put_trailer(&mut tail, self.section_count, file_len);
-            let total = (PREFIX_LEN + body.len() + tail.len()) as u64;
+            let total = (PREFIX_LEN + body_len + tail.len()) as u64;
             if total == meta_len {
                 return Ok(Plan {
-                    body,
+                    head,
+                    mid,
                     meta_len,
                     file_len,
                     regions,
@@ -384,7 +450,10 @@ impl ImageWriter {
 }
 
 struct Plan {
-    body: Vec<u8>,
+    /// Header and the section array head.
+    head: Vec<u8>,
+    /// fd manifest and schema.
+    mid: Vec<u8>,
     meta_len: u64,
     file_len: u64,
     regions: Vec<RegionDesc>,
@@ -392,23 +461,25 @@ struct Plan {
 }
 
 impl Plan {
-    /// The complete metadata item, with the region CRCs now known.
-    fn finish(&self, regions: &[RegionDesc]) -> Result<Vec<u8>> {
-        let mut meta = Vec::with_capacity(self.meta_len as usize);
-        meta.extend_from_slice(&layout::prefix(self.meta_len));
-        meta.extend_from_slice(&self.body);
-        append_encoded(&mut meta, &regions, "regions")?;
-        layout::put_trailer(&mut meta, self.section_count, self.file_len);
-        if meta.len() as u64 != self.meta_len {
+    /// Append the complete metadata item to `out` (empty), with the region CRCs now
+    /// known.
+    fn finish(&self, sections: &[u8], regions: &[RegionDesc], out: &mut Vec<u8>) -> Result<()> {
+        out.extend_from_slice(&layout::prefix(self.meta_len));
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(sections);
+        out.extend_from_slice(&self.mid);
+        append_encoded(out, &regions, "regions")?;
+        layout::put_trailer(out, self.section_count, self.file_len);
+        if out.len() as u64 != self.meta_len {
             return Err(Error::Encode {
                 location: Location::Element("regions"),
                 reason: "region table changed length after layout".into(),
             });
         }
-        let crc_at = meta.len() - CRC_FIELD_LEN + 1;
-        let crc = crc32fast::hash(&meta[..crc_at - 1]);
-        meta[crc_at..].copy_from_slice(&crc.to_be_bytes());
-        Ok(meta)
+        let crc_at = out.len() - CRC_FIELD_LEN + 1;
+        let crc = crc32fast::hash(&out[..crc_at - 1]);
+        out[crc_at..].copy_from_slice(&crc.to_be_bytes());
+        Ok(())
     }
 }
 

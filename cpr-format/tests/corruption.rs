@@ -142,3 +142,28 @@ fn text_mode_mangling_is_named() {
     let e = Image::from_bytes(b"{\"json\": true}").unwrap_err();
     assert!(matches!(e, Error::BadSignature { offset: 0, .. }), "{e:?}");
 }
+
+#[test]
+fn damage_deep_in_a_multi_megabyte_region_is_found_in_streaming_verification() {
+    let mut w = ImageWriter::new(sample::header());
+    let data: Vec<u8> = (0..(5u32 << 19)).map(|i| (i % 253) as u8).collect(); // 2.5 MiB
+    w.add_region("ram", data.clone()).unwrap();
+    let mut bytes = w.to_bytes().unwrap();
+    let img = Image::from_bytes(&bytes).unwrap();
+    img.verify_region("ram").unwrap();
+    let off = img.region("ram").unwrap().offset as usize;
+    bytes[off + (2 << 20) + 12345] ^= 0x10;
+    let img = Image::from_bytes(&bytes).unwrap();
+    assert!(matches!(
+        img.verify_region("ram"),
+        Err(Error::RegionDigest { .. })
+    ));
+    assert!(matches!(
+        img.read_region("ram"),
+        Err(Error::RegionDigest { .. })
+    ));
+    assert!(matches!(
+        img.verify_region("nope"),
+        Err(Error::NoSuchRegion(_))
+    ));
+}

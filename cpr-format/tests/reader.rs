@@ -352,3 +352,127 @@ fn fd_identity_matches_fstat_and_detects_another_file() {
     std::fs::remove_file(p1).unwrap();
     std::fs::remove_file(p2).unwrap();
 }
+
+#[test]
+fn write_to_file_fills_a_memfd_that_from_file_reads_back() {
+    use std::io::Write;
+    let fd =
+        nix::sys::memfd::memfd_create("cpr-image", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let mut f = std::fs::File::from(fd);
+    // Old, longer contents must not survive.
+    f.write_all(&vec![0xee; 50_000]).unwrap();
+    let mut w = sample::small_writer().unwrap();
+    w.add_region_reader(
+        "streamed",
+        5000,
+        std::io::Read::take(std::io::repeat(3), 5000),
+    )
+    .unwrap();
+    let stats = w.write_to_file(&f).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), stats.file_len);
+    let img = Image::from_file(f.try_clone().unwrap()).unwrap();
+    img.verify_regions().unwrap();
+    let mut w = sample::small_writer().unwrap();
+    w.add_region("streamed", vec![3; 5000]).unwrap();
+    assert_eq!(img.to_bytes().unwrap(), w.to_bytes().unwrap());
+    assert_eq!(FdIdentity::of_fd(&f).unwrap().size, stats.file_len);
+}
+
+#[test]
+fn a_huge_depth_limit_still_cannot_exhaust_the_stack() {
+    // 100,000 nested arrays in a section payload, with the depth limit lifted.
+    let mut payload = vec![0xa1, 0x61, b'x'];
+    payload.extend(std::iter::repeat(0x81).take(100_000));
+    payload.push(0);
+    let mut w = ImageWriter::new(sample::header());
+    let info = SectionInfo {
+        name: "deep".into(),
+        instance: "0".into(),
+        version: 1,
+        min_version: 1,
+        required: false,
+    };
+    let schema = SectionSchema {
+        name: "deep".into(),
+        version: 1,
+        min_version: 1,
+        required: false,
+        doc: String::new(),
+        payload: StructSchema {
+            name: "D".into(),
+            fields: vec![],
+        },
+    };
+    // The writer refuses it too.
+    assert!(w.add_raw_section(info, schema, payload).is_err());
+    let lifted = Limits {
+        max_depth: u32::MAX,
+        ..Limits::default()
+    };
+    // A shallow image to build a deep one from.
+    let mut w = ImageWriter::new(sample::header());
+    let info = SectionInfo {
+        name: "deep".into(),
+        instance: "0".into(),
+        version: 1,
+        min_version: 1,
+        required: false,
+    };
+    let schema = SectionSchema {
+        name: "deep".into(),
+        version: 1,
+        min_version: 1,
+        required: false,
+        doc: String::new(),
+        payload: StructSchema {
+            name: "D".into(),
+            fields: vec![],
+        },
+    };
+    w.add_raw_section(info, schema, vec![0xa1, 0x61, b'x', 0x00])
+        .unwrap();
+    let b = w.to_bytes().unwrap();
+    assert!(Image::from_bytes_with(&b, &lifted).is_ok());
+    // Deep elements: the schema element nested 100,000 levels (CRC fixed so it parses).
+    let m = Image::from_bytes(&b).unwrap().metadata_len() as usize;
+    let img = Image::from_bytes(&b).unwrap();
+    let header_len = {
+        let mut v = Vec::new();
+        ciborium::ser::into_writer(img.header(), &mut v).unwrap();
+        v.len()
+    };
+    let mut deep = b[..35 + header_len].to_vec();
+    deep.extend_from_slice(&[0x80, 0x80]); // no sections, no fds
+    deep.extend(std::iter::repeat(0x81).take(100_000)); // "schema"
+    deep.push(0);
+    deep.extend_from_slice(&b[m - 9..m]); // regions [] and a trailer
+    let mlen = deep.len();
+    deep[27..35].copy_from_slice(&(mlen as u64).to_be_bytes());
+    let crc = crc32fast::hash(&deep[..mlen - 5]);
+    deep[mlen - 4..].copy_from_slice(&crc.to_be_bytes());
+    let e = Image::from_bytes_with(&deep, &lifted).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Limit {
+                what: "nesting depth",
+                ..
+            } | Error::Decode { .. }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn required_section_names_what_is_missing() {
+    let img = Image::from_bytes(&small()).unwrap();
+    assert_eq!(
+        img.required_section::<RegsState>("0").unwrap(),
+        sample::vcpu(0).0
+    );
+    let e = img.required_section::<RegsState>("7").unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingSection { name, instance } if name == "cpu.regs" && instance == "7")
+    );
+    assert_eq!(e.to_string(), "Image has no section cpu.regs[7]");
+}

@@ -1,0 +1,460 @@
+//! `cpr-tool verify`: integrity, internal consistency, and loadability by a target.
+
+use std::collections::{HashMap, HashSet};
+
+use cpr_format::{FdKind, Image, Mode, RamBacking};
+use serde::Serialize;
+
+use crate::cli::VerifyArgs;
+use crate::compat::{self, Bridged, Direction};
+use crate::error::{Outcome, ToolError};
+use crate::load;
+use crate::output::{self, emit, table, Report};
+use crate::renames::Renames;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub status: Status,
+    /// The problems joined with "; " (or what was checked, when ok).
+    pub detail: String,
+    /// Each problem found, one per entry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+fn failed(check: &'static str, status: Status, problems: Vec<String>) -> Check {
+    Check {
+        check,
+        status,
+        detail: problems.join("; "),
+        problems,
+    }
+}
+
+fn ok(check: &'static str, detail: String) -> Check {
+    Check {
+        check,
+        status: Status::Ok,
+        detail,
+        problems: Vec::new(),
+    }
+}
+
+#[derive(Serialize)]
+struct Target {
+    /// The version asked for, or the schema file given.
+    reader: String,
+    #[serde(flatten)]
+    direction: Direction,
+    renamed: Vec<Bridged>,
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    file: String,
+    ok: bool,
+    checks: Vec<Check>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<Target>,
+}
+
+fn status_word(s: Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::Warning => "warning",
+        Status::Error => "FAILED",
+    }
+}
+
+impl Report for VerifyReport {
+    fn human(&self) -> String {
+        let mut out = String::new();
+        let mut t = table(&["check", "result", "detail"]);
+        for c in &self.checks {
+            // One problem per line: a long joined sentence is unreadable in a table.
+            let detail = if c.problems.is_empty() {
+                c.detail.clone()
+            } else {
+                c.problems.join("\n")
+            };
+            t.add_row(vec![
+                c.check.to_owned(),
+                status_word(c.status).to_owned(),
+                detail,
+            ]);
+        }
+        output::section(&mut out, &format!("Integrity of {}", self.file), &t);
+        if let Some(target) = &self.target {
+            out.push('\n');
+            let t = target.direction.table(false);
+            let title = format!(
+                "Can {} load it? {}",
+                target.reader,
+                if target.direction.compatible {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+            output::section(&mut out, &title, &t);
+            for b in &target.renamed {
+                out.push_str(&format!(
+                    "  matched through the renames table: {}{} was {}\n",
+                    b.section,
+                    b.field
+                        .as_ref()
+                        .map(|f| format!(" field {f}"))
+                        .unwrap_or_default(),
+                    b.from
+                ));
+            }
+        }
+        out.push_str(if self.ok {
+            "\nVerdict: ok\n"
+        } else {
+            "\nVerdict: FAILED\n"
+        });
+        out
+    }
+}
+
+/// What `Image::open` and `verify_regions` already established, stated per check.
+fn integrity(img: &Image) -> Vec<Check> {
+    let n = img.sections().len();
+    vec![
+        ok(
+            "signature",
+            "cpr image signature and self-describe tag".into(),
+        ),
+        ok(
+            "format version",
+            format!("{} (readable)", img.format_version()),
+        ),
+        ok(
+            "metadata crc",
+            format!("{} bytes of metadata", img.metadata_len()),
+        ),
+        ok("section crcs", format!("{n} section{}", plural(n))),
+        ok(
+            "trailer",
+            format!("{n} sections, file length {} bytes", img.file_len()),
+        ),
+        ok(
+            "limits",
+            "metadata, payload sizes and nesting within limits".into(),
+        ),
+        ok(
+            "schema",
+            format!(
+                "{} section schema{} match their sections",
+                img.schema().sections.len(),
+                plural(img.schema().sections.len())
+            ),
+        ),
+        ok(
+            "regions",
+            format!(
+                "{} region{}, digests match, padding zero",
+                img.regions().len(),
+                plural(img.regions().len())
+            ),
+        ),
+    ]
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Every payload against its embedded schema (opening does not decode payloads).
+fn payload_check(img: &Image) -> Check {
+    match img.verify_payloads() {
+        Ok(()) => ok(
+            "payloads",
+            "every section payload matches its schema".into(),
+        ),
+        Err(e) => failed("payloads", Status::Error, vec![crate::error::one_line(&e)]),
+    }
+}
+
+fn is_ram_fd(k: &FdKind) -> bool {
+    matches!(k, FdKind::Memfd | FdKind::RamFile)
+}
+
+/// RAM blocks against the fd manifest and regions, by mode.
+fn ram_check(img: &Image) -> Check {
+    let h = img.header();
+    let fds = img.fd_manifest();
+    let mut problems = Vec::new();
+    let mut used: HashSet<&str> = HashSet::new();
+    for b in &h.machine.ram_blocks {
+        let region_name = format!("ram.{}", b.name);
+        let region = img.region(&region_name);
+        let needs_fd = match (&b.backing, h.mode) {
+            // Only data in a region or a persistent file survives a host reboot.
+            (RamBacking::File { .. }, Mode::Reboot) => false,
+            (_, Mode::Reboot) => {
+                match region {
+                    None => problems.push(format!(
+                        "{}: {} RAM does not survive a reboot and has no region {region_name}",
+                        b.name,
+                        crate::cmd::inspect::backing_name(&b.backing)
+                    )),
+                    Some(r) if r.length != b.size => problems.push(format!(
+                        "{}: region {region_name} holds {} bytes, the block is {}",
+                        b.name, r.length, b.size
+                    )),
+                    Some(_) => {}
+                }
+                false
+            }
+            (RamBacking::Anonymous, _) => {
+                if region.is_none() {
+                    problems.push(format!(
+                        "{}: anonymous RAM cannot be inherited and has no region {region_name}",
+                        b.name
+                    ));
+                }
+                false
+            }
+            (RamBacking::File { .. }, _) => false,
+            (RamBacking::Memfd | RamBacking::Hugetlb, _) => true,
+        };
+        if !needs_fd {
+            continue;
+        }
+        // By name first (ram.NAME or NAME), else the one unused RAM fd of the block's size.
+        let by_name = fds
+            .iter()
+            .find(|f| is_ram_fd(&f.kind) && (f.name == region_name || f.name == b.name));
+        let by_size: Vec<_> = fds
+            .iter()
+            .filter(|f| {
+                is_ram_fd(&f.kind) && f.identity.size == b.size && !used.contains(f.name.as_str())
+            })
+            .collect();
+        let unused: Vec<_> = fds
+            .iter()
+            .filter(|f| is_ram_fd(&f.kind) && !used.contains(f.name.as_str()))
+            .collect();
+        // Failing name and size, the only RAM fd left is the block's (with a size
+        // problem reported below) rather than "missing" plus "unmatched".
+        let fd = by_name
+            .or(if by_size.len() == 1 {
+                Some(by_size[0])
+            } else {
+                None
+            })
+            .or(if unused.len() == 1 {
+                Some(unused[0])
+            } else {
+                None
+            });
+        match fd {
+            None => problems.push(format!("{}: no memfd in the fd manifest", b.name)),
+            Some(f) => {
+                used.insert(f.name.as_str());
+                if f.identity.size != b.size {
+                    problems.push(format!(
+                        "{}: fd {} is {} bytes, the block is {}",
+                        b.name, f.name, f.identity.size, b.size
+                    ));
+                }
+            }
+        }
+    }
+    for f in fds.iter().filter(|f| is_ram_fd(&f.kind)) {
+        if !used.contains(f.name.as_str()) {
+            problems.push(format!(
+                "fd {} is guest RAM but matches no RAM block",
+                f.name
+            ));
+        }
+    }
+    let n = h.machine.ram_blocks.len();
+    match problems.is_empty() {
+        true => ok(
+            "ram blocks",
+            format!("{n} block{} backed as the {} mode needs", plural(n), h.mode),
+        ),
+        false => failed("ram blocks", Status::Error, problems),
+    }
+}
+
+/// Descriptor numbers and device references in the fd manifest.
+fn fd_check(img: &Image) -> Check {
+    let h = img.header();
+    let fds = img.fd_manifest();
+    let mut problems = Vec::new();
+    if h.mode == Mode::Reboot && !fds.is_empty() {
+        problems.push(format!(
+            "{} descriptor{} listed, but none survives a host reboot",
+            fds.len(),
+            plural(fds.len())
+        ));
+    }
+    let mut numbers: HashMap<i32, &str> = HashMap::new();
+    for f in fds {
+        if f.fd < 0 {
+            problems.push(format!("{}: negative fd {}", f.name, f.fd));
+        } else if let Some(other) = numbers.insert(f.fd, &f.name) {
+            problems.push(format!("{} and {} share fd {}", other, f.name, f.fd));
+        }
+        let device_backend = matches!(
+            f.kind,
+            FdKind::Pty | FdKind::Socket | FdKind::ListeningSocket | FdKind::Tap
+        );
+        if device_backend {
+            let owner = f.name.split('.').next().unwrap_or(&f.name);
+            if !h.machine.devices.iter().any(|d| d.id == owner) {
+                problems.push(format!("{}: no device {owner} owns this back-end", f.name));
+            }
+        }
+    }
+    if problems.is_empty() {
+        ok(
+            "fd manifest",
+            format!(
+                "{} descriptor{}, numbers unique, back-ends owned by devices",
+                fds.len(),
+                plural(fds.len())
+            ),
+        )
+    } else {
+        failed("fd manifest", Status::Error, problems)
+    }
+}
+
+/// vCPU sections against the vCPU count, devices against device sections.
+fn machine_check(img: &Image) -> Vec<Check> {
+    let h = img.header();
+    let vcpus = h.machine.vcpus;
+    let mut errors = Vec::new();
+    let mut cpu_sections: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for s in img.sections().iter().filter(|s| s.name.starts_with("cpu.")) {
+        match s.instance.parse::<u32>() {
+            Ok(i) if i < vcpus => {
+                cpu_sections.entry(&s.name).or_default().insert(i);
+            }
+            _ => errors.push(format!(
+                "{}/{}: instance is not a vCPU index below {vcpus}",
+                s.name, s.instance
+            )),
+        }
+    }
+    let mut names: Vec<_> = cpu_sections.into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(b.0));
+    let mut warnings = Vec::new();
+    for (name, seen) in names {
+        let missing: Vec<String> = (0..vcpus)
+            .filter(|i| !seen.contains(i))
+            .map(|i| i.to_string())
+            .collect();
+        if !missing.is_empty() {
+            errors.push(format!(
+                "{name}: no instance for vCPU {}",
+                missing.join(", ")
+            ));
+        }
+    }
+    let mut ids = HashSet::new();
+    for d in &h.machine.devices {
+        if !ids.insert(d.id.as_str()) {
+            errors.push(format!("device id {} is used twice", d.id));
+        }
+        if !img.sections().iter().any(|s| s.instance == d.id) {
+            warnings.push(format!(
+                "device {} has no section: its state is not saved",
+                d.id
+            ));
+        }
+    }
+    let mut out = vec![if errors.is_empty() {
+        ok(
+            "vcpus",
+            format!(
+                "{vcpus} vCPU{}, every cpu.* section has one instance each",
+                plural(vcpus as usize)
+            ),
+        )
+    } else {
+        failed("vcpus", Status::Error, errors)
+    }];
+    out.push(if warnings.is_empty() {
+        ok(
+            "devices",
+            format!(
+                "{} device{}, each with saved state",
+                h.machine.devices.len(),
+                plural(h.machine.devices.len())
+            ),
+        )
+    } else {
+        failed("devices", Status::Warning, warnings)
+    });
+    out
+}
+
+pub fn run(args: &VerifyArgs, json: bool) -> Result<Outcome, ToolError> {
+    let img = load::image(&args.image)?;
+    let mut checks = integrity(&img);
+    checks.push(payload_check(&img));
+    checks.push(ram_check(&img));
+    checks.push(fd_check(&img));
+    checks.extend(machine_check(&img));
+
+    let reader = match (&args.target, &args.schema) {
+        (Some(v), _) => {
+            let dir = load::schemas_dir(args.schemas.schemas_dir.as_deref())?;
+            let (s, _) = load::schema_version(v, &dir)?;
+            Some((format!("VMM {v}"), s))
+        }
+        (None, Some(p)) => {
+            let (schema, source) = load::schema_in_file(p)?;
+            let name = match source {
+                load::SchemaSource::Image(i) => format!("the writer of {i}"),
+                _ => format!("the reader of {}", p.display()),
+            };
+            Some((name, schema))
+        }
+        (None, None) => None,
+    };
+    let target = match reader {
+        None => None,
+        Some((name, schema)) => {
+            let renames = Renames::locate(args.renames.as_deref())?;
+            let (report, renamed) = compat::check(img.schema(), &schema, &renames);
+            Some(Target {
+                direction: Direction::new(
+                    format!("{name} loads {}", super::shown(&args.image)),
+                    report,
+                ),
+                reader: name,
+                renamed,
+            })
+        }
+    };
+    let ok = checks.iter().all(|c| c.status != Status::Error)
+        && target.as_ref().is_none_or(|t| t.direction.compatible);
+    let report = VerifyReport {
+        file: super::shown(&args.image),
+        ok,
+        checks,
+        target,
+    };
+    emit(&report, json).map_err(ToolError::Stdout)?;
+    Ok(Outcome::from_ok(ok))
+}
