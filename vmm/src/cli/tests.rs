@@ -55,6 +55,8 @@ fn defaults_and_basic_options() {
     assert!(run(&["-only-cpr-capable"]).only_cpr_capable);
     assert_eq!(parse(&["-version"]), Ok(Action::Version));
     assert_eq!(parse(&["--help"]), Ok(Action::Help));
+    assert_eq!(parse(&["--dump-schema"]), Ok(Action::DumpSchema));
+    assert_eq!(parse(&["-dump-schema"]), Ok(Action::DumpSchema));
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub mod fds;
 pub mod image;
 pub mod ram_image;
 pub mod reboot;
+pub mod schema;
 pub mod timing;
 
 use std::collections::BTreeMap;
