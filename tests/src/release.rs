@@ -7,6 +7,7 @@
 //! Everything here fails loudly: a release listed without its fixtures is a broken release,
 //! not something to skip.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -463,4 +464,85 @@ pub fn assert_resumes(g: &mut GuestRun, guest: &str, state: GuestState, before: 
         }
         other => panic!("no resume check for guest {other}"),
     }
+}
+
+/// RAM of every fixture guest: small, so reboot-mode images (RAM inside) stay small.
+const MEM: &str = "32M";
+
+/// (guest, vCPUs) of every fixture, in both modes. The `exit` guest is left out: it ends the
+/// VMM within a few instructions, so there is no running guest to save.
+const GUESTS: &[(&str, u32)] = &[
+    ("counter", 1),
+    ("counter", 4),
+    ("ticker", 1),
+    ("memcheck", 1),
+    ("echo", 1),
+    ("suspend", 1),
+];
+
+fn spec(mode: &str, guest: &str, vcpus: u32) -> Fixture {
+    let mut machine: Vec<String> = vec!["-m".into(), MEM.into(), "-smp".into(), vcpus.to_string()];
+    let save = match mode {
+        // Restart mode needs RAM in a memfd (it is handed to the new process, not saved).
+        "restart" => {
+            machine.extend(["-machine".into(), "memfd-alloc=on".into()]);
+            "restart".to_string()
+        }
+        // Anonymous RAM goes into the image: the fixture is self-contained.
+        _ => "reboot ram=in-image".to_string(),
+    };
+    Fixture {
+        name: format!("{mode}-{guest}-{vcpus}cpu"),
+        mode: mode.into(),
+        guest: guest.into(),
+        vcpus,
+        machine,
+        save,
+        state: if guest == "suspend" {
+            GuestState::Suspended
+        } else {
+            GuestState::Running
+        },
+        self_contained: mode == "reboot",
+    }
+}
+
+/// Runs `f`'s guest under `vmm`, saves it as `f` says, and writes `f`'s image and serial
+/// output into `out`.
+pub fn make_fixture(vmm: &Path, out: &Path, f: &Fixture) -> Result<(), String> {
+    let dir = crate::Scratch::new(&format!("fixture-{}", f.name));
+    let img = dir.path("vm.cpr");
+    let mut g = GuestRun::start(vmm, &dir, guest_args(&dir, &f.guest, &f.machine), false);
+    if f.guest == "echo" {
+        g.out.wait_for("echo ready\n");
+        g.stdin
+            .write_all(b"before save\r")
+            .map_err(|e| format!("type into the echo guest: {e}"))?;
+    }
+    g.out.wait_for(ready_marker(&f.guest));
+    if f.state == GuestState::Suspended {
+        g.wait_status("VM status: paused (suspended)\n");
+    }
+    let reply = g.hmp.cmd(&format!("cpr-save {} {}", img.display(), f.save));
+    let ok = match f.mode.as_str() {
+        "restart" => reply.is_empty(),
+        _ => reply.contains("RAM in image"),
+    };
+    if !ok {
+        return Err(format!("{}: cpr-save answered {reply:?}", f.name));
+    }
+    let serial = g.quit();
+    std::fs::copy(&img, out.join(f.image_file()))
+        .map_err(|e| format!("copy {}: {e}", img.display()))?;
+    std::fs::write(out.join(f.serial_file()), serial)
+        .map_err(|e| format!("write {}: {e}", f.serial_file()))?;
+    Ok(())
+}
+
+/// Every fixture a release keeps: each guest of [`GUESTS`] in restart and in reboot mode.
+pub fn all_fixture_specs() -> Vec<Fixture> {
+    ["restart", "reboot"]
+        .into_iter()
+        .flat_map(|mode| GUESTS.iter().map(move |(g, n)| spec(mode, g, *n)))
+        .collect()
 }

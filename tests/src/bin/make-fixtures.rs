@@ -4,83 +4,10 @@
 //! OUT_DIR. scripts/release.sh runs it for `fixtures/images/VERSION/`; see
 //! docs/RELEASING.md.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cpr_tests::release::{guest_args, ready_marker, Fixture, FixtureSet, GuestRun, GuestState};
-use cpr_tests::Scratch;
-
-/// RAM of every fixture guest: small, so reboot-mode images (RAM inside) stay small.
-const MEM: &str = "32M";
-
-/// (guest, vCPUs) of every fixture, in both modes. The `exit` guest is left out: it ends the
-/// VMM within a few instructions, so there is no running guest to save.
-const GUESTS: &[(&str, u32)] = &[
-    ("counter", 1),
-    ("counter", 4),
-    ("ticker", 1),
-    ("memcheck", 1),
-    ("echo", 1),
-    ("suspend", 1),
-];
-
-fn spec(mode: &str, guest: &str, vcpus: u32) -> Fixture {
-    let mut machine: Vec<String> = vec!["-m".into(), MEM.into(), "-smp".into(), vcpus.to_string()];
-    let save = match mode {
-        // Restart mode needs RAM in a memfd (it is handed to the new process, not saved).
-        "restart" => {
-            machine.extend(["-machine".into(), "memfd-alloc=on".into()]);
-            "restart".to_string()
-        }
-        // Anonymous RAM goes into the image: the fixture is self-contained.
-        _ => "reboot ram=in-image".to_string(),
-    };
-    Fixture {
-        name: format!("{mode}-{guest}-{vcpus}cpu"),
-        mode: mode.into(),
-        guest: guest.into(),
-        vcpus,
-        machine,
-        save,
-        state: if guest == "suspend" {
-            GuestState::Suspended
-        } else {
-            GuestState::Running
-        },
-        self_contained: mode == "reboot",
-    }
-}
-
-fn make(vmm: &PathBuf, out: &std::path::Path, f: &Fixture) -> Result<(), String> {
-    let dir = Scratch::new(&format!("fixture-{}", f.name));
-    let img = dir.path("vm.cpr");
-    let mut g = GuestRun::start(vmm, &dir, guest_args(&dir, &f.guest, &f.machine), false);
-    if f.guest == "echo" {
-        g.out.wait_for("echo ready\n");
-        g.stdin
-            .write_all(b"before save\r")
-            .map_err(|e| format!("type into the echo guest: {e}"))?;
-    }
-    g.out.wait_for(ready_marker(&f.guest));
-    if f.state == GuestState::Suspended {
-        g.wait_status("VM status: paused (suspended)\n");
-    }
-    let reply = g.hmp.cmd(&format!("cpr-save {} {}", img.display(), f.save));
-    let ok = match f.mode.as_str() {
-        "restart" => reply.is_empty(),
-        _ => reply.contains("RAM in image"),
-    };
-    if !ok {
-        return Err(format!("{}: cpr-save answered {reply:?}", f.name));
-    }
-    let serial = g.quit();
-    std::fs::copy(&img, out.join(f.image_file()))
-        .map_err(|e| format!("copy {}: {e}", img.display()))?;
-    std::fs::write(out.join(f.serial_file()), serial)
-        .map_err(|e| format!("write {}: {e}", f.serial_file()))?;
-    Ok(())
-}
+use cpr_tests::release::{all_fixture_specs, make_fixture, FixtureSet};
 
 fn version_of(vmm: &PathBuf) -> Result<String, String> {
     let out = std::process::Command::new(vmm)
@@ -105,13 +32,10 @@ fn run() -> Result<(), String> {
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let version = version_of(&vmm)?;
     let mut fixtures = Vec::new();
-    for mode in ["restart", "reboot"] {
-        for (guest, vcpus) in GUESTS {
-            let f = spec(mode, guest, *vcpus);
-            eprintln!("make-fixtures: {}", f.name);
-            make(&vmm, &out, &f)?;
-            fixtures.push(f);
-        }
+    for f in all_fixture_specs() {
+        eprintln!("make-fixtures: {}", f.name);
+        make_fixture(&vmm, &out, &f)?;
+        fixtures.push(f);
     }
     let set = FixtureSet { version, fixtures };
     let json = serde_json::to_string_pretty(&set).map_err(|e| e.to_string())? + "\n";
