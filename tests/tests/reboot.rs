@@ -213,3 +213,34 @@ fn suspended_guest_stays_suspended_until_wakeup() {
     assert_eq!(status.code(), Some(0));
     drop(hmp);
 }
+
+/// In place, the RAM file must hold what the image recorded: a changed file is refused,
+/// and the waiting vmm is left as it was.
+#[test]
+fn a_changed_ram_file_is_refused_at_load() {
+    use std::os::unix::fs::FileExt;
+    let shm = ShmFile::new("changed");
+    let obj = shm.object("32M");
+    let machine = ["-object", obj.as_str(), "-machine", "memory-backend=ram0"];
+    let dir = Scratch::new("rb-changed");
+    let img = dir.str("vm.cpr");
+    let (vmm, mut out, mut hmp) = start(&dir, "counter", &machine, &[]);
+    out.wait_for("count 1\n");
+    let reply = hmp.cmd(&format!("cpr-save {img} reboot"));
+    assert!(reply.contains("RAM in place"), "{reply}");
+    quit(vmm, hmp);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shm.0)
+        .expect("open the RAM file");
+    f.write_all_at(b"not the guest's", 5 << 20).expect("write");
+    drop(f);
+    let (vmm, _out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
+    let reply = hmp.cmd(&format!("cpr-load {img}"));
+    assert!(
+        reply.starts_with("Error: RAM block ram-below-4g does not hold the saved guest memory: CRC "),
+        "{reply}"
+    );
+    assert_eq!(hmp.cmd("info status"), "VM status: paused (prelaunch)\n");
+    quit(vmm, hmp);
+}

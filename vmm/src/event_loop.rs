@@ -30,6 +30,8 @@ pub enum StartError {
     Signals(#[source] nix::Error),
     #[error("could not take over from the previous vmm (cpr-exec)")]
     Cpr(#[from] cpr::CprError),
+    #[error("{0}")]
+    NotCpr(String),
     #[error("could not read the hand-over from the previous vmm (cpr-exec)")]
     Handover(#[source] cpr::fds::FdError),
 }
@@ -329,6 +331,15 @@ pub fn run_loop(
 pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     // First, before anything opens a descriptor: the hand-over of a cpr-exec, if any.
     let handover = cpr::fds::take_handover().map_err(StartError::Handover)?;
+    // -incoming FILE: the machine may come from the image.
+    let incoming_config = match &config.incoming {
+        Some(image) => Some(cpr::incoming::effective_config(config, image)?),
+        None => None,
+    };
+    let config = incoming_config.as_ref().unwrap_or(config);
+    if config.only_cpr_capable {
+        cpr::capable::check_only_cpr_capable(config).map_err(StartError::NotCpr)?;
+    }
     // A client closing its socket must not kill the VMM when we write to it.
     // SAFETY: setting SIGPIPE to SIG_IGN installs no handler code; it is process-wide by intent.
     unsafe {
@@ -341,7 +352,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         .map_err(StartError::Signals)?;
     let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(StartError::Signals)?;
-    let wake = EventFd::new(EFD_NONBLOCK).map_err(StartError::EventFd)?;
+    let wake = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(StartError::EventFd)?;
     let forward_wake = wake.try_clone().map_err(StartError::EventFd)?;
     let (machine_tx, machine_rx) = channel::<MachineEvent>();
     let (loop_tx, loop_rx) = channel::<MachineEvent>();
@@ -380,14 +391,16 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
             // With -S the kernel is loaded at `cont`: until then guest RAM is untouched,
             // so a reboot-mode cpr-load can take over a RAM file as it is.
-            let machine = if config.start_paused {
+            let machine = if config.start_paused || config.incoming.is_some() {
                 Machine::new_unbooted(&config.machine_config(), serial, machine_tx)
             } else {
                 Machine::new(&config.machine_config(), serial, machine_tx)
             }
             .map_err(StartError::Machine)?;
             let mut ctl = Controller::new(Vm::Active(machine));
-            if !config.start_paused {
+            if let Some(image) = &config.incoming {
+                cpr::reboot::load(&frontends, &mut ctl, &host, image)?;
+            } else if !config.start_paused {
                 ctl.vm.start().map_err(StartError::Start)?;
             }
             (frontends, ctl)

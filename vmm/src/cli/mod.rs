@@ -65,6 +65,11 @@ pub struct VmmConfig {
     /// The chardev id the UART writes to, if any.
     pub serial: Option<String>,
     pub monitors: Vec<MonitorSpec>,
+    /// `-incoming FILE`: load this reboot-mode image at start-up.
+    pub incoming: Option<PathBuf>,
+    /// With `-incoming FILE` and no machine options: the machine (RAM, vCPUs, kernel) comes
+    /// from the image; the fields above hold placeholders until then.
+    pub machine_from_image: bool,
 }
 
 impl VmmConfig {
@@ -103,7 +108,7 @@ const MAX_VCPUS: u64 = 255;
 /// Options taking an argument, with QEMU's spelling (a leading `--` is accepted too).
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "name", "machine", "M", "object", "chardev",
-    "serial", "monitor", "qmp",
+    "serial", "monitor", "qmp", "incoming",
 ];
 
 pub const HELP: &str = "\
@@ -125,6 +130,8 @@ Standard options:
 -append CMDLINE      kernel command line
 -S                   do not start the guest (state 'prelaunch'; use 'cont')
 -only-cpr-capable    allow only devices that survive a live update
+-incoming FILE       load a reboot-mode image (cpr-save FILE reboot) at start-up; without
+                     machine options (-m, -smp, -kernel, -object, ...) the image's are used
 
 Character devices:
 -chardev stdio|null|pty,id=ID
@@ -198,11 +205,21 @@ struct Builder {
     chardevs: Vec<ChardevSpec>,
     serial: Option<Option<String>>,
     monitors: Vec<MonitorSpec>,
+    incoming: Option<PathBuf>,
+    /// Some option describing the machine was given (-incoming compares it with the image).
+    machine_opts: bool,
 }
 
 impl Builder {
     fn option(&mut self, opt: &str, v: &str) -> Result<(), CliError> {
+        if matches!(
+            opt,
+            "m" | "smp" | "kernel" | "initrd" | "append" | "machine" | "M" | "object"
+        ) {
+            self.machine_opts = true;
+        }
         match opt {
+            "incoming" => self.incoming = Some(PathBuf::from(v)),
             "m" => {
                 let o = Opts::parse(v, Some("size"));
                 if let Some(k) = o.unknown_key(&["size", "slots", "maxmem"]) {
@@ -406,10 +423,15 @@ impl Builder {
     }
 
     fn finish(self) -> Result<VmmConfig, CliError> {
-        let kernel = self
-            .kernel
-            .ok_or_else(|| err("no kernel given: use -kernel FILE"))?;
-        check_readable(&kernel, "kernel")?;
+        // With -incoming, a missing -kernel is the image's (checked when it is read).
+        let kernel = match (self.kernel, &self.incoming) {
+            (Some(k), _) => {
+                check_readable(&k, "kernel")?;
+                k
+            }
+            (None, Some(_)) => PathBuf::new(),
+            (None, None) => return Err(err("no kernel given: use -kernel FILE")),
+        };
         if let Some(initrd) = &self.initrd {
             check_readable(initrd, "initrd")?;
         }
@@ -483,6 +505,8 @@ impl Builder {
             chardevs,
             serial,
             monitors: self.monitors,
+            machine_from_image: self.incoming.is_some() && !self.machine_opts,
+            incoming: self.incoming,
         })
     }
 }

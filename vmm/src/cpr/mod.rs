@@ -29,6 +29,7 @@ pub mod blockers;
 pub mod capable;
 pub mod fds;
 pub mod image;
+pub mod incoming;
 pub mod ram_image;
 pub mod reboot;
 pub mod schema;
@@ -114,6 +115,8 @@ pub enum CprError {
     Chardev(#[from] crate::chardev::ChardevError),
     #[error(transparent)]
     Reboot(Box<reboot::RebootError>),
+    #[error(transparent)]
+    Incoming2(Box<incoming::IncomingError>),
 }
 
 impl From<CprError> for CmdError {
@@ -586,7 +589,8 @@ fn exec_attempt(
     fds::clear_cloexec_all(&keep)?;
     // Written last so it is as close to execve as it can be.
     env.extend(env_item(fds::EXEC_TIME_ENV, now_ns().to_string()));
-    let e = match nix::unistd::execvpe(&cargs[0], &cargs, &env) {
+    let program = resolve_program(argv0);
+    let e = match nix::unistd::execve(&program, &cargs, &env) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -596,6 +600,25 @@ fn exec_attempt(
         argv0: argv0.clone(),
         source: e,
     })
+}
+
+/// The file to execute for `argv0`: as given when it names a path, else the first
+/// executable match in $PATH. execve, not execvp: on ENOEXEC execvp would run the file with
+/// /bin/sh, replacing the VMM with a shell instead of reporting "wrong format".
+fn resolve_program(argv0: &str) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    let fallback = || std::ffi::CString::new(argv0).unwrap_or_default();
+    if argv0.contains('/') {
+        return fallback();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(argv0))
+        .find(|p| {
+            nix::unistd::access(p.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file()
+        })
+        .and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok())
+        .unwrap_or_else(fallback)
 }
 
 /// What the new process adopted from the old one.

@@ -198,7 +198,10 @@ pub fn save(
         RunState::InternalError => return Err(CprError::BadState("internal-error")),
     };
     let t0 = Instant::now();
-    m.pause()?;
+    // Saved again after a cpr-save: already stopped (postmigrate), nothing to pause.
+    if before != RunState::Postmigrate {
+        m.pause()?;
+    }
     let written = write_image(m, &host.config, path, placement, resume_after);
     let stats = match written {
         Ok(s) => s,

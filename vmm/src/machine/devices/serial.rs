@@ -73,7 +73,8 @@ pub struct SerialDevice {
 impl SerialDevice {
     /// Builds the UART; returns it and a clone of its interrupt eventfd (for the irqfd).
     pub fn new(out: SerialOutput) -> Result<(SerialDevice, EventFd), SerialError> {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(SerialError::EventFd)?;
         let irq = evt.try_clone().map_err(SerialError::EventFd)?;
         let dev = SerialDevice {
             uart: Serial::new(
@@ -91,7 +92,8 @@ impl SerialDevice {
         state: &SerialState,
         out: SerialOutput,
     ) -> Result<(SerialDevice, EventFd), SerialError> {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(SerialError::EventFd)?;
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(SerialError::EventFd)?;
         let irq = evt.try_clone().map_err(SerialError::EventFd)?;
         let s = SuperioSerialState {
             baud_divisor_low: state.baud_divisor_low,

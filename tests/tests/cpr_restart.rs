@@ -1,0 +1,405 @@
+//! Restart-mode live update end to end: cpr-save, cpr-exec of a new vmm in place, cpr-load,
+//! with real guests, a serial socket client and monitor clients that stay connected.
+
+use std::io::Write;
+use std::process::Command;
+
+use cpr_tests::live::{fd_table, numbers, LiveVm};
+use cpr_tests::{vmm_bin, Vmm};
+
+const MEMFD: &[&str] = &["-machine", "memfd-alloc=on"];
+
+/// Asserts `v` counts up by one from its first value, with at least `min` values.
+fn assert_consecutive(v: &[u64], min: usize, what: &str) {
+    assert!(v.len() >= min, "{what}: only {} values: {v:?}", v.len());
+    for w in v.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{what}: {} followed by {}", w[0], w[1]);
+    }
+}
+
+/// Waits until the guest printed a `prefix N` line with N > `after`.
+fn wait_past(vm: &mut LiveVm, prefix: &str, after: u64) {
+    let want = after + 3;
+    loop {
+        let last = numbers(&vm.serial.seen, prefix)
+            .last()
+            .copied()
+            .unwrap_or(0);
+        if last >= want {
+            return;
+        }
+        vm.serial.wait_for(&format!("{prefix}{}\n", last + 1));
+    }
+}
+
+fn last_number(vm: &LiveVm, prefix: &str) -> u64 {
+    numbers(&vm.serial.seen, prefix)
+        .last()
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn counter_continues_across_an_update_with_the_same_pid_and_ram() {
+    let mut vm = LiveVm::start("cpr-counter", "counter", MEMFD);
+    vm.serial.wait_for("count 3\n");
+    let pid = vm.pid();
+    let img = vm.image();
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    assert_eq!(vm.status(), "VM status: paused (postmigrate)\n");
+    let info = vm.hmp.cmd("info cpr");
+    assert!(info.starts_with("mode: restart\nstate: saved\n"), "{info}");
+    let before = vm.digest();
+    let line = vm.exec_line(&vmm_bin().to_string_lossy());
+    assert_eq!(vm.hmp.cmd(&line), "");
+    // The same process, now the new program, waits for cpr-load with the guest's RAM.
+    assert_eq!(vm.pid(), pid);
+    assert_eq!(vm.status(), "VM status: paused (prelaunch)\n");
+    assert_eq!(vm.digest(), before, "RAM changed across exec");
+    let saved_last = last_number(&vm, "count ");
+    assert_eq!(vm.hmp.cmd(&format!("cpr-load {img}")), "");
+    assert_eq!(vm.status(), "VM status: running\n");
+    wait_past(&mut vm, "count ", saved_last);
+    // Every value once, in order: no restart from zero, nothing lost or repeated.
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 5, "count");
+    let info = vm.hmp.cmd("info cpr");
+    assert!(info.contains("state: none\n"), "{info}");
+    assert!(info.contains("\npause: "), "{info}");
+    for phase in ["write-image", "exec", "machine", "restore", "resume"] {
+        assert!(
+            info.contains(&format!("  {phase} ")),
+            "{phase} missing: {info}"
+        );
+    }
+    vm.hmp.0.write_all(b"quit\n").unwrap();
+    let (status, _, stderr) = vm.vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn a_stopped_guest_stays_stopped_and_its_ram_digest_is_unchanged() {
+    let mut vm = LiveVm::start("cpr-stopped", "memcheck", MEMFD);
+    vm.serial.wait_for("memcheck ok pass 1\n");
+    assert_eq!(vm.hmp.cmd("stop"), "");
+    let before = vm.digest();
+    vm.update();
+    assert_eq!(vm.status(), "VM status: paused\n");
+    assert_eq!(vm.digest(), before);
+    assert_eq!(vm.hmp.cmd("cont"), "");
+    let pass = last_number(&vm, "memcheck ok pass ");
+    wait_past(&mut vm, "memcheck ok pass ", pass);
+    assert!(!vm.serial.seen.contains("mismatch"), "{}", vm.serial.seen);
+}
+
+#[test]
+fn ticker_keeps_taking_interrupts() {
+    let mut vm = LiveVm::start("cpr-ticker", "ticker", MEMFD);
+    vm.serial.wait_for("tick 3\n");
+    vm.update();
+    let t = last_number(&vm, "tick ");
+    wait_past(&mut vm, "tick ", t);
+    let ticks = numbers(&vm.serial.seen, "tick ");
+    assert!(ticks.windows(2).all(|w| w[1] > w[0]), "{ticks:?}");
+    assert!(
+        !vm.serial.seen.contains("unexpected interrupt"),
+        "{}",
+        vm.serial.seen
+    );
+}
+
+#[test]
+fn echo_guest_echoes_input_sent_before_during_and_after_the_update() {
+    let mut vm = LiveVm::start("cpr-echo", "echo", MEMFD);
+    vm.serial.wait_for("echo ready\n");
+    vm.serial_in.write_all(b"before\n").unwrap();
+    vm.serial.wait_for("echo: before\n");
+    let img = vm.image();
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    // Typed while the guest is stopped: it waits in the socket, which survives the exec.
+    vm.serial_in.write_all(b"during\n").unwrap();
+    let line = vm.exec_line(&vmm_bin().to_string_lossy());
+    assert_eq!(vm.hmp.cmd(&line), "");
+    assert_eq!(vm.hmp.cmd(&format!("cpr-load {img}")), "");
+    vm.serial.wait_for("echo: during\n");
+    vm.serial_in.write_all(b"after\n").unwrap();
+    let seen = vm.serial.wait_for("echo: after\n").to_string();
+    assert_eq!(
+        seen.matches("echo ready").count(),
+        1,
+        "guest restarted: {seen}"
+    );
+}
+
+#[test]
+fn update_to_a_different_binary() {
+    let mut vm = LiveVm::start("cpr-version", "counter", MEMFD);
+    let old = vm.hmp.cmd("info version");
+    // A copy of vmm whose version stamp says 9.9.9: a new binary differing only in version.
+    let mut bytes = std::fs::read(vmm_bin()).unwrap();
+    let from = format!("VMM_VERSION_STAMP={}", old.trim());
+    let to = format!(
+        "VMM_VERSION_STAMP={:<width$}",
+        "9.9.9",
+        width = old.trim().len()
+    )
+    .replace(' ', "\0");
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .expect("version stamp in the binary");
+    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    let next = vm.dir.path("vmm-9.9.9");
+    std::fs::write(&next, &bytes).unwrap();
+    std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    vm.serial.wait_for("count 3\n");
+    let img = vm.image();
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let line = vm.exec_line(&next.to_string_lossy());
+    assert_eq!(vm.hmp.cmd(&line), "");
+    assert_eq!(vm.hmp.cmd("info version"), "9.9.9\n");
+    assert_eq!(vm.hmp.cmd(&format!("cpr-load {img}")), "");
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 5, "count");
+    assert_ne!(old, "9.9.9\n");
+}
+
+#[test]
+fn anonymous_ram_is_refused_before_the_guest_stops() {
+    let mut vm = LiveVm::start("cpr-anon", "counter", &[]);
+    vm.serial.wait_for("count 2\n");
+    let img = vm.image();
+    assert_eq!(
+        vm.hmp.cmd(&format!("cpr-save {img} restart")),
+        "Error: cannot live-update in restart mode:\nguest RAM block ram-below-4g is \
+         anonymous memory, which does not survive exec: start the VMM with -machine \
+         memfd-alloc=on, or with a memory-backend-memfd or memory-backend-file object with \
+         share=on\n"
+    );
+    assert_eq!(vm.status(), "VM status: running\n");
+    assert!(!vm.dir.path("vm.cpr").exists());
+}
+
+/// The descriptors of `pid` that are close-on-exec.
+fn cloexec_fds(pid: u32) -> Vec<u32> {
+    fd_table(pid)
+        .into_keys()
+        .filter(|fd| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+                .is_some_and(|f| f & 0o2000000 != 0)
+        })
+        .collect()
+}
+
+/// After cpr-save, a cpr-exec that cannot exec leaves the guest running here.
+fn exec_fails(test: &str, make: impl FnOnce(&LiveVm) -> String, errno_text: &str) {
+    let mut vm = LiveVm::start(test, "counter", MEMFD);
+    vm.serial.wait_for("count 2\n");
+    let pid = vm.pid();
+    let before = cloexec_fds(pid);
+    let img = vm.image();
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let bin = make(&vm);
+    let out = vm.hmp.cmd(&vm.exec_line(&bin));
+    assert_eq!(
+        out,
+        format!("Error: cannot execute {bin}; the guest continues in this process: {errno_text}\n")
+    );
+    assert_eq!(vm.status(), "VM status: running\n");
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
+    // FD_CLOEXEC is back on every descriptor that had it.
+    assert_eq!(cloexec_fds(pid), before);
+    // A later update still works.
+    vm.update();
+    assert_eq!(vm.status(), "VM status: running\n");
+}
+
+#[test]
+fn exec_of_a_missing_binary_resumes_the_guest() {
+    exec_fails(
+        "cpr-missing",
+        |vm| vm.dir.str("no-such-vmm"),
+        "ENOENT: No such file or directory",
+    );
+}
+
+#[test]
+fn exec_of_a_non_executable_file_resumes_the_guest() {
+    exec_fails(
+        "cpr-noexec",
+        |vm| {
+            let p = vm.dir.path("not-executable");
+            std::fs::write(&p, b"\x7fELF").unwrap();
+            p.to_string_lossy().into_owned()
+        },
+        "EACCES: Permission denied",
+    );
+}
+
+#[test]
+fn exec_of_a_file_in_the_wrong_format_resumes_the_guest() {
+    exec_fails(
+        "cpr-badformat",
+        |vm| {
+            let p = vm.dir.path("garbage");
+            std::fs::write(&p, [0u8; 64]).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            p.to_string_lossy().into_owned()
+        },
+        "ENOEXEC: Exec format error",
+    );
+}
+
+#[test]
+fn exec_without_dash_s_is_refused_and_the_guest_resumes() {
+    let mut vm = LiveVm::start("cpr-no-S", "counter", MEMFD);
+    vm.serial.wait_for("count 2\n");
+    let img = vm.image();
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let line = format!("cpr-exec {} {}", vmm_bin().display(), vm.args.join(" "));
+    assert_eq!(
+        vm.hmp.cmd(&line),
+        "Error: the new command line must include -S (the new vmm waits for cpr-load)\n"
+    );
+    assert_eq!(vm.status(), "VM status: running\n");
+    assert_eq!(
+        vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())),
+        "Error: cpr-exec needs a cpr-save in restart mode first\n"
+    );
+}
+
+#[test]
+fn a_corrupt_image_is_refused_and_a_good_one_loads_after() {
+    let mut vm = LiveVm::start("cpr-corrupt", "counter", MEMFD);
+    vm.serial.wait_for("count 2\n");
+    let img = vm.image();
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let bad = vm.dir.str("bad.cpr");
+    let mut bytes = std::fs::read(&img).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&bad, &bytes).unwrap();
+    let digest = vm.digest();
+    assert_eq!(vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())), "");
+    let out = vm.hmp.cmd(&format!("cpr-load {bad}"));
+    assert!(
+        out.starts_with(&format!("Error: cannot read the image {bad}: ")) && out.contains("CRC"),
+        "{out}"
+    );
+    assert_eq!(vm.status(), "VM status: paused (prelaunch)\n");
+    assert_eq!(vm.digest(), digest);
+    let missing = vm.dir.str("missing.cpr");
+    let out = vm.hmp.cmd(&format!("cpr-load {missing}"));
+    assert!(
+        out.starts_with(&format!("Error: cannot read the image {missing}: ")),
+        "{out}"
+    );
+    assert_eq!(vm.hmp.cmd(&format!("cpr-load {img}")), "");
+    assert_eq!(vm.status(), "VM status: running\n");
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
+}
+
+#[test]
+fn a_different_machine_on_the_new_command_line_is_listed_and_the_guest_kept() {
+    let mut vm = LiveVm::start("cpr-mismatch", "counter", MEMFD);
+    vm.serial.wait_for("count 2\n");
+    let img = vm.image();
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let digest = vm.digest();
+    let line = format!(
+        "{} -smp 2 -m 128",
+        vm.exec_line(&vmm_bin().to_string_lossy())
+    );
+    assert_eq!(vm.hmp.cmd(&line), "");
+    assert_eq!(
+        vm.hmp.cmd(&format!("cpr-load {img}")),
+        format!(
+            "Error: the image {img} describes another machine than this command line:\n\
+             vCPUs: image has 1, command line has 2\n\
+             RAM size: image has 64 MiB, command line has 128 MiB\n"
+        )
+    );
+    assert_eq!(vm.status(), "VM status: paused (prelaunch)\n");
+    assert_eq!(vm.digest(), digest);
+}
+
+#[test]
+fn a_hundred_updates_leak_no_descriptor() {
+    let mut vm = LiveVm::start("cpr-hundred", "counter", MEMFD);
+    vm.serial.wait_for("count 2\n");
+    vm.update();
+    let first = fd_table(vm.pid());
+    for _ in 1..100 {
+        vm.update();
+    }
+    let last = fd_table(vm.pid());
+    assert_eq!(first, last);
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
+}
+
+#[test]
+fn qmp_client_stays_connected_with_the_qemu_projects_client() {
+    let dir = cpr_tests::Scratch::new("cpr-qmp");
+    let sock = dir.str("qmp.sock");
+    let qmp_arg = format!("unix:{sock},server=on,wait=off");
+    let kernel = cpr_tests::guest("counter");
+    let args = [
+        "-m",
+        "64",
+        "-machine",
+        "memfd-alloc=on",
+        "-kernel",
+        &kernel,
+        "-serial",
+        "null",
+        "-qmp",
+        &qmp_arg,
+    ];
+    let mut vmm = Vmm::spawn(&args);
+    drop(vmm.connect(dir.path("qmp.sock").as_path()));
+    let mut argv = vec![vmm_bin().to_string_lossy().into_owned(), "-S".into()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let script = cpr_tests::workspace_root().join("tests/qmp/cpr_restart.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&sock)
+        .arg(dir.str("vm.cpr"))
+        .arg(serde_json::to_string(&argv).unwrap())
+        .output()
+        .expect("python3 must be installed with the qemu.qmp package (pip install qemu.qmp)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(
+        stdout,
+        "status running\n\
+         event STOP\n\
+         event CPR_SAVE mode=restart\n\
+         status postmigrate\n\
+         cpr-exec returned\n\
+         status prelaunch\n\
+         digest unchanged\n\
+         event CPR_LOAD has pause-us\n\
+         event RESUME\n\
+         status running\n\
+         query-cpr state=none last has pause-us\n\
+         done\n"
+    );
+    let (status, _, stderr) = vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
