@@ -3,7 +3,9 @@
 //! The scanner checks that an item is well formed and in the strict profile of the
 //! format (definite lengths, shortest heads, text map keys, no tags, no floats) and that
 //! every declared length fits in the input, with bounded nesting, before ciborium
-//! allocates anything for it. Its cost is linear in the input and it never allocates.
+//! allocates anything for it. It also refuses duplicate map keys. Its cost is linear in
+//! the input (n log n for the keys of maps over 16 entries), and it allocates only the
+//! key list of the map it is in, which is bounded by the input.
 
 /// Why an item was rejected, with the absolute byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,9 @@ pub(crate) const MAJOR_ARRAY: u8 = 4;
 pub(crate) const MAJOR_MAP: u8 = 5;
 pub(crate) const MAJOR_TAG: u8 = 6;
 pub(crate) const MAJOR_SIMPLE: u8 = 7;
+
+/// Maps up to this many entries check key uniqueness pairwise, without allocating.
+const SMALL_MAP: usize = 16;
 
 /// Hard bound on nesting, above any configured limit: the scanner recurses.
 pub(crate) const MAX_NESTING: u32 = 128;
@@ -176,7 +181,13 @@ impl<'a> Cursor<'a> {
                         available: self.remaining() as u64,
                     });
                 }
-                for _ in 0..h.arg {
+                // Encoded keys, to refuse duplicates (a map with duplicate keys is not
+                // valid CBOR). Bounded by the input: every key takes at least one byte.
+                let mut small = [(0usize, 0usize); SMALL_MAP];
+                let mut keys = Vec::new();
+                let n = h.arg as usize; // at most the input length, checked above
+                let mut filled = 0;
+                for _ in 0..n {
                     let key_at = self.pos;
                     let Some(&b) = self.buf.get(key_at) else {
                         return Err(ScanError::Truncated {
@@ -189,9 +200,19 @@ impl<'a> Cursor<'a> {
                         return Err(self.malformed(key_at, "map key is not a text string"));
                     }
                     self.skip(depth + 1, max_depth)?;
+                    if n <= SMALL_MAP {
+                        small[filled] = (key_at, self.pos);
+                        filled += 1;
+                    } else {
+                        keys.push((key_at, self.pos));
+                    }
                     self.skip(depth + 1, max_depth)?;
                 }
-                Ok(())
+                if n <= SMALL_MAP {
+                    self.check_unique_keys(&mut small[..filled])
+                } else {
+                    self.check_unique_keys(&mut keys)
+                }
             }
             MAJOR_TAG => Err(self.malformed(start, "tags are not allowed here")),
             _ => {
@@ -202,6 +223,29 @@ impl<'a> Cursor<'a> {
                 }
             }
         }
+    }
+
+    /// Fail if two of the encoded keys (start, end in `buf`) are equal. In the strict profile
+    /// equal keys have equal encodings, so comparing bytes is enough.
+    fn check_unique_keys(&self, keys: &mut [(usize, usize)]) -> Result<(), ScanError> {
+        let key = |k: &(usize, usize)| &self.buf[k.0..k.1];
+        if keys.len() <= SMALL_MAP {
+            for i in 0..keys.len() {
+                for j in i + 1..keys.len() {
+                    if key(&keys[i]) == key(&keys[j]) {
+                        return Err(self.malformed(keys[j].0, "duplicate map key"));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        keys.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.0.cmp(&b.0)));
+        for w in keys.windows(2) {
+            if key(&w[0]) == key(&w[1]) {
+                return Err(self.malformed(w[1].0, "duplicate map key"));
+            }
+        }
+        Ok(())
     }
 
     /// Read an unsigned integer item.
@@ -345,6 +389,23 @@ mod tests {
                 "{b:02x?}"
             );
         }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_in_small_and_large_maps() {
+        let mut big = vec![0xb8, 40];
+        for i in 0..40u8 {
+            big.extend_from_slice(&[0x62, b'k', b'a' + (i % 26), 0x18, 24 + i]);
+        }
+        // Keys ka..kz then ka..kn again: "ka" repeats.
+        assert!(
+            matches!(check_item(&big, 0, 8), Err(ScanError::Malformed { ref reason, .. }) if reason == "duplicate map key")
+        );
+        let mut unique = vec![0xb8, 40];
+        for i in 0..40u8 {
+            unique.extend_from_slice(&[0x63, b'k', b'a' + i / 26, b'a' + i % 26, 0x00]);
+        }
+        check_item(&unique, 0, 8).unwrap();
     }
 
     #[test]

@@ -16,16 +16,25 @@ fn value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::vec(("[a-z_]{1,8}", inner), 0..6).prop_map(|kv| Value::Map(
-                kv.into_iter().map(|(k, v)| (Value::Text(k), v)).collect()
-            )),
+            proptest::collection::vec(("[a-z_]{1,8}", inner), 0..6).prop_map(map_of),
         ]
     })
 }
 
 fn payload() -> impl Strategy<Value = Value> {
-    proptest::collection::vec(("[a-z_]{1,8}", value()), 0..6)
-        .prop_map(|kv| Value::Map(kv.into_iter().map(|(k, v)| (Value::Text(k), v)).collect()))
+    proptest::collection::vec(("[a-z_]{1,8}", value()), 0..6).prop_map(map_of)
+}
+
+/// A map from generated pairs, first occurrence of each key kept (maps with duplicate
+/// keys are not valid CBOR; the writer refuses them).
+fn map_of(kv: Vec<(String, Value)>) -> Value {
+    let mut seen = std::collections::HashSet::new();
+    Value::Map(
+        kv.into_iter()
+            .filter(|(k, _)| seen.insert(k.clone()))
+            .map(|(k, v)| (Value::Text(k), v))
+            .collect(),
+    )
 }
 
 #[derive(Debug, Clone)]
