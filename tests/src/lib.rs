@@ -211,6 +211,9 @@ pub fn read_until(s: &mut UnixStream, suffix: &str) -> String {
                 String::from_utf8_lossy(&got)
             ),
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A read with SO_RCVTIMEO fails with EINTR after SIGSTOP/SIGCONT even without a
+            // signal handler (signal(7)): the machine pausing the test is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!(
                 "error waiting for {suffix:?} ({e}); got {:?}",
                 String::from_utf8_lossy(&got)
@@ -274,6 +277,7 @@ impl RawQmp {
                     String::from_utf8_lossy(&self.pending)
                 ),
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("QMP read error: {e}"),
             }
         }
@@ -314,7 +318,12 @@ impl Watch {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = r.read(&mut buf) {
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
                 if n == 0
                     || tx
                         .send(String::from_utf8_lossy(&buf[..n]).into_owned())
