@@ -55,7 +55,7 @@ async def main(path):
         print("no-such-command did not fail")
         sys.exit(2)
     except ExecuteError as err:
-        print(f"error {err.error_class}: {err.error.desc}")
+        print(f"error {err.error_class}: {err.error.error.desc}")
 
     out = await qmp.execute("human-monitor-command", {"command-line": "info status"})
     print(f"hmp {out.strip()}")

@@ -44,8 +44,9 @@ fn saved_counter(dir: &Scratch, img: &str) -> String {
     out.wait_for("count 2\n");
     let reply = hmp.cmd(&format!("cpr-save {img} reboot"));
     assert!(reply.contains("RAM in image"), "{reply}");
-    let seen = out.seen.clone();
     quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let seen = out.rest().to_string();
     seen
 }
 
@@ -53,7 +54,7 @@ fn last_count(text: &str) -> u64 {
     text.split('\n')
         .filter_map(|l| l.strip_prefix("count "))
         .filter_map(|n| n.parse().ok())
-        .last()
+        .next_back()
         .expect("a count line")
 }
 
@@ -83,8 +84,7 @@ fn mismatched_options_are_each_listed_and_the_right_ones_load() {
         format!(
             "Error: the image {img} describes another machine than this command line:\n\
              vCPUs: image has 1, command line has 2\n\
-             RAM size: image has 64 MiB, command line has 128 MiB\n\
-             RAM backing: image has Anonymous, command line has Memfd\n"
+             RAM size: image has 64 MiB, command line has 128 MiB\n"
         )
     );
     // Nothing changed: the new vmm still waits, and a plain start would still boot.
@@ -100,8 +100,20 @@ fn mismatched_options_are_each_listed_and_the_right_ones_load() {
         "{stderr}"
     );
 
-    // The right options load it, and the guest keeps counting.
-    let (vmm, mut out, mut hmp) = start(&dir, &["-kernel", &kernel, "-m", "64M", "-S"]);
+    // The right options load it, and the guest keeps counting. RAM in the image may change
+    // its backing: anonymous before, a memfd now (so restart mode becomes possible).
+    let (vmm, mut out, mut hmp) = start(
+        &dir,
+        &[
+            "-kernel",
+            &kernel,
+            "-m",
+            "64M",
+            "-machine",
+            "memfd-alloc=on",
+            "-S",
+        ],
+    );
     let reply = hmp.cmd(&format!("cpr-load {img}"));
     assert!(reply.starts_with("reboot mode: loaded"), "{reply}");
     out.wait_for(&format!("count {}\n", last_count(&before) + 2));
@@ -119,6 +131,15 @@ fn incoming_without_machine_options_builds_the_machine_from_the_image() {
     out.wait_for(&format!("count {}\n", last_count(&before) + 2));
     let info = hmp.cmd("info cpr");
     assert!(info.contains("mode: reboot"), "{info}");
+    // Saved running, then with -S, -incoming leaves the guest paused until cont.
+    hmp.cmd(&format!("cpr-save {img} reboot"));
+    quit(vmm, hmp);
+    // All the old process printed (the pipe may still hold some).
+    let seen = out.rest().to_string();
+    let (vmm, mut out, mut hmp) = start(&dir, &["-incoming", &img, "-S"]);
+    assert_eq!(hmp.cmd("info status"), "VM status: paused\n");
+    assert_eq!(hmp.cmd("cont"), "");
+    out.wait_for(&format!("count {}\n", last_count(&seen) + 2));
     quit(vmm, hmp);
 }
 
@@ -211,6 +232,12 @@ fn query_cpr_blockers_lists_each_mode() {
     let reply = q.request(r#"{"execute": "query-cpr-blockers"}"#, &mut events);
     let v: serde_json::Value = serde_json::from_str(&reply).expect("JSON reply");
     insta::assert_snapshot!(serde_json::to_string_pretty(&v["return"]).expect("pretty JSON"));
+    let reply = q.request(
+        r#"{"execute": "human-monitor-command", "arguments": {"command-line": "info cpr-blockers"}}"#,
+        &mut events,
+    );
+    let v: serde_json::Value = serde_json::from_str(&reply).expect("JSON reply");
+    insta::assert_snapshot!("info_cpr_blockers", v["return"].as_str().expect("text"));
     // A blocked mode fails before the guest is touched.
     let reply = q.request(
         &format!(
@@ -229,4 +256,95 @@ fn query_cpr_blockers_lists_each_mode() {
     q.request(r#"{"execute": "quit"}"#, &mut events);
     let (status, _, _) = vmm.wait();
     assert_eq!(status.code(), Some(0));
+}
+
+fn qmp_vmm(dir: &Scratch, extra: &[&str]) -> (Vmm, RawQmp, Watch) {
+    let kernel = guest("counter");
+    let qmp = dir.str("qmp.sock");
+    let _ = std::fs::remove_file(&qmp);
+    let qmp_arg = format!("unix:{qmp},server=on,wait=off");
+    let mut args = vec![
+        "-kernel",
+        kernel.as_str(),
+        "-m",
+        "32M",
+        "-machine",
+        "memfd-alloc=on",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-qmp", &qmp_arg]);
+    let mut vmm = Vmm::spawn(&args);
+    let out = Watch::new(vmm.child.stdout.take().expect("stdout piped"));
+    let mut q = RawQmp::new(vmm.connect(std::path::Path::new(&qmp)));
+    q.line();
+    q.request(r#"{"execute": "qmp_capabilities"}"#, &mut Vec::new());
+    (vmm, q, out)
+}
+
+/// Reads QMP lines until event `name` (events follow the reply that caused them).
+fn next_event(
+    q: &mut RawQmp,
+    events: &mut Vec<serde_json::Value>,
+    name: &str,
+) -> serde_json::Value {
+    loop {
+        if let Some(e) = events.iter().find(|e| e["event"] == name) {
+            return e.clone();
+        }
+        let l = q.line();
+        let v: serde_json::Value = serde_json::from_str(&l).expect("QMP line is JSON");
+        assert!(v.get("event").is_some(), "unexpected line {l}");
+        events.push(v);
+    }
+}
+
+#[test]
+fn reboot_mode_over_qmp() {
+    let dir = Scratch::new("rbo-qmp");
+    let img = dir.str("vm.cpr");
+    let (vmm, mut q, mut out) = qmp_vmm(&dir, &[]);
+    out.wait_for("count 2\n");
+    let mut events = Vec::new();
+    let bad = q.request(
+        &format!(
+            r#"{{"execute": "cpr-save", "arguments": {{"filename": "{img}", "mode": "restart", "ram": "in-image"}}}}"#
+        ),
+        &mut events,
+    );
+    assert_eq!(
+        bad,
+        r#"{"error": {"class": "GenericError", "desc": "Parameter 'ram' is only valid in reboot mode"}}"#
+    );
+    let reply = q.request(
+        &format!(
+            r#"{{"execute": "cpr-save", "arguments": {{"filename": "{img}", "mode": "reboot", "ram": "in-image"}}}}"#
+        ),
+        &mut events,
+    );
+    assert_eq!(reply, r#"{"return": {}}"#);
+    let saved = next_event(&mut q, &mut events, "CPR_SAVE");
+    assert_eq!(saved["data"]["ram"]["placement"], "in-image");
+    assert!(
+        saved["data"]["ram"]["bytes-written"].as_u64().unwrap_or(0) > 0,
+        "{saved}"
+    );
+    q.request(r#"{"execute": "quit"}"#, &mut events);
+    assert_eq!(vmm.wait().0.code(), Some(0));
+    let before = out.rest().to_string();
+
+    let (vmm, mut q, mut out) = qmp_vmm(&dir, &["-S"]);
+    let mut events = Vec::new();
+    let reply = q.request(
+        &format!(r#"{{"execute": "cpr-load", "arguments": {{"filename": "{img}"}}}}"#),
+        &mut events,
+    );
+    assert_eq!(reply, r#"{"return": {}}"#);
+    next_event(&mut q, &mut events, "RESUME");
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["CPR_LOAD", "RESUME"]);
+    let status = q.request(r#"{"execute": "query-status"}"#, &mut events);
+    assert!(status.contains(r#""status": "running""#), "{status}");
+    out.wait_for(&format!("count {}\n", last_count(&before) + 2));
+    q.request(r#"{"execute": "quit"}"#, &mut events);
+    assert_eq!(vmm.wait().0.code(), Some(0));
 }

@@ -399,7 +399,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             .map_err(StartError::Machine)?;
             let mut ctl = Controller::new(Vm::Active(machine));
             if let Some(image) = &config.incoming {
-                cpr::reboot::load(&frontends, &mut ctl, &host, image)?;
+                cpr::reboot::load_with(&frontends, &mut ctl, &host, image, config.start_paused)?;
             } else if !config.start_paused {
                 ctl.vm.start().map_err(StartError::Start)?;
             }

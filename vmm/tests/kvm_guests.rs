@@ -187,6 +187,17 @@ fn pause_resume_reset_and_register_dump() {
     );
     assert!(regs.contains("EFER=0000000000000500"), "{regs}");
     assert!(m.describe_registers(1).is_err());
+    // Every MSR KVM lists is either saved or reported as unreadable, and a save covers
+    // exactly the saved ones.
+    eprintln!(
+        "MSRs saved {:x?} unsaved {:x?}",
+        m.saved_msrs(),
+        m.unsaved_msrs()
+    );
+    let state = m.save_state().unwrap();
+    let saved: Vec<u32> = state.vcpus[0].msrs.iter().map(|e| e.index).collect();
+    assert_eq!(saved, m.saved_msrs());
+    assert!(saved.contains(&0x10), "IA32_TSC is saved");
     let frozen = out.text();
     m.resume().unwrap();
     let last = *counts(&frozen).last().unwrap();
@@ -210,6 +221,14 @@ fn high_ram_block_above_4g() {
     assert_eq!(descs.len(), 2);
     assert_eq!(descs[1].guest_addr, 4 << 30);
     assert_eq!(descs[1].size, 16 << 20);
+    let desc = m.describe();
+    assert_eq!(desc.vcpus, 1);
+    let names: Vec<&str> = desc.ram_blocks.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["ram-below-4g", "ram-above-4g"]);
+    assert!(desc
+        .ram_blocks
+        .iter()
+        .all(|b| b.backing == cpr_format::RamBacking::Memfd && b.page_size == 4096));
     m.start().unwrap();
     out.wait_for("memcheck ok pass 1\n");
 }
@@ -431,4 +450,115 @@ fn hugetlb_memfd_counter_continues_in_a_new_vm_after_save_restore() {
     let (before, after) =
         save_restore_continues("counter", RamBackendConfig::Memfd { hugetlb: true }, 1);
     assert_counts_continue(&before, &after);
+}
+
+/// Saves a paused machine and builds a new one from the state over the same RAM fds.
+fn move_to_new_vm(old: Machine) -> (Machine, Capture, Receiver<MachineEvent>) {
+    let state = through_image(&old.save_state().unwrap());
+    let fds = old.ram().share_fds().expect("memfd RAM has fds");
+    let cfg = old.config().clone();
+    drop(old);
+    let out = Capture::default();
+    let (tx, rx) = channel();
+    let m = Machine::restore(
+        &cfg,
+        GuestRam::from_fds(fds).unwrap(),
+        &state,
+        Box::new(out.clone()),
+        tx,
+    )
+    .unwrap();
+    (m, out, rx)
+}
+
+#[test]
+fn suspended_guest_stays_suspended_in_a_new_vm_and_wakes_there() {
+    let (mut old, out1, rx1) = boot("suspend", RamBackendConfig::Memfd { hugetlb: false });
+    assert_eq!(next_event(&rx1, &out1), MachineEvent::GuestSuspend);
+    old.pause().unwrap();
+    assert_eq!(old.run_state(), RunState::Paused);
+    let (mut new, out2, rx2) = move_to_new_vm(old);
+    assert!(new.save_state().unwrap().suspended);
+    new.resume().unwrap();
+    assert_eq!(new.run_state(), RunState::Suspended);
+    assert_eq!(
+        out2.text(),
+        "",
+        "a suspended guest does not run before wakeup"
+    );
+    new.wakeup().unwrap();
+    assert_eq!(next_event(&rx2, &out2), MachineEvent::GuestShutdown);
+    assert_eq!(out2.text(), "resumed\n");
+}
+
+#[test]
+fn serial_input_typed_while_paused_reaches_the_guest_in_a_new_vm() {
+    let (mut old, out1, _rx1) = boot("echo", RamBackendConfig::Memfd { hugetlb: false });
+    out1.wait_for("echo ready\n");
+    old.pause().unwrap();
+    // Lands in the old UART's FIFO and raises its interrupt while no vCPU runs: both the
+    // FIFO and the pending interrupt must move to the new VM.
+    old.serial_input(b"moved\n").unwrap();
+    let (mut new, out2, _rx2) = move_to_new_vm(old);
+    new.resume().unwrap();
+    // The guest sleeps in HLT until a UART interrupt: only the restored one can wake it.
+    out2.wait_for("echo: moved\n");
+    new.serial_input(b"after\n").unwrap();
+    let text = out2.wait_for("echo: after\n");
+    assert_eq!(text, "echo: moved\necho: after\n");
+}
+
+#[test]
+fn unreadable_msrs_are_dropped_from_the_save_list() {
+    use vmm::machine::vcpu::Vcpu;
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    vm.create_irq_chip().unwrap();
+    let v = Vcpu::new(0, vm.create_vcpu(0).unwrap(), 0);
+    // 0x4b564dff is in KVM's paravirtual MSR range but not an MSR KVM implements.
+    let (ok, dropped) = v.readable_msrs(&[0x10, 0x4b56_4dff, 0x174]).unwrap();
+    assert_eq!(ok, [0x10, 0x174]);
+    assert_eq!(dropped, [0x4b56_4dff]);
+}
+
+#[test]
+fn xsave2_path_round_trips_the_xsave_area() {
+    use vmm::machine::vcpu::Vcpu;
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    vm.create_irq_chip().unwrap();
+    let size = vm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+    assert!(size >= 4096, "KVM_CAP_XSAVE2 reports {size}");
+    // Force the KVM_GET/SET_XSAVE2 path (taken on AMX hosts) with a larger buffer than
+    // this host needs: KVM fills and reads only its own size.
+    let big = Vcpu::new(0, vm.create_vcpu(0).unwrap(), 8192);
+    let legacy = Vcpu::new(1, vm.create_vcpu(1).unwrap(), 0);
+    let msrs: Vec<u32> = Vec::new();
+    let mut state = big.save(&msrs).unwrap();
+    assert_eq!(state.xsave.region.len(), 8192);
+    let legacy_state = legacy.save(&msrs).unwrap();
+    assert_eq!(legacy_state.xsave.region.len(), 4096);
+    assert_eq!(state.xsave.region[..4096], legacy_state.xsave.region[..]);
+    // MXCSR lives at byte 24 of the legacy area: change it and write it back through XSAVE2.
+    // XSTATE_BV (byte 512) must mark the SSE component present for MXCSR to be loaded.
+    state.xsave.region[24..28].copy_from_slice(&0x1f00u32.to_le_bytes());
+    state.xsave.region[512] |= 0x3;
+    state.fpu.mxcsr = 0x1f00;
+    big.restore(&state).unwrap();
+    let again = big.save(&msrs).unwrap();
+    assert_eq!(again.xsave.region[24..28], 0x1f00u32.to_le_bytes());
+}
+
+#[test]
+fn restored_machine_resets_to_boot_state() {
+    let (mut old, out1, _rx1) = boot("counter", RamBackendConfig::Memfd { hugetlb: false });
+    out1.wait_for("count 3\n");
+    old.pause().unwrap();
+    let (mut new, out2, _rx2) = move_to_new_vm(old);
+    new.resume().unwrap();
+    out2.wait_until("a line", |t| t.contains('\n'));
+    // The restored VM never held boot state: reset builds it in a scratch VM.
+    new.reset().unwrap();
+    assert_eq!(new.run_state(), RunState::Running);
+    out2.wait_for("\ncount 1\ncount 2\n");
 }

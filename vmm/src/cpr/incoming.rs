@@ -22,7 +22,7 @@ pub enum IncomingError {
 
 impl From<IncomingError> for CprError {
     fn from(e: IncomingError) -> CprError {
-        CprError::Incoming2(Box::new(e))
+        CprError::IncomingImage(Box::new(e))
     }
 }
 

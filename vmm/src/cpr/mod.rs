@@ -116,7 +116,7 @@ pub enum CprError {
     #[error(transparent)]
     Reboot(Box<reboot::RebootError>),
     #[error(transparent)]
-    Incoming2(Box<incoming::IncomingError>),
+    IncomingImage(Box<incoming::IncomingError>),
 }
 
 impl From<CprError> for CmdError {
@@ -370,7 +370,11 @@ pub fn perform(
     let result = match op {
         CprOp::Save { path, mode } => save(f, ctl, host, Path::new(&path), &mode),
         CprOp::Exec { argv } => exec(f, ctl, host, origin, reply, &argv),
-        CprOp::Load { path } if reboot::is_reboot_image(Path::new(&path)) => {
+        // Restart mode loads only into the VM cpr-exec prepared (Incoming); a VMM that
+        // started on its own (-S) can only take a reboot-mode image.
+        CprOp::Load { path }
+            if matches!(ctl.vm, Vm::Active(_)) || reboot::is_reboot_image(Path::new(&path)) =>
+        {
             reboot::load(f, ctl, host, Path::new(&path))
         }
         CprOp::Load { path } => load(f, ctl, host, Path::new(&path)),

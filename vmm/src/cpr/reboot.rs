@@ -81,7 +81,9 @@ impl RebootConfigState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebootError {
-    #[error("unknown cpr-save option '{0}' (reboot mode takes ram=in-place|in-image)")]
+    #[error(
+        "unknown cpr-save option '{0}' (reboot mode takes ram=in-place|in-image, digest=on|off)"
+    )]
     BadOption(String),
     #[error(
         "ram=in-place needs guest RAM in a persistent shared file (memory-backend-file, \
@@ -130,20 +132,31 @@ impl From<RebootError> for CprError {
     }
 }
 
-/// Splits `reboot,ram=in-image` into the RAM placement asked for (None: choose).
-fn parse_mode(mode: &str) -> Result<Option<Placement>, RebootError> {
-    let mut placement = None;
+/// cpr-save's reboot-mode options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SaveOptions {
+    /// `ram=`: None lets [`placement_for`] choose.
+    placement: Option<Placement>,
+    /// `digest=on|off`: record each RAM block's CRC-32 (default on).
+    digest: bool,
+}
+
+/// Splits `reboot,ram=in-image,digest=off` into its options.
+fn parse_mode(mode: &str) -> Result<SaveOptions, RebootError> {
+    let mut o = SaveOptions {
+        placement: None,
+        digest: true,
+    };
     for opt in mode.split(',').skip(1).filter(|o| !o.is_empty()) {
+        let bad = || RebootError::BadOption(opt.to_string());
         match opt.split_once('=') {
-            Some(("ram", v)) => {
-                placement = Some(
-                    Placement::parse(v).ok_or_else(|| RebootError::BadOption(opt.to_string()))?,
-                )
-            }
-            _ => return Err(RebootError::BadOption(opt.to_string())),
+            Some(("ram", v)) => o.placement = Some(Placement::parse(v).ok_or_else(bad)?),
+            Some(("digest", "on")) => o.digest = true,
+            Some(("digest", "off")) => o.digest = false,
+            _ => return Err(bad()),
         }
     }
-    Ok(placement)
+    Ok(o)
 }
 
 fn ram_kind(spec: &RamSpec) -> &'static str {
@@ -177,7 +190,8 @@ pub fn save(
     path: &Path,
     mode: &str,
 ) -> Result<String, CprError> {
-    let placement = placement_for(&host.config, parse_mode(mode)?)?;
+    let opts = parse_mode(mode)?;
+    let placement = placement_for(&host.config, opts.placement)?;
     let m = match &mut ctl.vm {
         Vm::Active(m) => m,
         Vm::Incoming(_) => return Err(CprError::Incoming),
@@ -197,12 +211,13 @@ pub fn save(
         RunState::Shutdown => return Err(CprError::BadState("shutdown")),
         RunState::InternalError => return Err(CprError::BadState("internal-error")),
     };
+    remove_stale_temporaries(path);
     let t0 = Instant::now();
     // Saved again after a cpr-save: already stopped (postmigrate), nothing to pause.
     if before != RunState::Postmigrate {
         m.pause()?;
     }
-    let written = write_image(m, &host.config, path, placement, resume_after);
+    let written = write_image(m, &host.config, path, placement, resume_after, opts.digest);
     let stats = match written {
         Ok(s) => s,
         Err(e) => {
@@ -245,12 +260,44 @@ pub fn save(
     Ok(text)
 }
 
+/// Removes temporary files that saves killed before their rename left next to `path`
+/// (`.NAME.tmp.PID`, cpr-format's atomic writer), when process PID is gone. They never have
+/// the image's name, but an in-image one can be as large as guest RAM.
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let Some(pid) = n.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .map(|p| Path::new(&format!("/proc/{p}")).exists())
+            .unwrap_or(true);
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn write_image(
     m: &Machine,
     config: &VmmConfig,
     path: &Path,
     placement: Placement,
     running: bool,
+    digest: bool,
 ) -> Result<ram_image::RamStats, CprError> {
     let state = m.save_state()?;
     let werr = |source| ImageError::Write {
@@ -289,7 +336,7 @@ fn write_image(
         }
     }
     let mut stats =
-        ram_image::add_ram(&mut w, m.ram(), placement, file).map_err(RebootError::from)?;
+        ram_image::add_ram(&mut w, m.ram(), placement, file, digest).map_err(RebootError::from)?;
     let t = Instant::now();
     w.write_atomic(path).map_err(werr)?;
     stats.write_ns = t.elapsed().as_nanos() as u64;
@@ -327,7 +374,19 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<(Image, RebootRam
         }
         .into());
     }
-    let lines = image::machine_differences(&img.header().machine, &image::machine_desc(config));
+    let ram: RebootRamState = img
+        .section("0")
+        .map_err(|source| ImageError::Read {
+            path: p.clone(),
+            source,
+        })?
+        .ok_or_else(|| RebootError::NoRamSection(p.clone()))?;
+    let mut lines = image::machine_differences(&img.header().machine, &image::machine_desc(config));
+    // RAM in the image goes into whatever RAM the new command line has: a reboot-mode
+    // update may change the backing (e.g. anonymous to memfd, to allow restart mode).
+    if Placement::parse(&ram.placement) == Some(Placement::InImage) {
+        lines.retain(|l| !l.starts_with("RAM backing:"));
+    }
     if !lines.is_empty() {
         return Err(ImageError::OtherMachine {
             path: p,
@@ -335,13 +394,6 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<(Image, RebootRam
         }
         .into());
     }
-    let ram: RebootRamState = img
-        .section("0")
-        .map_err(|source| ImageError::Read {
-            path: p.clone(),
-            source,
-        })?
-        .ok_or(RebootError::NoRamSection(p))?;
     Ok((img, ram))
 }
 
@@ -412,13 +464,26 @@ pub fn load(
     host: &Host,
     path: &Path,
 ) -> Result<String, CprError> {
+    load_with(f, ctl, host, path, false)
+}
+
+/// [`load`]; `keep_paused` (`-incoming FILE -S`): leave the guest paused even if it ran at
+/// cpr-save, for `cont` to resume.
+pub fn load_with(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    path: &Path,
+    keep_paused: bool,
+) -> Result<String, CprError> {
     let t0 = Instant::now();
     let old = match &ctl.vm {
         Vm::Active(m) if m.run_state() == RunState::Prelaunch && m.boot_pending() => m,
         _ => return Err(RebootError::NotFresh.into()),
     };
     let (img, saved) = open_checked(path, &host.config)?;
-    let (state, resume_after) = image::machine_state(&img)?;
+    let (state, ran) = image::machine_state(&img)?;
+    let resume_after = ran && !keep_paused;
     let (ram, read) = incoming_ram(old, &host.config, &img, path, &saved)?;
     let prepared = Machine::prepare_incoming(&host.config.machine_config(), ram)?;
     prepared.check(&state)?;
@@ -463,4 +528,75 @@ pub fn load(
         ctl.emit("RESUME", None);
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> VmmConfig {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["-kernel".to_string(), "/dev/null".to_string()]);
+        match crate::cli::parse_args(v) {
+            Ok(crate::cli::Action::Run(c)) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ram_placement_defaults_to_in_place_only_for_a_ram_file() {
+        let anon = config(&["-m", "64M"]);
+        assert_eq!(placement_for(&anon, None).unwrap(), Placement::InImage);
+        let e = placement_for(&anon, Some(Placement::InPlace)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("this guest's RAM is anonymous memory"),
+            "{e}"
+        );
+        let memfd = config(&["-machine", "memfd-alloc=on"]);
+        let e = placement_for(&memfd, Some(Placement::InPlace)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a memfd, which ends with the process"),
+            "{e}"
+        );
+        let file = config(&[
+            "-object",
+            "memory-backend-file,id=r,size=4M,mem-path=/dev/shm/x,share=on",
+            "-machine",
+            "memory-backend=r",
+        ]);
+        assert_eq!(placement_for(&file, None).unwrap(), Placement::InPlace);
+        assert_eq!(
+            placement_for(&file, Some(Placement::InImage)).unwrap(),
+            Placement::InImage
+        );
+    }
+
+    #[test]
+    fn mode_options_are_parsed_and_unknown_ones_refused() {
+        let o = parse_mode("reboot").unwrap();
+        assert_eq!((o.placement, o.digest), (None, true));
+        let o = parse_mode("reboot,ram=in-image,digest=off").unwrap();
+        assert_eq!((o.placement, o.digest), (Some(Placement::InImage), false));
+        assert_eq!(
+            parse_mode("reboot,ram=sideways").unwrap_err().to_string(),
+            "unknown cpr-save option 'ram=sideways' (reboot mode takes ram=in-place|in-image, \
+             digest=on|off)"
+        );
+        assert!(parse_mode("reboot,fast").is_err());
+    }
+
+    #[test]
+    fn the_machine_options_round_trip_through_the_image_section() {
+        let c = config(&["-m", "96M", "-smp", "2", "-append", "console=ttyS0"]);
+        let s = RebootConfigState::of(&c);
+        let mut w = cpr_format::ImageWriter::new(image::header(&c, Mode::Reboot));
+        w.add_section("0", &s).unwrap();
+        let img = Image::from_bytes(&w.to_bytes().unwrap()).unwrap();
+        let back: RebootConfigState = img.section("0").unwrap().unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.mem_size, 96 << 20);
+        assert_eq!(back.ram, "anonymous");
+    }
 }

@@ -78,6 +78,37 @@ pub struct RamBlock {
 }
 
 impl RamBlock {
+    /// What backs the block, read from the fd itself (so it is right for inherited fds):
+    /// hugetlbfs page size -> Hugetlb, a `memfd:` link -> Memfd, any other file -> File.
+    pub fn backing(&self) -> cpr_format::RamBacking {
+        use std::os::fd::AsRawFd;
+        let Some(file) = &self.file else {
+            return cpr_format::RamBacking::Anonymous;
+        };
+        if self.page_size > 4096 {
+            return cpr_format::RamBacking::Hugetlb;
+        }
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if link.starts_with("/memfd:") {
+            cpr_format::RamBacking::Memfd
+        } else {
+            cpr_format::RamBacking::File { path: link }
+        }
+    }
+
+    /// The block as the cpr-format header describes it.
+    pub fn format_desc(&self) -> cpr_format::RamBlockDesc {
+        cpr_format::RamBlockDesc {
+            name: self.name().to_string(),
+            guest_addr: self.desc.guest_addr,
+            size: self.desc.size,
+            backing: self.backing(),
+            page_size: self.page_size,
+        }
+    }
+
     /// Stable name for the fd manifest: `ram-below-4g` or `ram-above-4g` (the memfd names).
     pub fn name(&self) -> &'static str {
         if self.desc.guest_addr < HIGH_RAM_START {
@@ -151,7 +182,10 @@ fn page_size_of(file: &File) -> u64 {
     }
     // SAFETY: fstatfs succeeded and filled the struct.
     let st = unsafe { st.assume_init() };
-    if st.f_type as i64 == HUGETLBFS_MAGIC {
+    // f_type is c_long on glibc x86_64 but other widths elsewhere (musl, 32-bit).
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = st.f_type as i64;
+    if f_type == HUGETLBFS_MAGIC {
         st.f_bsize as u64
     } else {
         4096
@@ -373,6 +407,8 @@ mod tests {
         let v: u32 = again.memory().read_obj(GuestAddress(0x1000)).unwrap();
         assert_eq!(v, 0x1234_5678);
         assert_eq!(again.blocks()[0].page_size, 4096);
+        assert_eq!(again.blocks()[0].backing(), cpr_format::RamBacking::Memfd);
+        assert_eq!(ram.blocks()[0].format_desc().size, 4 << 20);
         assert_eq!(again.blocks()[0].name(), "ram-below-4g");
     }
 
@@ -382,6 +418,12 @@ mod tests {
         let ram = GuestRam::new(&RamBackendConfig::File { path: dir.clone() }, 8 << 20).unwrap();
         assert_eq!(ram.blocks().len(), 1);
         assert_eq!(std::fs::metadata(&dir).unwrap().len(), 8 << 20);
+        assert_eq!(
+            ram.blocks()[0].backing(),
+            cpr_format::RamBacking::File {
+                path: dir.to_string_lossy().into_owned()
+            }
+        );
         std::fs::remove_file(&dir).unwrap();
     }
 
@@ -389,6 +431,7 @@ mod tests {
     fn anonymous_ram_has_no_fds() {
         let ram = GuestRam::new(&RamBackendConfig::Anonymous, 4 << 20).unwrap();
         assert!(ram.share_fds().is_none());
+        assert_eq!(ram.blocks()[0].backing(), cpr_format::RamBacking::Anonymous);
         assert!(matches!(
             GuestRam::new(&RamBackendConfig::Anonymous, 4097),
             Err(MemoryError::BadSize { .. })

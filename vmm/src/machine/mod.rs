@@ -2,8 +2,20 @@
 //! emulated devices (UART, PM port, debug-exit port).
 //!
 //! CONTRACT between the machine (this module) and the front end (CLI, chardevs, monitor).
-//! The signatures below are the agreed interface; the bodies are placeholders to be replaced
-//! by the real implementation. The front end must only use what is declared here.
+//! The signatures below are the agreed interface. The front end must only use what is
+//! declared here.
+//!
+//! Live update (the machine half):
+//! ```text
+//! old process:  m.pause()?; let state = m.save_state()?;       // MachineState: serde,
+//!               m.mark_postmigrate()?;                          // sections via state!
+//!               for b in m.ram().blocks() { b.name(), b.desc, b.file (memfd) -> fd manifest }
+//! new process:  let ram = GuestRam::from_fds(vec![RamBlockFd { file, desc }, ...])?;
+//!               let mut m = Machine::restore(&config, ram, &state, serial_out, events)?;
+//!               m.resume()?;                                    // Running (or Suspended)
+//! ```
+//! vCPU threads are kicked out of KVM_RUN with SIGRTMIN + 0 (`vcpu_thread::kick_signal`);
+//! the front end must leave that signal alone.
 
 pub mod boot;
 pub mod cpuid;
@@ -139,8 +151,9 @@ pub struct Machine {
     ram: GuestRam,
     serial_irq: EventFd,
     msr_list: Vec<u32>,
+    unsaved_msrs: Vec<u32>,
     /// vCPU, irqchip and PIT state right after creation: `reset` returns to it.
-    boot_state: lifecycle::BootSnapshot,
+    boot_state: Option<lifecycle::BootSnapshot>,
     /// The guest was in S3 when paused: `resume` returns it to Suspended, not Running.
     paused_while_suspended: bool,
     /// The kernel is not loaded yet (`new_unbooted`): `start` loads it. Until then guest
@@ -168,7 +181,7 @@ impl Machine {
         serial_out: SerialOutput,
         events: Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
-        let parts = lifecycle::create(config, ram)?;
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Boot)?;
         if let Some(bsp) = parts.vcpus.first() {
             lifecycle::boot(config, &parts.ram, bsp)?;
         }
@@ -194,7 +207,7 @@ impl Machine {
         events: Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
         let ram = GuestRam::new(&config.ram, config.mem_size)?;
-        let parts = lifecycle::create(config, ram)?;
+        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Boot)?;
         let (serial, serial_irq) = devices::SerialDevice::new(serial_out)?;
         let mut m = lifecycle::finish(
             config,
@@ -267,6 +280,8 @@ impl Machine {
                 Ok(())
             }
             RunState::Running => Ok(()),
+            // `cont` before the first start starts the machine, as in QEMU.
+            RunState::Prelaunch => self.start(),
             state => Err(MachineError::BadRunState {
                 op: "resume",
                 state,
@@ -380,6 +395,33 @@ impl Machine {
                 state,
             }),
         }
+    }
+
+    /// The machine as a cpr-format image header describes it (vCPUs, RAM blocks, devices).
+    pub fn describe(&self) -> cpr_format::MachineDesc {
+        let device = |id: &str, kind: &str| cpr_format::DeviceDesc {
+            id: id.to_string(),
+            kind: kind.to_string(),
+        };
+        cpr_format::MachineDesc {
+            vcpus: u32::from(self.config.vcpus),
+            ram_blocks: self.ram.blocks().iter().map(|b| b.format_desc()).collect(),
+            devices: vec![
+                device("serial0", "uart-8250"),
+                device("pm0", "pm1a-cnt"),
+                device("debug-exit0", "debug-exit"),
+            ],
+        }
+    }
+
+    /// MSRs that state save covers (from KVM_GET_MSR_INDEX_LIST, minus `unsaved_msrs`).
+    pub fn saved_msrs(&self) -> &[u32] {
+        &self.msr_list
+    }
+
+    /// MSRs KVM lists but refuses to read for this guest's CPUID; they are not saved.
+    pub fn unsaved_msrs(&self) -> &[u32] {
+        &self.unsaved_msrs
     }
 
     pub fn config(&self) -> &MachineConfig {

@@ -88,14 +88,15 @@ impl Machine {
 
     /// The first half of [`Machine::restore`], for a live update that builds the VM before
     /// its state arrives: a new KVM VM, TSS, memslots (RAM before the irqchip: a memslot
-    /// added after KVM_CREATE_IRQCHIP costs milliseconds), irqchip, PIT and vCPUs.
+    /// added after KVM_CREATE_IRQCHIP costs milliseconds), irqchip, PIT and vCPUs, without
+    /// boot configuration (the saved state overwrites it all).
     pub fn prepare_incoming(
         config: &MachineConfig,
         ram: GuestRam,
     ) -> Result<IncomingMachine, MachineError> {
         Ok(IncomingMachine {
             config: config.clone(),
-            parts: lifecycle::create(config, ram)?,
+            parts: lifecycle::create(config, ram, lifecycle::Prepare::Restore { msrs: &[] })?,
         })
     }
 }
@@ -155,7 +156,13 @@ impl IncomingMachine {
         events: std::sync::mpsc::Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
         self.check(state)?;
-        let IncomingMachine { config, parts } = self;
+        let IncomingMachine { config, mut parts } = self;
+        // The MSRs the state carries are the ones later saves read.
+        parts.msr_list = state
+            .vcpus
+            .first()
+            .map(|v| v.msrs.iter().map(|m| m.index).collect())
+            .unwrap_or_default();
         for (v, s) in parts.vcpus.iter().zip(&state.vcpus) {
             v.restore(s)?;
         }

@@ -9,7 +9,7 @@ use kvm_ioctls::VcpuFd;
 
 use super::vcpu_state::{
     CpuidEntry, DebugRegs, Fpu, Lapic, MpState, MsrEntry, Regs, Sregs, VcpuEvents, VcpuState, Xcrs,
-    Xsave,
+    Xsave, XSAVE_SIZE,
 };
 
 /// LAPIC register offsets used at boot.
@@ -48,6 +48,12 @@ pub enum VcpuError {
         what: &'static str,
         len: usize,
     },
+    #[error("vCPU {index}: saved XSAVE area of {saved} bytes is larger than this host's {host}")]
+    XsaveTooBig {
+        index: u32,
+        saved: usize,
+        host: usize,
+    },
     #[error("vCPU {index}: saved state is for vCPU {saved}")]
     WrongIndex { index: u32, saved: u32 },
     #[error("vCPU {index}: saved TSC frequency {saved} kHz differs from this host's {host} kHz and KVM cannot scale it")]
@@ -57,9 +63,81 @@ pub enum VcpuError {
 pub struct Vcpu {
     pub index: u32,
     pub fd: VcpuFd,
+    /// Bytes of XSAVE state KVM keeps: KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2), at least the
+    /// legacy 4096 (more on hosts with AMX, where KVM_GET_XSAVE would fail).
+    pub xsave_size: usize,
 }
 
 impl Vcpu {
+    /// Wraps a fresh vCPU fd; `xsave2_size` is KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) (0 if
+    /// the capability is absent).
+    pub fn new(index: u32, fd: VcpuFd, xsave2_size: usize) -> Vcpu {
+        Vcpu {
+            index,
+            fd,
+            xsave_size: xsave2_size.max(XSAVE_SIZE),
+        }
+    }
+
+    fn get_xsave(&self) -> Result<Xsave, VcpuError> {
+        if self.xsave_size <= XSAVE_SIZE {
+            return Ok(Xsave::from(
+                &self.fd.get_xsave().map_err(self.io("KVM_GET_XSAVE"))?,
+            ));
+        }
+        let extra = (self.xsave_size - XSAVE_SIZE).div_ceil(4);
+        let mut x = kvm_bindings::Xsave::new(extra).map_err(|_| VcpuError::Fam {
+            index: self.index,
+            what: "XSAVE",
+            len: extra,
+        })?;
+        // SAFETY: `x` holds the 4096-byte legacy area plus `extra` words, i.e. at least the
+        // size KVM reported for KVM_CAP_XSAVE2, which is all KVM_GET_XSAVE2 writes.
+        unsafe { self.fd.get_xsave2(&mut x) }.map_err(self.io("KVM_GET_XSAVE2"))?;
+        let mut bytes: Vec<u8> = Xsave::from(&x.as_fam_struct_ref().xsave).region.to_vec();
+        bytes.extend(x.as_slice().iter().flat_map(|w| w.to_le_bytes()));
+        Ok(Xsave {
+            region: bytes.into(),
+        })
+    }
+
+    fn set_xsave(&self, xsave: &Xsave) -> Result<(), VcpuError> {
+        let len = xsave.region.len();
+        if len <= XSAVE_SIZE {
+            let k = xsave.into();
+            // SAFETY: `k` is a complete legacy kvm_xsave (4096 bytes), which is what
+            // KVM_SET_XSAVE reads.
+            return unsafe { self.fd.set_xsave(&k) }.map_err(self.io("KVM_SET_XSAVE"));
+        }
+        if len > self.xsave_size {
+            return Err(VcpuError::XsaveTooBig {
+                index: self.index,
+                saved: len,
+                host: self.xsave_size,
+            });
+        }
+        let extra = (self.xsave_size - XSAVE_SIZE).div_ceil(4);
+        let mut x = kvm_bindings::Xsave::new(extra).map_err(|_| VcpuError::Fam {
+            index: self.index,
+            what: "XSAVE",
+            len: extra,
+        })?;
+        // SAFETY: only the plain-data legacy area of the FAM struct is replaced.
+        unsafe { x.as_mut_fam_struct() }.xsave = xsave.into();
+        for (dst, src) in x
+            .as_mut_slice()
+            .iter_mut()
+            .zip(xsave.region[XSAVE_SIZE..].chunks(4))
+        {
+            let mut w = [0u8; 4];
+            w[..src.len()].copy_from_slice(src);
+            *dst = u32::from_le_bytes(w);
+        }
+        // SAFETY: `x` holds the legacy area plus the extended words, at least the size KVM
+        // reported for KVM_CAP_XSAVE2, which is all KVM_SET_XSAVE reads for this VM.
+        unsafe { self.fd.set_xsave2(&x) }.map_err(self.io("KVM_SET_XSAVE2"))
+    }
+
     fn io(&self, ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
         let index = self.index;
         move |source| VcpuError::Ioctl {
@@ -135,6 +213,23 @@ impl Vcpu {
             .map_err(self.io("KVM_SET_MP_STATE"))
     }
 
+    /// The MSRs of `candidates` (KVM_GET_MSR_INDEX_LIST) this vCPU can actually read, and
+    /// those it cannot. The index list can name MSRs whose feature the guest's CPUID hides
+    /// (e.g. PMU MSRs once the PMU leaf is cleared); KVM_GET_MSRS stops at the first such
+    /// MSR, so drop it and try again, as Cloud Hypervisor does. Done once per VM, so that
+    /// `save` can insist on a full count.
+    pub fn readable_msrs(&self, candidates: &[u32]) -> Result<(Vec<u32>, Vec<u32>), VcpuError> {
+        let mut ok = candidates.to_vec();
+        let mut dropped = Vec::new();
+        loop {
+            match self.get_msrs(&ok) {
+                Ok(_) => return Ok((ok, dropped)),
+                Err(VcpuError::MsrShortCount { done, .. }) => dropped.push(ok.remove(done)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn get_msrs(&self, indices: &[u32]) -> Result<Vec<MsrEntry>, VcpuError> {
         let entries: Vec<kvm_msr_entry> = indices
             .iter()
@@ -200,7 +295,7 @@ impl Vcpu {
         let regs = self.get_regs()?;
         let sregs = self.get_sregs()?;
         let fpu = Fpu::from(&self.fd.get_fpu().map_err(self.io("KVM_GET_FPU"))?);
-        let xsave = Xsave::from(&self.fd.get_xsave().map_err(self.io("KVM_GET_XSAVE"))?);
+        let xsave = self.get_xsave()?;
         let xcrs = Xcrs::from(&self.fd.get_xcrs().map_err(self.io("KVM_GET_XCRS"))?);
         let debugregs = DebugRegs::from(
             &self
@@ -272,10 +367,7 @@ impl Vcpu {
         self.set_regs(&state.regs)?;
         self.set_sregs(&state.sregs)?;
         self.set_fpu(&state.fpu)?;
-        let xsave = (&state.xsave).into();
-        // SAFETY: `xsave` is a complete kvm_xsave of the legacy 4096-byte size, which is what
-        // KVM_SET_XSAVE reads on a host without dynamically sized XSAVE (no AMX here).
-        unsafe { self.fd.set_xsave(&xsave) }.map_err(self.io("KVM_SET_XSAVE"))?;
+        self.set_xsave(&state.xsave)?;
         self.fd
             .set_xcrs(&(&state.xcrs).into())
             .map_err(self.io("KVM_SET_XCRS"))?;

@@ -178,8 +178,9 @@ pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>
         let ptr: *mut kvm_run = v.fd.get_kvm_run();
         KVM_RUN_PTR.with(|p| p.set(ptr));
         let mut c = lock(&ctl.ctl);
-        // SAFETY: pthread_self and gettid have no preconditions.
+        // SAFETY: pthread_self has no preconditions.
         c.pthread = Some(unsafe { libc::pthread_self() });
+        // SAFETY: gettid has no preconditions.
         c.tid = unsafe { libc::gettid() };
     }
     loop {

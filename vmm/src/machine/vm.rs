@@ -44,13 +44,15 @@ fn io(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// - TSS and identity map before any vCPU exists (KVM refuses them later);
 /// - irqchip before the PIT (the PIT needs the PIC and IOAPIC to deliver IRQ0) and both
 ///   before vCPUs (each vCPU gets its in-kernel LAPIC at creation).
-pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
+/// `ram` is `None` only for a scratch VM that never runs (boot-state snapshots).
+pub fn create_vm(kvm: &Kvm, ram: Option<&GuestRam>) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(io("KVM_CREATE_VM"))?;
     vm.set_identity_map_address(IDENTITY_MAP_ADDR)
         .map_err(io("KVM_SET_IDENTITY_MAP_ADDR"))?;
     vm.set_tss_address(TSS_ADDR as usize)
         .map_err(io("KVM_SET_TSS_ADDR"))?;
-    for (slot, block) in ram.blocks().iter().enumerate() {
+    let blocks = ram.map(|r| r.blocks()).unwrap_or_default();
+    for (slot, block) in blocks.iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,

@@ -59,7 +59,7 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
         },
         Command {
             names: &["cpr-save"],
-            params: "filename mode [ram=in-place|in-image]",
+            params: "filename mode [ram=in-place|in-image] [digest=on|off]",
             help: "stop the guest and save its state for a live update (mode: restart, reboot)",
             run: cpr_save,
         },
@@ -250,7 +250,7 @@ fn cpr_save<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<String, Cm
             Ok(String::new())
         }
         _ => Err(CmdError::generic(
-            "usage: cpr-save filename mode [ram=in-place|in-image]",
+            "usage: cpr-save filename mode [ram=in-place|in-image] [digest=on|off]",
         )),
     }
 }

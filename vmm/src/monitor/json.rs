@@ -83,6 +83,10 @@ impl Streamer {
                     self.escape = true;
                 } else if b == b'"' {
                     self.in_string = false;
+                    // A top-level string is complete at its closing quote.
+                    if self.depth == 0 {
+                        out.push(self.take_message());
+                    }
                 }
                 continue;
             }

@@ -120,12 +120,30 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
                     ty: ArgType::Str,
                     required: false,
                 },
+                Arg {
+                    name: "digest",
+                    ty: ArgType::Bool,
+                    required: false,
+                },
             ],
             run: |c, a| {
                 // Reboot mode's RAM placement rides along in the mode string.
                 let mut mode = str_arg(a, "mode");
                 if let Some(ram) = a.get("ram").and_then(Value::as_str) {
+                    if mode != "reboot" {
+                        return Err(CmdError::generic(
+                            "Parameter 'ram' is only valid in reboot mode",
+                        ));
+                    }
                     mode = format!("{mode},ram={ram}");
+                }
+                if let Some(d) = a.get("digest").and_then(Value::as_bool) {
+                    if mode.split(',').next() != Some("reboot") {
+                        return Err(CmdError::generic(
+                            "Parameter 'digest' is only valid in reboot mode",
+                        ));
+                    }
+                    mode = format!("{mode},digest={}", if d { "on" } else { "off" });
                 }
                 c.defer(CprOp::Save {
                     path: str_arg(a, "filename"),
