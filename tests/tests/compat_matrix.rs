@@ -1,18 +1,23 @@
 //! The compatibility matrix: every released version (and the current tree) against every
-//! fixture image of every release: can that version's vmm load the image, and if not, why.
+//! fixture image of every release, and the same fixtures written now by the current vmm:
+//! can that version's vmm load the image, and if not, why.
 //! Readers are the schemas the releases stored (`fixtures/schemas/VERSION.json`) and the
 //! current binary's `vmm --dump-schema`; the verdict is cpr-format's compatibility engine,
 //! the same check `cpr-load` makes. Pinned with insta: a change that makes the current vmm
 //! refuse an old image, or an old vmm refuse the current one's, shows up in review.
 //!
-//! Before the first release `fixtures/releases.toml` lists nothing and the matrix has no
-//! rows; a release listed without its schema or fixtures fails the test.
+//! Before the first release `fixtures/releases.toml` lists nothing and the matrix has only
+//! the current vmm's rows and column; a release listed without its schema or fixtures fails
+//! the test.
 
 use cpr_format::{compat, Image, Schema};
+use std::path::PathBuf;
+
 use cpr_tests::release::{
-    dump_schema, fixture_set, images_dir, releases, stored_schema_json, Fixture, Release,
+    all_fixture_specs, dump_schema, fixture_set, images_dir, make_fixture, releases,
+    stored_schema_json, Fixture, Release,
 };
-use cpr_tests::vmm_bin;
+use cpr_tests::{vmm_bin, Scratch};
 
 fn parse_schema(what: &str, json: &str) -> Schema {
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{what} is not a schema: {e}"))
@@ -44,48 +49,52 @@ fn matrix() -> String {
     let readers = readers(&releases);
     let mut rows: Vec<(String, String, Vec<String>)> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    for r in &releases {
-        let set = fixture_set(&r.version);
-        for f in &set.fixtures {
+    // Released fixtures, then the same fixtures written now by the current binary (the
+    // rollback question: can a release load what the current vmm writes?).
+    let fresh = Scratch::new("matrix-current");
+    let mut sources: Vec<(String, PathBuf, Vec<Fixture>)> = releases
+        .iter()
+        .map(|r| {
+            let set = fixture_set(&r.version);
+            (r.version.clone(), images_dir(&r.version), set.fixtures)
+        })
+        .collect();
+    let specs = all_fixture_specs();
+    for f in &specs {
+        make_fixture(&vmm_bin(), &fresh.0, f).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+    }
+    sources.push(("current".into(), fresh.0.clone(), specs));
+    let mut refusals = 0;
+    for (writer, dir, fixtures) in &sources {
+        for f in fixtures {
             let Fixture { name, mode, .. } = f;
-            let path = images_dir(&r.version).join(f.image_file());
+            let path = dir.join(f.image_file());
             let img = Image::open(&path)
                 .unwrap_or_else(|e| panic!("fixture {} does not open: {e}", path.display()));
-            assert_eq!(
-                img.header().producer.version,
-                r.version,
-                "{}",
-                path.display()
-            );
+            if writer != "current" {
+                assert_eq!(&img.header().producer.version, writer, "{}", path.display());
+            }
             let mut cells = Vec::new();
             for (label, schema) in &readers {
                 let report = img.check_compat(schema);
                 if report.is_compatible() {
                     cells.push("yes".to_string());
                 } else {
-                    assert_ne!(
-                        label, &r.version,
-                        "release {} cannot load its own fixture {name}",
-                        r.version
-                    );
-                    notes.push(format!(
-                        "[{}] {}/{name} read by {label}:",
-                        notes.len() + 1,
-                        r.version
-                    ));
-                    let n = notes.len();
+                    assert_ne!(label, writer, "{writer} cannot load its own fixture {name}");
+                    refusals += 1;
+                    notes.push(format!("[{refusals}] {writer}/{name} read by {label}:"));
                     for e in report.errors() {
                         notes.push(format!("    {e}"));
                     }
-                    cells.push(format!("no [{n}]"));
+                    cells.push(format!("no [{refusals}]"));
                 }
             }
-            rows.push((format!("{}/{name}", r.version), mode.clone(), cells));
+            rows.push((format!("{writer}/{name}"), mode.clone(), cells));
         }
     }
 
     let mut out = String::new();
-    out.push_str("Can the vmm of each version (column) load each released fixture (row)?\n");
+    out.push_str("Can the vmm of each version (column) load each fixture (row: WRITER/NAME)?\n");
     out.push_str(
         "yes: cpr-format's compatibility engine finds no error against that version's schema.\n",
     );
@@ -113,8 +122,10 @@ fn matrix() -> String {
     }
     out.push_str(line.trim_end());
     out.push('\n');
-    if rows.is_empty() {
-        out.push_str("(no release in fixtures/releases.toml yet)\n");
+    if releases.is_empty() {
+        out.push_str(
+            "(no release in fixtures/releases.toml yet: the current vmm's fixtures only)\n",
+        );
     }
     for (name, mode, cells) in &rows {
         let mut line = format!("{name:w0$}  {mode:7}");
