@@ -90,7 +90,29 @@ fn tool_output_on_released_fixtures() {
         for json in [false, true] {
             let j: &[&str] = if json { &["--json"] } else { &[] };
             let suffix = if json { ".json" } else { "" };
-            let cases: [(&str, Vec<&str>); 4] = [
+            let cases: [(&str, Vec<&str>); 6] = [
+                (
+                    "schema_check_version_vs_restart_image",
+                    vec![
+                        "schema",
+                        "check",
+                        "--schemas-dir",
+                        schemas,
+                        &r.version,
+                        "restart-counter-1cpu.cpr",
+                    ],
+                ),
+                (
+                    "schema_check_version_vs_reboot_image",
+                    vec![
+                        "schema",
+                        "check",
+                        "--schemas-dir",
+                        schemas,
+                        &r.version,
+                        "reboot-counter-1cpu.cpr",
+                    ],
+                ),
                 (
                     "diff_1cpu_4cpu",
                     vec![
@@ -129,6 +151,11 @@ fn tool_output_on_released_fixtures() {
                 insta::assert_snapshot!(format!("{}__{name}{suffix}", r.version), tool(&dir, &all));
             }
         }
+        // The lossless JSON form of the smallest fixture (`json` has no table form).
+        insta::assert_snapshot!(
+            format!("{}__json_restart_counter_1cpu", r.version),
+            tool(&dir, &["json", "restart-counter-1cpu.cpr"])
+        );
     }
 }
 
