@@ -55,7 +55,7 @@ async def main(path):
         print("no-such-command did not fail")
         sys.exit(2)
     except ExecuteError as err:
-        print(f"error {err.error_class}: {err.error.error.desc}")
+        print(f"error {err.error_class}: {err}")
 
     out = await qmp.execute("human-monitor-command", {"command-line": "info status"})
     print(f"hmp {out.strip()}")
@@ -65,7 +65,11 @@ async def main(path):
     await qmp.execute("quit")
     ev = await next_event(qmp)
     print(f"shutdown guest={ev['data']['guest']} reason={ev['data']['reason']}")
-    await qmp.disconnect()
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        # The server hangs up after quit; QEMU's own machine.py expects the same.
+        pass
     print("done")
 
 

@@ -106,13 +106,21 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs `vmm` to completion with no input; returns its output.
+/// Runs `vmm` to completion with no input (bounded by [`PATIENCE`]); returns its output.
 pub fn run_vmm(args: &[&str]) -> Output {
-    Command::new(vmm_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn vmm")
+    let mut vmm = Vmm::spawn(args);
+    let out = vmm.child.stdout.take().map(Watch::new);
+    let err = vmm.child.stderr.take().map(Watch::new);
+    let (status, _, _) = vmm.wait();
+    let text = |w: Option<Watch>| {
+        w.map(|mut w| w.rest().as_bytes().to_vec())
+            .unwrap_or_default()
+    };
+    Output {
+        status,
+        stdout: text(out),
+        stderr: text(err),
+    }
 }
 
 /// A running `vmm`, killed on drop if the test did not wait for it.
@@ -144,6 +152,7 @@ impl Vmm {
         loop {
             if let Ok(s) = UnixStream::connect(path) {
                 s.set_read_timeout(Some(PATIENCE)).expect("set timeout");
+                s.set_write_timeout(Some(PATIENCE)).expect("set timeout");
                 return s;
             }
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -42,14 +42,20 @@ fn counter_counts_on_the_serial_port() {
 #[test]
 fn counter_waits_in_prelaunch_until_cont() {
     let dir = Scratch::new("g-prelaunch");
-    let (vmm, mut out, mut hmp) = boot_with_monitor(&dir, "counter", &["-S"]);
+    let (vmm, mut out, mut hmp) = boot_with_monitor(&dir, "counter", &["-S", "-smp", "2"]);
     assert_eq!(hmp.cmd("info status"), "VM status: paused (prelaunch)\n");
     assert_eq!(hmp.cmd("cont"), "");
     out.wait_for("count 2\n");
     assert_eq!(hmp.cmd("stop"), "");
     let regs = hmp.cmd("info registers");
-    assert!(regs.contains("RIP"), "{regs}");
-    assert!(!hmp.cmd("info cpus").is_empty());
+    assert!(regs.contains("RIP="), "{regs}");
+    assert!(!regs.contains("CPU#1"), "{regs}");
+    let all = hmp.cmd("info registers -a");
+    assert_eq!(all.matches("CPU#0").count(), 1, "{all}");
+    assert_eq!(all.matches("CPU#1").count(), 1, "{all}");
+    let cpus = hmp.cmd("info cpus");
+    assert_eq!(cpus.lines().count(), 2, "{cpus}");
+    assert!(cpus.starts_with("* CPU #0: thread_id="), "{cpus}");
     quit(vmm, hmp);
 }
 
@@ -231,6 +237,11 @@ fn serial_on_a_pty() {
     let tty = std::fs::File::open(&path).expect("open the pty");
     let mut out = Watch::new(tty);
     let (mut hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    // Where the console went, as QEMU users find it.
+    assert_eq!(
+        hmp.cmd("info chardev"),
+        format!("serial0: filename=pty:{path}\nmon: filename=unix:{sock},server=on\n")
+    );
     assert_eq!(hmp.cmd("cont"), "");
     out.wait_for("count 2\n");
     quit(vmm, hmp);

@@ -256,3 +256,67 @@ fn sigterm_shuts_down_like_qemu() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(stderr, "vmm: terminating on signal 15\n");
 }
+
+#[test]
+fn nographic_multiplexes_console_and_monitor_on_stdio() {
+    let kernel = guest("counter");
+    let mut vmm = Vmm::spawn_with(
+        &["-kernel", &kernel, "-nographic"],
+        std::process::Stdio::piped(),
+    );
+    let mut stdin = vmm.child.stdin.take().expect("stdin piped");
+    let mut out = cpr_tests::Watch::new(vmm.child.stdout.take().expect("stdout piped"));
+    out.wait_for("count 2\n");
+    use std::io::Write;
+    // Ctrl-A c: to the monitor; a command; Ctrl-A x: exit, as in QEMU.
+    stdin
+        .write_all(b"\x01cinfo status\r\x01x")
+        .expect("type into the console");
+    let seen = out.rest().to_string();
+    assert!(
+        seen.contains(&format!(
+            "vmm {} monitor - type 'help'",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("(vmm) VM status: running\r\n(vmm) vmm: terminated\r\n"),
+        "{seen}"
+    );
+    let (status, _, stderr) = vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn qmp_client_that_reads_late_gets_every_reply_in_order() {
+    let dir = Scratch::new("qmp-late");
+    let qmp_arg = format!("unix:{},server=on,wait=off", dir.str("qmp.sock"));
+    let kernel = guest("counter");
+    let mut vmm = Vmm::spawn(&[
+        "-kernel", &kernel, "-S", "-serial", "null", "-qmp", &qmp_arg,
+    ]);
+    let mut q = RawQmp::new(vmm.connect(dir.path("qmp.sock").as_path()));
+    q.line();
+    let mut events = Vec::new();
+    q.request(r#"{"execute": "qmp_capabilities"}"#, &mut events);
+    // Enough requests that the replies overflow the socket buffer before we read any.
+    let n = 5000;
+    let batch: String = (0..n)
+        .map(|i| format!(r#"{{"execute": "human-monitor-command", "arguments": {{"command-line": "help"}}, "id": {i}}}"#))
+        .collect();
+    q.send(&batch);
+    for i in 0..n {
+        let reply: serde_json::Value = serde_json::from_str(&q.line()).expect("reply JSON");
+        assert_eq!(reply["id"], i, "reply out of order or lost");
+        assert!(reply["return"]
+            .as_str()
+            .is_some_and(|s| s.contains("show the help")));
+    }
+    assert_eq!(
+        q.request(r#"{"execute": "quit"}"#, &mut events),
+        r#"{"return": {}}"#
+    );
+    let (status, _, stderr) = vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}

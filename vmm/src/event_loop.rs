@@ -1,18 +1,17 @@
 //! The front end's single thread: one poll() over the chardevs (listening sockets, clients,
 //! stdin, pty masters) and an eventfd that wakes it for machine events.
 
-use std::io::Write;
-use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::mpsc::{channel, Receiver};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 use crate::chardev::{Chardev, ChardevError, ChardevEvent, ChardevOutput};
 use crate::cli::{MonitorMode, VmmConfig};
 use crate::cpr::{self, Host, Vm};
 use crate::machine::{Machine, MachineError, MachineEvent};
-use crate::monitor::{hmp, qmp, CmdError, Controller, ReplyTo, VmControl};
+use crate::monitor::{hmp, mux, qmp, CmdError, Controller, ReplyTo, VmControl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,6 +50,8 @@ pub(crate) enum Frontend {
     Serial,
     Hmp(hmp::Session),
     Qmp(qmp::Session),
+    /// The serial port and an HMP monitor on one chardev.
+    Mux(mux::Mux),
 }
 
 /// The chardevs with their front ends.
@@ -77,18 +78,21 @@ impl Frontends {
         let frontends: Vec<Frontend> = chardevs
             .iter()
             .map(|c| {
-                if config.serial.as_deref() == Some(c.spec.id.as_str()) {
-                    return Frontend::Serial;
-                }
-                match config
+                let serial = config.serial.as_deref() == Some(c.spec.id.as_str());
+                let monitor = config
                     .monitors
                     .iter()
                     .find(|m| m.chardev == c.spec.id)
-                    .map(|m| m.mode)
-                {
-                    Some(MonitorMode::Hmp) => Frontend::Hmp(hmp::Session::default()),
-                    Some(MonitorMode::Qmp) => Frontend::Qmp(qmp::Session::default()),
-                    None => Frontend::None,
+                    .map(|m| m.mode);
+                match (serial, monitor) {
+                    (true, Some(MonitorMode::Hmp)) => Frontend::Mux(mux::Mux::new(c.is_raw_tty())),
+                    (true, _) => Frontend::Serial,
+                    (false, Some(MonitorMode::Hmp)) if c.is_raw_tty() => {
+                        Frontend::Hmp(hmp::Session::with_echo())
+                    }
+                    (false, Some(MonitorMode::Hmp)) => Frontend::Hmp(hmp::Session::default()),
+                    (false, Some(MonitorMode::Qmp)) => Frontend::Qmp(qmp::Session::default()),
+                    (false, None) => Frontend::None,
                 }
             })
             .collect();
@@ -99,25 +103,56 @@ impl Frontends {
         }
     }
 
+    /// What `info chardev` / query-chardev show.
+    fn info(&self) -> Vec<crate::monitor::ChardevInfo> {
+        self.chardevs
+            .iter()
+            .zip(&self.frontends)
+            .map(|(c, fe)| crate::monitor::ChardevInfo {
+                label: c.spec.id.clone(),
+                filename: c.filename(),
+                frontend_open: !matches!(fe, Frontend::None),
+            })
+            .collect()
+    }
+
     /// The writer the UART's output goes to.
     pub fn serial_output(&self) -> ChardevOutput {
         self.chardevs
             .iter()
             .zip(&self.frontends)
-            .find(|(_, f)| matches!(f, Frontend::Serial))
+            .find(|(_, f)| matches!(f, Frontend::Serial | Frontend::Mux(_)))
             .map(|(c, _)| c.output())
             .unwrap_or_else(ChardevOutput::discard)
     }
 
-    /// The chardevs, e.g. to list the fds a live update must keep.
-    pub fn chardevs(&self) -> &[Chardev] {
-        &self.chardevs
+    /// Every fd the chardevs own, by chardev id and role: what a live update must keep open
+    /// across exec and hand to [`Chardev::from_inherited`] in the new process.
+    #[allow(dead_code)] // used by the live-update step; tested below
+    pub fn fd_manifest(&self) -> Vec<(String, crate::chardev::FdRole, std::os::fd::RawFd)> {
+        self.chardevs
+            .iter()
+            .flat_map(|c| {
+                c.fds()
+                    .into_iter()
+                    .map(|(role, fd)| (c.spec.id.clone(), role, fd))
+            })
+            .collect()
     }
 }
 
 fn send(c: &Chardev, text: &str) {
     if !text.is_empty() {
-        let _ = c.output().write_all(text.as_bytes());
+        c.output().send(text.as_bytes());
+    }
+}
+
+fn serial_input<V: VmControl>(ctl: &mut Controller<V>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Err(e) = ctl.vm.serial_input(bytes) {
+        eprintln!("vmm: serial input dropped: {}", crate::error_chain(&e));
     }
 }
 
@@ -144,11 +179,13 @@ fn service<V: VmControl>(chardev: &mut Chardev, frontend: &mut Frontend, ctl: &m
             send(chardev, &out);
         }
         (Frontend::Qmp(s), ChardevEvent::Disconnected) => *s = qmp::Session::default(),
-        (Frontend::Serial, ChardevEvent::Data(d)) => {
-            if let Err(e) = ctl.vm.serial_input(&d) {
-                eprintln!("vmm: serial input dropped: {}", crate::error_chain(&e));
-            }
+        (Frontend::Serial, ChardevEvent::Data(d)) => serial_input(ctl, &d),
+        (Frontend::Mux(m), ChardevEvent::Data(d)) => {
+            let routed = m.on_input(ctl, &d);
+            send(chardev, &routed.echo);
+            serial_input(ctl, &routed.serial);
         }
+        (Frontend::Mux(_), ChardevEvent::Connected | ChardevEvent::Disconnected) => {}
         (
             Frontend::Serial | Frontend::None,
             ChardevEvent::Connected | ChardevEvent::Disconnected,
@@ -210,10 +247,14 @@ fn continue_session(f: &mut Frontends, ctl: &mut Controller<Vm>, i: usize) {
     let out = match &mut f.frontends[i] {
         Frontend::Qmp(s) => s.process(ctl),
         Frontend::Hmp(s) => s.process(ctl),
-        Frontend::Serial | Frontend::None => String::new(),
+        Frontend::Serial | Frontend::None | Frontend::Mux(_) => String::new(),
     };
     send(&f.chardevs[i], &out);
 }
+
+const WAKE: usize = 0;
+const SIGNALS: usize = 1;
+const FIXED_SLOTS: usize = 2;
 
 /// Runs until quit, guest shutdown or debug exit; returns the process exit status.
 pub fn run_loop(
@@ -255,6 +296,7 @@ pub fn run_loop(
             broadcast(f, ctl);
             return Ok(exit.0);
         }
+        // Fixed slots first (WAKE, SIGNALS), then one per chardev with an fd to watch.
         let mut fds = vec![
             libc::pollfd {
                 fd: wake.as_raw_fd(),
@@ -274,9 +316,20 @@ pub fn run_loop(
                 continue;
             }
             if let Some(fd) = c.poll_fd() {
+                // Queued monitor output goes to the client fd, which poll_fd() is whenever
+                // anything can be queued (a connected socket). Past the high-water mark the
+                // client's input waits until it reads; a hang-up is reported regardless.
+                let pending = c.output().pending_len();
+                let mut events = 0;
+                if pending > 0 {
+                    events |= libc::POLLOUT;
+                }
+                if pending < crate::chardev::HIGH_WATER {
+                    events |= libc::POLLIN;
+                }
                 fds.push(libc::pollfd {
                     fd,
-                    events: libc::POLLIN,
+                    events,
                     revents: 0,
                 });
                 owners.push(i);
@@ -291,21 +344,18 @@ pub fn run_loop(
             }
             return Err(StartError::Poll(e));
         }
-        if fds[0].revents != 0 {
+        if fds[WAKE].revents != 0 {
             let _ = wake.read();
-            loop {
-                match events.try_recv() {
-                    Ok(ev) => ctl.on_machine_event(ev),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            while let Ok(ev) = events.try_recv() {
+                ctl.on_machine_event(ev);
             }
         }
-        if fds[1].revents != 0 {
+        if fds[SIGNALS].revents != 0 {
             if let Ok(Some(info)) = signals.read_signal() {
                 ctl.on_signal(info.ssi_signo as i32);
             }
         }
-        for (pfd, &i) in fds[2..].iter().zip(&owners) {
+        for (pfd, &i) in fds[FIXED_SLOTS..].iter().zip(&owners) {
             if pfd.revents == 0 || ctl.exit().is_some() {
                 continue;
             }
@@ -315,11 +365,17 @@ pub fn run_loop(
                     libc::EBADF,
                 )));
             }
-            service(&mut f.chardevs[i], &mut f.frontends[i], ctl);
-            run_deferred(f, ctl, host, i);
-            // A deferred command may change what is polled (cpr-save stops serial input).
-            if !ctl.vm.accepts_serial_input() {
-                break;
+            if pfd.revents & libc::POLLOUT != 0 {
+                f.chardevs[i].output().flush_pending();
+            }
+            if pfd.revents & !libc::POLLOUT != 0 {
+                ctl.chardevs = f.info();
+                service(&mut f.chardevs[i], &mut f.frontends[i], ctl);
+                run_deferred(f, ctl, host, i);
+                // A deferred command may change what is polled (cpr-save stops serial input).
+                if !ctl.vm.accepts_serial_input() {
+                    break;
+                }
             }
         }
         broadcast(f, ctl);
@@ -352,7 +408,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         .map_err(StartError::Signals)?;
     let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(StartError::Signals)?;
-    let wake = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(StartError::EventFd)?;
+    let wake = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(StartError::EventFd)?;
     let forward_wake = wake.try_clone().map_err(StartError::EventFd)?;
     let (machine_tx, machine_rx) = channel::<MachineEvent>();
     let (loop_tx, loop_rx) = channel::<MachineEvent>();
@@ -415,4 +471,39 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         m.shutdown();
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chardev::FdRole;
+    use crate::cli::{parse_args, Action};
+
+    #[test]
+    fn fd_manifest_lists_each_chardevs_fds() {
+        let dir = std::env::temp_dir().join(format!("vmm-fd-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("q.sock");
+        let args = [
+            "-kernel".to_string(),
+            env!("CARGO_MANIFEST_PATH").to_string(),
+            "-serial".into(),
+            "null".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", sock.display()),
+        ];
+        let Ok(Action::Run(config)) = parse_args(args) else {
+            panic!("config")
+        };
+        let f = Frontends::open(&config).unwrap();
+        let m = f.fd_manifest();
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(
+            (m[0].0.as_str(), m[0].1),
+            ("compat_monitor0", FdRole::Listener)
+        );
+        assert!(m[0].2 > 2);
+        drop(f);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -4,7 +4,8 @@ mod chardev;
 mod cli;
 mod cpr;
 mod event_loop;
-mod machine;
+// The machine is compiled once, in the library; the front end uses it through `crate::machine`.
+use vmm::machine;
 mod monitor;
 mod version;
 

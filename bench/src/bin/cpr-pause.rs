@@ -55,8 +55,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-touch" => a.touch = false,
             _ => {
                 return Err(
-                    "usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch]"
-                        .into(),
+                    "usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch]".into(),
                 )
             }
         }

@@ -5,20 +5,24 @@
 //! rebuilds the chardev around fds inherited across exec, so a live update keeps a monitor or
 //! console connection open.
 
+// fds(), from_inherited() and pty_path() serve the live-update step, which lands later.
+#![cfg_attr(not(test), allow(dead_code))]
+
 mod io;
 mod spec;
+mod tty;
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use io::ChardevOutput;
-use io::{read_fd, set_nonblocking, ReadOutcome, Sink};
+use io::{read_fd, set_cloexec, set_nonblocking, ReadOutcome, Sink};
+pub use io::{ChardevOutput, HIGH_WATER};
 pub use spec::{ChardevBackendSpec, ChardevSpec, SocketAddrSpec};
 
 /// What one of a chardev's fds is, so it can be handed to the rebuilt chardev after exec.
@@ -83,6 +87,8 @@ cpr_format::state! {
         pub backend: String,
         /// A socket client was attached.
         pub connected: bool,
+        /// Monitor output queued for a peer that was not reading.
+        pub pending_output: cpr_format::Bytes,
     }
 }
 
@@ -133,6 +139,7 @@ impl Listener {
 enum Kind {
     Stdio {
         stdin_open: bool,
+        tty: Option<tty::RawTty>,
     },
     Null,
     File {
@@ -165,7 +172,13 @@ impl Chardev {
             source,
         };
         let (kind, sink) = match &spec.backend {
-            ChardevBackendSpec::Stdio => (Kind::Stdio { stdin_open: true }, Sink::Stdout),
+            ChardevBackendSpec::Stdio => (
+                Kind::Stdio {
+                    stdin_open: true,
+                    tty: tty::RawTty::enter(!spec.mux),
+                },
+                Sink::Stdout,
+            ),
             ChardevBackendSpec::Null => (Kind::Null, Sink::Discard),
             ChardevBackendSpec::File { path } => {
                 let file = File::create(path).map_err(|source| ChardevError::OpenFile {
@@ -186,6 +199,10 @@ impl Chardev {
                     source,
                 })?;
                 set_nonblocking(pty.master.as_raw_fd()).map_err(setup)?;
+                // openpty() leaves both ends inheritable; like every fd here they are
+                // close-on-exec unless a live update chooses to preserve them.
+                set_cloexec(pty.master.as_raw_fd()).map_err(setup)?;
+                set_cloexec(pty.slave.as_raw_fd()).map_err(setup)?;
                 let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
                     .map_err(setup)?;
                 eprintln!("char device redirected to {} (label {id})", path.display());
@@ -354,6 +371,7 @@ impl Chardev {
                     ..
                 }
             ),
+            pending_output: cpr_format::Bytes(self.out.pending_bytes()),
         }
     }
 
@@ -389,6 +407,30 @@ impl Chardev {
         }
     }
 
+    /// QEMU's description of the backend (`info chardev`, query-chardev "filename").
+    pub fn filename(&self) -> String {
+        match (&self.spec.backend, &self.kind) {
+            (_, Kind::Pty { path, .. }) => format!("pty:{}", path.display()),
+            (ChardevBackendSpec::File { path }, _) => format!("file:{}", path.display()),
+            (ChardevBackendSpec::Socket { addr, server, .. }, Kind::Socket { client, .. }) => {
+                let state = if client.is_some() {
+                    ""
+                } else {
+                    "disconnected:"
+                };
+                let server = if *server { ",server=on" } else { "" };
+                format!("{state}{}{server}", addr_label(addr))
+            }
+            (ChardevBackendSpec::Stdio, _) => "stdio".into(),
+            _ => "null".into(),
+        }
+    }
+
+    /// Whether this is a terminal in raw mode: nothing echoes typed keys but us.
+    pub fn is_raw_tty(&self) -> bool {
+        matches!(&self.kind, Kind::Stdio { tty: Some(_), .. })
+    }
+
     /// Whether a peer is attached now (front ends greet it on start-up when so).
     pub fn is_connected(&self) -> bool {
         match &self.kind {
@@ -401,8 +443,14 @@ impl Chardev {
     /// The fd to poll for input, if any.
     pub fn poll_fd(&self) -> Option<RawFd> {
         match &self.kind {
-            Kind::Stdio { stdin_open: true } => Some(libc::STDIN_FILENO),
-            Kind::Stdio { stdin_open: false } | Kind::Null | Kind::File { .. } => None,
+            Kind::Stdio {
+                stdin_open: true, ..
+            } => Some(libc::STDIN_FILENO),
+            Kind::Stdio {
+                stdin_open: false, ..
+            }
+            | Kind::Null
+            | Kind::File { .. } => None,
             Kind::Pty { master, .. } => Some(master.as_raw_fd()),
             Kind::Socket {
                 client: Some(c), ..
@@ -418,7 +466,7 @@ impl Chardev {
     pub fn on_readable(&mut self) -> ChardevEvent {
         let mut buf = [0u8; 4096];
         match &mut self.kind {
-            Kind::Stdio { stdin_open } => match read_fd(libc::STDIN_FILENO, &mut buf) {
+            Kind::Stdio { stdin_open, .. } => match read_fd(libc::STDIN_FILENO, &mut buf) {
                 ReadOutcome::Data(n) => ChardevEvent::Data(buf[..n].to_vec()),
                 ReadOutcome::WouldBlock => ChardevEvent::Nothing,
                 ReadOutcome::Closed => {
@@ -519,15 +567,6 @@ fn pty_slave_path(master: &OwnedFd) -> std::io::Result<PathBuf> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(PathBuf::from(format!("/dev/pts/{n}")))
-}
-
-/// Takes ownership of an inherited fd number (used by the live-update path).
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else in this process.
-pub unsafe fn owned_from_raw(fd: RawFd) -> OwnedFd {
-    // SAFETY: guaranteed by the caller.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ pub enum SocketAddrSpec {
 pub struct ChardevSpec {
     pub id: String,
     pub backend: ChardevBackendSpec,
+    /// `mux=on`: the serial port and an HMP monitor share it, switched with Ctrl-A c.
+    #[serde(default)]
+    pub mux: bool,
 }
 
 impl ChardevSpec {
@@ -54,7 +57,8 @@ impl ChardevSpec {
             return Err(format!("Parameter 'id' expects an identifier, got '{id}'"));
         }
         let backend = parse_backend(&backend, &o, &["id", "backend"])?;
-        Ok(ChardevSpec { id, backend })
+        let mux = parse_bool("mux", o.get("mux").unwrap_or("off"))?;
+        Ok(ChardevSpec { id, backend, mux })
     }
 
     /// Parses the shorthand of `-serial`/`-monitor`/`-qmp`: `stdio`, `null`, `pty`,
@@ -104,11 +108,6 @@ fn parse_backend(kind: &str, o: &Opts, common: &[&str]) -> Result<ChardevBackend
     let allowed: Vec<&str> = allowed.into_iter().chain(common.iter().copied()).collect();
     if let Some(k) = o.unknown_key(&allowed) {
         return Err(format!("Invalid parameter '{k}'"));
-    }
-    if let Some(m) = o.get("mux") {
-        if parse_bool("mux", m)? {
-            return Err("mux=on is not supported".into());
-        }
     }
     Ok(match kind {
         "stdio" => ChardevBackendSpec::Stdio,

@@ -1,5 +1,6 @@
 use super::*;
 use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 
 fn unix_spec(path: &std::path::Path) -> ChardevSpec {
     ChardevSpec {
@@ -11,6 +12,7 @@ fn unix_spec(path: &std::path::Path) -> ChardevSpec {
             server: true,
             wait: false,
         },
+        mux: false,
     }
 }
 
@@ -81,6 +83,7 @@ fn pty_chardev_carries_bytes_both_ways() {
     let spec = ChardevSpec {
         id: "p".into(),
         backend: ChardevBackendSpec::Pty,
+        mux: false,
     };
     let mut c = Chardev::open(&spec).unwrap();
     let path = c.pty_path().unwrap().clone();
@@ -96,6 +99,13 @@ fn pty_chardev_carries_bytes_both_ways() {
     tty.write_all(b"k").unwrap();
     assert_eq!(c.on_readable(), ChardevEvent::Data(b"k".to_vec()));
     assert_eq!(c.fds()[0].0, FdRole::PtyMaster);
+    // SAFETY: F_GETFD on an open fd; no pointers.
+    let flags = unsafe { libc::fcntl(c.fds()[0].1, libc::F_GETFD) };
+    assert_eq!(
+        flags & libc::FD_CLOEXEC,
+        libc::FD_CLOEXEC,
+        "pty master must be close-on-exec"
+    );
 }
 
 #[test]
@@ -103,4 +113,37 @@ fn bind_failure_names_the_chardev_and_address() {
     let spec = unix_spec(std::path::Path::new("/nonexistent-dir/x.sock"));
     let e = Chardev::open(&spec).err().unwrap();
     assert_eq!(crate::error_chain(&e), "chardev 's': failed to bind socket to unix:/nonexistent-dir/x.sock: No such file or directory (os error 2)");
+}
+
+#[test]
+fn monitor_output_is_queued_for_a_client_that_is_not_reading() {
+    let dir = std::env::temp_dir().join(format!("vmm-chardev-queue-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("s.sock");
+    let mut c = Chardev::open(&unix_spec(&path)).unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    assert_eq!(c.on_readable(), ChardevEvent::Connected);
+    // Far more than a socket buffer holds, in numbered chunks.
+    let chunks: Vec<String> = (0..4000)
+        .map(|i| format!("{i:0>8} reply of a monitor command\n"))
+        .collect();
+    for ch in &chunks {
+        c.output().send(ch.as_bytes());
+    }
+    assert!(c.output().pending_len() > 0);
+    let want = chunks.concat();
+    let mut got = Vec::new();
+    client.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 65536];
+    while got.len() < want.len() {
+        c.output().flush_pending();
+        match client.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+    assert_eq!(c.output().pending_len(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

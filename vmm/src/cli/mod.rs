@@ -108,7 +108,7 @@ const MAX_VCPUS: u64 = 255;
 /// Options taking an argument, with QEMU's spelling (a leading `--` is accepted too).
 const WITH_ARG: &[&str] = &[
     "m", "smp", "kernel", "initrd", "append", "name", "machine", "M", "object", "chardev",
-    "serial", "monitor", "qmp", "incoming",
+    "serial", "monitor", "qmp", "accel", "display", "incoming",
 ];
 
 pub const HELP: &str = "\
@@ -128,6 +128,8 @@ Standard options:
 -kernel FILE         guest kernel (test guest ELF or Linux bzImage)
 -initrd FILE         initial ram disk
 -append CMDLINE      kernel command line
+-enable-kvm, -accel kvm, -nographic, -display none
+                     accepted for habit: this VMM always uses KVM and has no display
 -S                   do not start the guest (state 'prelaunch'; use 'cont')
 -only-cpr-capable    allow only devices that survive a live update
 -incoming FILE       load a reboot-mode image (cpr-save FILE reboot) at start-up; without
@@ -180,6 +182,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Action, Cli
             ("dump-schema", _) => return Ok(Action::DumpSchema),
             ("S", _) => b.start_paused = true,
             ("only-cpr-capable", _) => b.only_cpr_capable = true,
+            // Habits from QEMU that mean what this VMM always does: KVM, no display.
+            ("enable-kvm", _) => {}
+            ("nographic", _) => b.nographic = true,
             (opt, Some(v)) => b
                 .option(opt, &v)
                 .map_err(|e| err(format!("-{opt} {v}: {}", e.0)))?,
@@ -202,6 +207,7 @@ struct Builder {
     objects: BTreeMap<String, MemObject>,
     start_paused: bool,
     only_cpr_capable: bool,
+    nographic: bool,
     chardevs: Vec<ChardevSpec>,
     serial: Option<Option<String>>,
     monitors: Vec<MonitorSpec>,
@@ -255,12 +261,29 @@ impl Builder {
             "append" => self.append = Some(v.to_string()),
             "name" => {
                 let o = Opts::parse(v, Some("guest"));
+                if let Some(k) = o.unknown_key(&["guest", "process", "debug-threads"]) {
+                    return Err(err(format!("Invalid parameter '{k}'")));
+                }
                 self.name = o
                     .implied
                     .clone()
                     .or_else(|| o.get("guest").map(str::to_string));
             }
             "machine" | "M" => self.machine(v)?,
+            "accel" => {
+                let o = Opts::parse(v, Some("accel"));
+                let a = o.implied.as_deref().or(o.get("accel")).unwrap_or("");
+                if a != "kvm" {
+                    return Err(err(format!(
+                        "accelerator '{a}' is not supported (kvm only)"
+                    )));
+                }
+            }
+            "display" => {
+                if Opts::parse(v, Some("type")).implied.as_deref() != Some("none") {
+                    return Err(err("only '-display none' is supported (no display)"));
+                }
+            }
             "object" => self.object(v)?,
             "chardev" => {
                 let spec = ChardevSpec::parse(v).map_err(err)?;
@@ -280,7 +303,6 @@ impl Builder {
                 self.serial = Some(id);
             }
             "monitor" => {
-                let v = v.strip_prefix("mon:").unwrap_or(v);
                 if let Some(id) = self.frontend_chardev(v, "compat_monitor")? {
                     self.monitors.push(MonitorSpec {
                         chardev: id,
@@ -398,6 +420,11 @@ impl Builder {
     /// Resolves the argument of -serial/-monitor/-qmp to a chardev id, creating the implied
     /// chardev for the shorthand spellings (`stdio`, `unix:PATH,server=on,wait=off`, ...).
     fn frontend_chardev(&mut self, v: &str, label: &str) -> Result<Option<String>, CliError> {
+        // `mon:BACKEND`: the serial port and an HMP monitor share one chardev (QEMU's mux).
+        let (v, mux) = match v.strip_prefix("mon:") {
+            Some(rest) => (rest, true),
+            None => (v, false),
+        };
         if v == "none" {
             return Ok(None);
         }
@@ -418,7 +445,14 @@ impl Builder {
         self.chardevs.push(ChardevSpec {
             id: id.clone(),
             backend,
+            mux,
         });
+        if mux && label == "serial" {
+            self.monitors.push(MonitorSpec {
+                chardev: id.clone(),
+                mode: MonitorMode::Hmp,
+            });
+        }
         Ok(Some(id))
     }
 
@@ -459,30 +493,52 @@ impl Builder {
         };
         let mut chardevs = self.chardevs;
         let mut serial = self.serial;
-        // Like QEMU with -nographic: with no -serial, the UART talks on stdio unless a
-        // monitor already owns stdio.
+        let mut monitors = self.monitors;
+        // With no -serial the UART talks on stdio, unless a monitor already owns stdio. With
+        // -nographic the monitor shares it too, as in QEMU (Ctrl-A c switches).
         if serial.is_none() {
             let stdio_taken = chardevs
                 .iter()
                 .any(|c| matches!(c.backend, ChardevBackendSpec::Stdio));
             if !stdio_taken {
+                let mux = self.nographic && monitors.is_empty();
                 chardevs.push(ChardevSpec {
                     id: "serial0".into(),
                     backend: ChardevBackendSpec::Stdio,
+                    mux,
                 });
                 serial = Some(Some("serial0".into()));
+                if mux {
+                    monitors.push(MonitorSpec {
+                        chardev: "serial0".into(),
+                        mode: MonitorMode::Hmp,
+                    });
+                }
             }
         }
         let serial = serial.flatten();
-        let mut users: Vec<&str> = serial.iter().map(String::as_str).collect();
-        users.extend(self.monitors.iter().map(|m| m.chardev.as_str()));
-        for (i, id) in users.iter().enumerate() {
-            if !chardevs.iter().any(|c| c.id == *id) {
-                return Err(err(format!("chardev '{id}' not found")));
+        // Each chardev has one user, except a mux=on one: the serial port plus one HMP monitor.
+        for c in &chardevs {
+            let serial_users = usize::from(serial.as_deref() == Some(c.id.as_str()));
+            let hmp = monitors
+                .iter()
+                .filter(|m| m.chardev == c.id && m.mode == MonitorMode::Hmp)
+                .count();
+            let qmp = monitors
+                .iter()
+                .filter(|m| m.chardev == c.id && m.mode == MonitorMode::Qmp)
+                .count();
+            let users = serial_users + hmp + qmp;
+            if users > 1 && !(c.mux && qmp == 0 && serial_users == 1 && hmp == 1) {
+                return Err(err(format!("Device '{}' is in use", c.id)));
             }
-            if users[..i].contains(id) {
-                return Err(err(format!("Device '{id}' is in use")));
-            }
+        }
+        let users = serial.iter().chain(monitors.iter().map(|m| &m.chardev));
+        if let Some(id) = users
+            .into_iter()
+            .find(|id| !chardevs.iter().any(|c| &c.id == *id))
+        {
+            return Err(err(format!("chardev '{id}' not found")));
         }
         if chardevs
             .iter()
@@ -504,7 +560,7 @@ impl Builder {
             only_cpr_capable: self.only_cpr_capable,
             chardevs,
             serial,
-            monitors: self.monitors,
+            monitors,
             machine_from_image: self.incoming.is_some() && !self.machine_opts,
             incoming: self.incoming,
         })

@@ -53,6 +53,14 @@ fn defaults_and_basic_options() {
     assert_eq!(c.mem_size, 512 << 20);
     assert_eq!(run(&[]).mem_size, 128 << 20);
     assert!(run(&["-only-cpr-capable"]).only_cpr_capable);
+    assert_eq!(
+        run(&["-enable-kvm", "-accel", "kvm", "-display", "none"]),
+        run(&[])
+    );
+    assert_eq!(
+        error(&["-accel", "tcg"]),
+        "-accel tcg: accelerator 'tcg' is not supported (kvm only)"
+    );
     assert_eq!(parse(&["-version"]), Ok(Action::Version));
     assert_eq!(parse(&["--help"]), Ok(Action::Help));
     assert_eq!(parse(&["--dump-schema"]), Ok(Action::DumpSchema));
@@ -161,6 +169,52 @@ fn chardevs_and_frontends() {
     assert_eq!(
         error(&["-monitor", "stdio", "-serial", "stdio"]),
         "cannot use stdio by multiple character devices"
+    );
+}
+
+#[test]
+fn nographic_and_mon_stdio_share_stdio_between_serial_and_monitor() {
+    for args in [&["-nographic"][..], &["-serial", "mon:stdio"][..]] {
+        let c = run(args);
+        assert_eq!(
+            c.chardevs,
+            [ChardevSpec {
+                id: "serial0".into(),
+                backend: ChardevBackendSpec::Stdio,
+                mux: true
+            }]
+        );
+        assert_eq!(c.serial.as_deref(), Some("serial0"));
+        assert_eq!(
+            c.monitors,
+            [MonitorSpec {
+                chardev: "serial0".into(),
+                mode: MonitorMode::Hmp
+            }]
+        );
+    }
+    // -nographic with an explicit monitor elsewhere leaves stdio to the serial port alone.
+    let c = run(&["-nographic", "-monitor", "null"]);
+    assert!(!c.chardevs.iter().any(|c| c.mux));
+    let c = run(&[
+        "-chardev",
+        "null,id=n,mux=on",
+        "-serial",
+        "chardev:n",
+        "-monitor",
+        "chardev:n",
+    ]);
+    assert_eq!(c.monitors.len(), 1);
+    assert_eq!(
+        error(&[
+            "-chardev",
+            "null,id=n,mux=on",
+            "-serial",
+            "chardev:n",
+            "-qmp",
+            "chardev:n"
+        ]),
+        "Device 'n' is in use"
     );
 }
 

@@ -27,14 +27,14 @@ pub enum FdError {
         name: String,
         fd: RawFd,
         #[source]
-        source: cpr_format::Error,
+        source: Box<cpr_format::Error>,
     },
     #[error("inherited fd {fd} is not the one saved as {name}")]
     Mismatch {
         name: String,
         fd: RawFd,
         #[source]
-        source: cpr_format::Error,
+        source: Box<cpr_format::Error>,
     },
     #[error("cannot change FD_CLOEXEC on fd {fd} ({name})")]
     Cloexec {
@@ -74,7 +74,7 @@ fn entry(name: String, kind: FdKind, fd: RawFd) -> Result<FdEntry, FdError> {
     let identity = FdIdentity::of_raw_fd(fd).map_err(|source| FdError::Identity {
         name: name.clone(),
         fd,
-        source,
+        source: Box::new(source),
     })?;
     Ok(FdEntry {
         name,
@@ -171,7 +171,7 @@ pub fn verify_inherited(e: &FdEntry) -> Result<(), FdError> {
     let actual = FdIdentity::of_raw_fd(e.fd).map_err(|source| FdError::Identity {
         name: e.name.clone(),
         fd: e.fd,
-        source,
+        source: Box::new(source),
     })?;
     let check_size = matches!(e.kind, FdKind::Memfd | FdKind::RamFile);
     e.identity
@@ -179,7 +179,7 @@ pub fn verify_inherited(e: &FdEntry) -> Result<(), FdError> {
         .map_err(|source| FdError::Mismatch {
             name: e.name.clone(),
             fd: e.fd,
-            source,
+            source: Box::new(source),
         })?;
     set_cloexec(&e.name, e.fd, true)
 }
@@ -223,18 +223,6 @@ pub fn take_handover() -> Result<Option<(Vec<u8>, u64)>, FdError> {
     f.rewind().map_err(FdError::Handover)?;
     f.read_to_end(&mut bytes).map_err(FdError::Handover)?;
     Ok(Some((bytes, exec_ns)))
-}
-
-/// The descriptors open in this process (for leak tests and `info cpr`).
-pub fn open_fds() -> Vec<RawFd> {
-    let mut v: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
 }
 
 #[cfg(test)]

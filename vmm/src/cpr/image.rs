@@ -62,13 +62,13 @@ pub enum ImageError {
     Write {
         path: String,
         #[source]
-        source: cpr_format::Error,
+        source: Box<cpr_format::Error>,
     },
     #[error("cannot read the image {path}")]
     Read {
         path: String,
         #[source]
-        source: cpr_format::Error,
+        source: Box<cpr_format::Error>,
     },
     #[error("the image {path} lacks section {section}")]
     Missing { path: String, section: String },
@@ -189,7 +189,7 @@ pub fn write(
 ) -> Result<(), ImageError> {
     let err = |source| ImageError::Write {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let w = writer(path, header, state, running, manifest)?;
     w.write_atomic(path).map_err(err)?;
@@ -206,7 +206,7 @@ pub fn writer(
 ) -> Result<ImageWriter, ImageError> {
     let err = |source| ImageError::Write {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut w = ImageWriter::new(header);
     w.add_section(
@@ -239,7 +239,7 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<Image, ImageError
     let p = path.display().to_string();
     let img = Image::open(path).map_err(|source| ImageError::Read {
         path: p.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let report = img.check_compat(&reader_schema());
     if !report.is_compatible() {
@@ -267,7 +267,7 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<Image, ImageError
 }
 
 fn mib(n: u64) -> String {
-    if n % (1 << 20) == 0 {
+    if n & ((1 << 20) - 1) == 0 {
         format!("{} MiB", n >> 20)
     } else {
         format!("{n} bytes")
@@ -344,7 +344,7 @@ pub fn machine_state(img: &Image) -> Result<(MachineState, bool), ImageError> {
         .unwrap_or_default();
     let read = |source| ImageError::Read {
         path: p.clone(),
-        source,
+        source: Box::new(source),
     };
     let missing = |s: &str| ImageError::Missing {
         path: p.clone(),

@@ -51,11 +51,11 @@ pub fn effective_config(config: &VmmConfig, image: &Path) -> Result<VmmConfig, C
     let p = image.display().to_string();
     let img = cpr_format::Image::open(image).map_err(|source| ImageError::Read {
         path: p.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let saved: Option<RebootConfigState> = img.section("0").map_err(|source| ImageError::Read {
         path: p.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let mut c = config.clone();
     let needs_image = c.machine_from_image || c.kernel.as_os_str().is_empty();

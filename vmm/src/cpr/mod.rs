@@ -96,14 +96,14 @@ pub enum CprError {
     #[error(transparent)]
     Image(#[from] image::ImageError),
     #[error("the hand-over from the previous vmm is unreadable")]
-    Handover(#[source] cpr_format::Error),
+    Handover(#[source] Box<cpr_format::Error>),
     #[error("the hand-over from the previous vmm lacks {0}")]
     HandoverMissing(&'static str),
     #[error("the image's fd {name} is not the RAM this process inherited")]
     RamIdentity {
         name: String,
         #[source]
-        source: cpr_format::Error,
+        source: Box<cpr_format::Error>,
     },
     #[error("the image's RAM block {0} is not among the RAM this process inherited")]
     RamMissing(String),
@@ -484,7 +484,7 @@ fn handover(
     exec: ExecState,
     manifest: Vec<cpr_format::FdEntry>,
 ) -> Result<Vec<u8>, CprError> {
-    let err = CprError::Handover;
+    let err = |e| CprError::Handover(Box::new(e));
     let mut w = ImageWriter::new(image::header(&host.config, Mode::Restart));
     let _ = ram;
     w.add_section(ONE, &exec).map_err(err)?;
@@ -498,7 +498,9 @@ fn handover(
             Frontend::Hmp(s) => {
                 w.add_section(&c.spec.id, &s.save()).map_err(err)?;
             }
-            Frontend::Serial | Frontend::None => {}
+            // A mux (serial + HMP on one chardev, e.g. stdio) keeps its chardev; its HMP
+            // session starts afresh.
+            Frontend::Serial | Frontend::None | Frontend::Mux(_) => {}
         }
     }
     for e in manifest {
@@ -637,14 +639,14 @@ pub struct Adopted {
 /// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
 /// inherited RAM, rebuild chardevs and monitor sessions.
 pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
-    let img = Image::from_bytes(bytes).map_err(CprError::Handover)?;
+    let img = Image::from_bytes(bytes).map_err(|e| CprError::Handover(Box::new(e)))?;
     let exec: ExecState = img
         .section(ONE)
-        .map_err(CprError::Handover)?
+        .map_err(|e| CprError::Handover(Box::new(e)))?
         .ok_or(CprError::HandoverMissing("section cpr.exec"))?;
     let mut stamps: Timestamps = img
         .section(ONE)
-        .map_err(CprError::Handover)?
+        .map_err(|e| CprError::Handover(Box::new(e)))?
         .unwrap_or_default();
     stamps.exec_called = exec_ns;
     stamps.new_main_entered = timing::main_entered();
@@ -653,11 +655,11 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
     for e in img.fd_manifest() {
         fds::verify_inherited(e)?;
-        if !owned.contains_key(&e.fd) {
-            // SAFETY: the fd was inherited across exec for this purpose, its identity was
-            // just checked, and nothing else in this process owns it (one owner per number).
-            owned.insert(e.fd, unsafe { OwnedFd::from_raw_fd(e.fd) });
-        }
+        // SAFETY: the fd was inherited across exec for this purpose, its identity was just
+        // checked, and nothing else in this process owns it (one owner per number).
+        owned
+            .entry(e.fd)
+            .or_insert_with(|| unsafe { OwnedFd::from_raw_fd(e.fd) });
     }
 
     // RAM: each block's fd, shared when blocks share a file.
@@ -693,7 +695,9 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
     // Chardevs: same id and backend kind adopt their fds; others open afresh.
     let mut chardevs = Vec::new();
     for spec in &config.chardevs {
-        let saved: Option<ChardevState> = img.section(&spec.id).map_err(CprError::Handover)?;
+        let saved: Option<ChardevState> = img
+            .section(&spec.id)
+            .map_err(|e| CprError::Handover(Box::new(e)))?;
         let c = match saved {
             Some(s) if s.backend == backend_name(&spec.backend) => {
                 let mut mine = Vec::new();
@@ -704,7 +708,10 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
                         }
                     }
                 }
-                Chardev::from_inherited(spec, mine)?
+                let c = Chardev::from_inherited(spec, mine)?;
+                // Output the old process had queued goes out before anything new.
+                c.output().send(&s.pending_output.0);
+                c
             }
             _ => Chardev::open(spec)?,
         };
@@ -726,7 +733,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
             Frontend::Qmp(s) => {
                 if let Some(st) = img
                     .section::<QmpSessionState>(id)
-                    .map_err(CprError::Handover)?
+                    .map_err(|e| CprError::Handover(Box::new(e)))?
                 {
                     if c.is_connected() {
                         *s = qmp::Session::restore(&st);
@@ -737,7 +744,7 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
             Frontend::Hmp(s) => {
                 if let Some(st) = img
                     .section::<HmpSessionState>(id)
-                    .map_err(CprError::Handover)?
+                    .map_err(|e| CprError::Handover(Box::new(e)))?
                 {
                     if c.is_connected() {
                         *s = hmp::Session::restore(&st);
@@ -745,7 +752,9 @@ pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, 
                     }
                 }
             }
-            Frontend::Serial | Frontend::None => {}
+            // A mux (serial + HMP on one chardev, e.g. stdio) keeps its chardev; its HMP
+            // session starts afresh.
+            Frontend::Serial | Frontend::None | Frontend::Mux(_) => {}
         }
         if *id == exec.origin && frontends.adopted[i] {
             let id_value = exec
@@ -806,14 +815,14 @@ fn check_ram_identity(
         let actual = FdIdentity::of_fd(ram_fds[i].file.as_ref()).map_err(|source| {
             CprError::RamIdentity {
                 name: e.name.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         e.identity
             .verify(&e.name, &actual, true)
             .map_err(|source| CprError::RamIdentity {
                 name: e.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
     }
     Ok(())

@@ -302,7 +302,7 @@ fn write_image(
     let state = m.save_state()?;
     let werr = |source| ImageError::Write {
         path: path.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut w = image::writer(
         path,
@@ -353,7 +353,7 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<(Image, RebootRam
     let p = path.display().to_string();
     let img = Image::open(path).map_err(|source| ImageError::Read {
         path: p.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let reader = image::reader_schema()
         .with::<RebootRamState>()
@@ -378,7 +378,7 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<(Image, RebootRam
         .section("0")
         .map_err(|source| ImageError::Read {
             path: p.clone(),
-            source,
+            source: Box::new(source),
         })?
         .ok_or_else(|| RebootError::NoRamSection(p.clone()))?;
     let mut lines = image::machine_differences(&img.header().machine, &image::machine_desc(config));

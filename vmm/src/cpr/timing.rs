@@ -63,7 +63,10 @@ cpr_format::state! {
 }
 
 /// One phase of the breakdown: name and the stamps that bound it.
-const PHASES: &[(&str, fn(&Timestamps) -> (u64, u64))] = &[
+/// The stamps that open and close a phase.
+type Bounds = fn(&Timestamps) -> (u64, u64);
+
+const PHASES: &[(&str, Bounds)] = &[
     ("stop-vcpus", |t| (t.stop_requested, t.vcpus_stopped)),
     ("write-image", |t| (t.vcpus_stopped, t.image_written)),
     ("until-exec", |t| (t.image_written, t.exec_called)),
@@ -72,33 +75,6 @@ const PHASES: &[(&str, fn(&Timestamps) -> (u64, u64))] = &[
     ("until-load", |t| (t.machine_ready, t.load_started)),
     ("restore", |t| (t.load_started, t.state_restored)),
     ("resume", |t| (t.state_restored, t.first_vcpu_running)),
-];
-
-/// What each phase covers, for `info cpr` readers and the docs.
-pub const PHASE_HELP: &[(&str, &str)] = &[
-    (
-        "stop-vcpus",
-        "cpr-save asked the vCPUs to stop .. the last one stopped (not in the pause)",
-    ),
-    (
-        "write-image",
-        "state read from KVM and devices, image written",
-    ),
-    (
-        "until-exec",
-        "cpr-save reply, client sends cpr-exec, hand-over written",
-    ),
-    (
-        "exec",
-        "execve, the old mm torn down, the new binary's main()",
-    ),
-    (
-        "machine",
-        "fds adopted, RAM mapped, KVM VM + memslots + irqchip + PIT + vCPUs",
-    ),
-    ("until-load", "cpr-exec reply, client sends cpr-load"),
-    ("restore", "image read and verified, state restored"),
-    ("resume", "vCPU threads released"),
 ];
 
 fn us(a: u64, b: u64) -> Option<f64> {
@@ -123,7 +99,7 @@ impl Timestamps {
     }
 
     /// `{"pause-us": .., "phases": {"stop-vcpus": .., ...}}` for query-cpr and the events.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         let mut phases = serde_json::Map::new();
         for (name, v) in self.phases() {
             if let Some(v) = v {

@@ -94,6 +94,17 @@ pub fn info_commands<V: VmControl>() -> Vec<Command<V>> {
             run: info_status,
         },
         Command {
+            names: &["chardev"],
+            params: "",
+            help: "show the character devices",
+            run: |c, _| {
+                Ok(c.chardevs
+                    .iter()
+                    .map(|ch| format!("{}: filename={}\n", ch.label, ch.filename))
+                    .collect())
+            },
+        },
+        Command {
             names: &["cpus"],
             params: "",
             help: "show infos for each CPU",
@@ -219,8 +230,9 @@ fn info_registers<V: VmControl>(c: &mut Controller<V>, arg: &str) -> Result<Stri
     };
     let mut out = String::new();
     for i in 0..n {
-        if n > 1 {
-            out.push_str(&format!("\nCPU#{i}\n"));
+        // The machine's text starts with its own `CPU#N` header.
+        if i > 0 {
+            out.push('\n');
         }
         let regs = c.vm.describe_registers(i)?;
         out.push_str(&regs);
@@ -332,6 +344,8 @@ cpr_format::state! {
     pub struct HmpSessionState {
         pub line: cpr_format::Bytes,
         pub pending_input: cpr_format::Bytes,
+        /// The session echoes typed keys (raw-mode terminal).
+        pub echo: bool,
     }
 }
 
@@ -340,11 +354,21 @@ cpr_format::state! {
 pub struct Session {
     line: Vec<u8>,
     after_cr: bool,
+    /// Echo typed keys (a raw-mode terminal shows nothing otherwise).
+    echo: bool,
     /// Bytes not yet read: reading stops while a deferred command waits for the event loop.
     unread: Vec<u8>,
 }
 
 impl Session {
+    /// A session that echoes what is typed, for a raw-mode terminal.
+    pub fn with_echo() -> Session {
+        Session {
+            echo: true,
+            ..Session::default()
+        }
+    }
+
     pub fn reset(&mut self) {
         self.line.clear();
         self.after_cr = false;
@@ -356,6 +380,7 @@ impl Session {
         HmpSessionState {
             line: cpr_format::Bytes(self.line.clone()),
             pending_input: cpr_format::Bytes(self.unread.clone()),
+            echo: self.echo,
         }
     }
 
@@ -364,6 +389,7 @@ impl Session {
         Session {
             line: state.line.0.clone(),
             after_cr: false,
+            echo: state.echo,
             unread: state.pending_input.0.clone(),
         }
     }
@@ -389,6 +415,9 @@ impl Session {
                     if b == b'\n' && after_cr && self.line.is_empty() {
                         continue;
                     }
+                    if self.echo {
+                        out.push('\n');
+                    }
                     let line = String::from_utf8_lossy(&self.line).into_owned();
                     self.line.clear();
                     out.push_str(&run_line(c, &line));
@@ -408,9 +437,17 @@ impl Session {
                 }
                 // Backspace / DEL edit the line, as a terminal user expects.
                 0x08 | 0x7f => {
-                    self.line.pop();
+                    let erased = self.line.pop().is_some();
+                    if erased && self.echo {
+                        out.push_str("\u{8} \u{8}");
+                    }
                 }
-                _ if self.line.len() < 4096 => self.line.push(b),
+                _ if self.line.len() < 4096 => {
+                    self.line.push(b);
+                    if self.echo && (0x20..0x7f).contains(&b) {
+                        out.push(char::from(b));
+                    }
+                }
                 _ => {}
             }
         }

@@ -83,7 +83,7 @@ impl Streamer {
                     self.escape = true;
                 } else if b == b'"' {
                     self.in_string = false;
-                    // A top-level string is complete at its closing quote.
+                    // A string at top level is a whole (non-object) message already.
                     if self.depth == 0 {
                         out.push(self.take_message());
                     }
@@ -237,5 +237,6 @@ mod tests {
         assert!(m[0].is_err());
         assert_eq!(m[1].as_ref().unwrap()["execute"], "x");
         assert_eq!(s.feed(b"1 "), vec![Ok(json!(1))]);
+        assert_eq!(s.feed(br#""str""#), vec![Ok(json!("str"))]);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod hmp;
 pub mod json;
+pub mod mux;
 pub mod qmp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -97,7 +98,8 @@ pub struct Deferred {
     pub reply: Option<ReplyTo>,
 }
 
-/// QEMU's QMP error classes.
+/// QEMU's QMP error classes (all of them, so later commands pick the one QEMU uses).
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     GenericError,
@@ -181,9 +183,19 @@ pub fn run_state_name(s: RunState) -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit(pub i32);
 
+/// One chardev as `info chardev` / query-chardev show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChardevInfo {
+    pub label: String,
+    pub filename: String,
+    pub frontend_open: bool,
+}
+
 /// Run-state control shared by every monitor; queues the events that changes emit.
 pub struct Controller<V: VmControl> {
     pub vm: V,
+    /// The chardevs as of the current command (refreshed by the event loop).
+    pub chardevs: Vec<ChardevInfo>,
     events: Vec<Event>,
     exit: Option<Exit>,
     /// A live-update command waiting for the event loop (sessions stop reading meanwhile).
@@ -196,6 +208,7 @@ impl<V: VmControl> Controller<V> {
     pub fn new(vm: V) -> Controller<V> {
         Controller {
             vm,
+            chardevs: Vec::new(),
             events: Vec::new(),
             exit: None,
             deferred: None,
@@ -257,6 +270,15 @@ impl<V: VmControl> Controller<V> {
         self.exit = Some(Exit(0));
     }
 
+    /// Ctrl-A x on a multiplexed console.
+    pub fn quit_from_ui(&mut self) {
+        self.emit(
+            "SHUTDOWN",
+            Some(json!({"guest": false, "reason": "host-ui"})),
+        );
+        self.exit = Some(Exit(0));
+    }
+
     pub fn system_reset(&mut self) -> Result<(), CmdError> {
         self.vm.reset()?;
         self.emit(
@@ -309,5 +331,7 @@ impl<V: VmControl> Controller<V> {
 
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use super::{
 };
 
 /// A QMP argument's expected JSON type, named as QEMU names it in errors.
+#[allow(dead_code)] // Bool: for the cpr-* commands' flags
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgType {
     Str,
@@ -219,6 +220,11 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
             },
         },
         Command {
+            name: "query-chardev",
+            args: NO_ARGS,
+            run: query_chardev,
+        },
+        Command {
             name: "human-monitor-command",
             args: &[
                 Arg {
@@ -259,6 +265,16 @@ fn query_status<V: VmControl>(
         "singlestep": false,
         "status": run_state_name(s),
     }))
+}
+
+fn query_chardev<V: VmControl>(
+    c: &mut Controller<V>,
+    _: &Map<String, Value>,
+) -> Result<Value, CmdError> {
+    Ok(c.chardevs
+        .iter()
+        .map(|ch| json!({"label": ch.label, "filename": ch.filename, "frontend-open": ch.frontend_open}))
+        .collect())
 }
 
 fn query_commands<V: VmControl>(

@@ -142,6 +142,29 @@ fn run_state_changes_emit_events() {
 }
 
 #[test]
+fn chardev_queries() {
+    let mut c = ctl(RunState::Running);
+    c.chardevs = vec![ChardevInfo {
+        label: "serial0".into(),
+        filename: "pty:/dev/pts/7".into(),
+        frontend_open: true,
+    }];
+    assert_eq!(
+        hmp::run_line(&mut c, "info chardev"),
+        "serial0: filename=pty:/dev/pts/7\n"
+    );
+    let mut s = qmp::Session::default();
+    s.greeting();
+    qmp_lines(&mut s, &mut c, r#"{"execute": "qmp_capabilities"}"#);
+    assert_eq!(
+        qmp_lines(&mut s, &mut c, r#"{"execute": "query-chardev"}"#),
+        [
+            r#"{"return": [{"filename": "pty:/dev/pts/7", "frontend-open": true, "label": "serial0"}]}"#
+        ]
+    );
+}
+
+#[test]
 fn hmp_commands() {
     let mut c = ctl(RunState::Prelaunch);
     assert_eq!(
@@ -182,5 +205,87 @@ fn machine_events_map_to_exit_and_events() {
     assert_eq!(
         c.take_events()[0].data,
         Some(serde_json::json!({"guest": true, "reason": "guest-shutdown"}))
+    );
+}
+
+#[test]
+fn qmp_defers_cpr_commands_and_holds_what_follows() {
+    let mut c = ctl(RunState::Running);
+    let mut s = qmp::Session::default();
+    s.greeting();
+    qmp_lines(&mut s, &mut c, r#"{"execute": "qmp_capabilities"}"#);
+    let out = qmp_lines(
+        &mut s,
+        &mut c,
+        r#"{"execute": "cpr-exec", "arguments": {"argv": ["vmm", "-S"]}, "id": 7}{"execute": "cpr-load", "arguments": {"filename": "/x"}}{"execute": "query-st"#,
+    );
+    // No reply yet: the event loop answers once the command ran.
+    assert!(out.is_empty(), "{out:?}");
+    let d = c.deferred.take().expect("deferred");
+    assert_eq!(
+        d.op,
+        CprOp::Exec {
+            argv: vec!["vmm".into(), "-S".into()]
+        }
+    );
+    assert_eq!(
+        d.reply,
+        Some(ReplyTo::Qmp {
+            id: Some(serde_json::json!(7)),
+            hmp_text: false
+        })
+    );
+    // Handed over across exec: negotiated, and the unread commands come along.
+    let state = s.save();
+    assert!(state.negotiated);
+    let mut next = qmp::Session::restore(&state);
+    assert!(next.is_negotiated());
+    assert_eq!(next.process(&mut c), "");
+    assert_eq!(
+        c.deferred.take().map(|d| d.op),
+        Some(CprOp::Load { path: "/x".into() })
+    );
+    let out = next.on_input(&mut c, br#"atus"}"#);
+    assert!(out.contains(r#""status": "running""#), "{out}");
+}
+
+#[test]
+fn hmp_defers_cpr_commands_and_keeps_the_rest_of_the_input() {
+    let mut c = ctl(RunState::Running);
+    let mut s = hmp::Session::default();
+    let out = s.on_input(&mut c, b"cpr-save /tmp/x restart\r\ninfo status\r\n");
+    assert_eq!(out, "");
+    assert_eq!(
+        c.deferred.take().map(|d| (d.op, d.reply)),
+        Some((
+            CprOp::Save {
+                path: "/tmp/x".into(),
+                mode: "restart".into()
+            },
+            Some(ReplyTo::Hmp)
+        ))
+    );
+    let mut next = hmp::Session::restore(&s.save());
+    assert_eq!(next.process(&mut c), "VM status: running\r\n(vmm) ");
+    assert_eq!(
+        hmp::run_line(&mut c, "cpr-save onlyone"),
+        "Error: usage: cpr-save filename mode [ram=in-place|in-image] [digest=on|off]\n"
+    );
+    assert!(c.deferred.is_none());
+}
+
+#[test]
+fn hmp_cpr_save_passes_reboot_options_in_the_mode() {
+    let mut c = ctl(RunState::Running);
+    assert_eq!(
+        hmp::run_line(&mut c, "cpr-save /tmp/x reboot ram=in-image digest=off"),
+        ""
+    );
+    assert_eq!(
+        c.deferred.take().map(|d| d.op),
+        Some(CprOp::Save {
+            path: "/tmp/x".into(),
+            mode: "reboot,ram=in-image,digest=off".into()
+        })
     );
 }
