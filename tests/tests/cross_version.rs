@@ -3,7 +3,8 @@
 //! - Every release in `fixtures/releases.toml` has its schema and fixture images.
 //! - The current vmm loads every self-contained fixture (reboot mode, RAM in the image) of
 //!   every release, and the guest carries on where it was saved (counters continue by one,
-//!   memcheck finds its pattern, a suspended guest stays suspended until system_wakeup).
+//!   memcheck finds its pattern, a suspended guest stays suspended until system_wakeup);
+//!   the counter fixtures also through `vmm -incoming FILE`.
 //!   A restart-mode fixture cannot be loaded by a fresh process (its RAM was in memfds that
 //!   only a cpr-exec hands over): the current vmm must refuse it with its reason, and the
 //!   compatibility matrix (compat_matrix.rs) answers whether its state would load; the real
@@ -69,6 +70,20 @@ fn load_fixture(dir: &Path, f: &Fixture, label: &str) {
         let (status, _, stderr) = vmm.wait();
         assert_eq!(status.code(), Some(0), "{label}/{}: {stderr}", f.name);
     } else {
+        g.quit();
+    }
+    if f.guest == "counter" {
+        // The same image through `vmm -incoming FILE` (load at start-up, no monitor step).
+        let mut args = guest_args(&scratch, &f.guest, &f.machine);
+        args.extend(["-incoming".to_string(), img.display().to_string()]);
+        let mut g = GuestRun::start(&vmm_bin(), &scratch, args, false);
+        assert_eq!(
+            g.hmp.cmd("info status"),
+            "VM status: running\n",
+            "{label}/{} via -incoming",
+            f.name
+        );
+        assert_resumes(&mut g, &f.guest, f.state, &before);
         g.quit();
     }
 }
