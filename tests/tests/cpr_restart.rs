@@ -2,6 +2,7 @@
 //! with real guests, a serial socket client and monitor clients that stay connected.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
 use cpr_tests::live::{fd_table, numbers, LiveVm};
@@ -402,4 +403,61 @@ fn qmp_client_stays_connected_with_the_qemu_projects_client() {
     );
     let (status, _, stderr) = vmm.wait();
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn a_pty_serial_keeps_its_path_and_its_reader() {
+    let dir = cpr_tests::Scratch::new("cpr-pty");
+    let kernel = cpr_tests::guest("counter");
+    let mon = format!(
+        "socket,id=mon,path={},server=on,wait=off",
+        dir.str("mon.sock")
+    );
+    let args = [
+        "-m",
+        "64",
+        "-machine",
+        "memfd-alloc=on",
+        "-kernel",
+        &kernel,
+        "-chardev",
+        &mon,
+        "-monitor",
+        "chardev:mon",
+        "-chardev",
+        "pty,id=ser",
+        "-serial",
+        "chardev:ser",
+    ];
+    let mut vmm = Vmm::spawn(&args);
+    let (mut hmp, _) = cpr_tests::Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    let info = hmp.cmd("info chardev");
+    let path = info
+        .lines()
+        .find_map(|l| l.strip_prefix("ser: filename=pty:"))
+        .unwrap_or_else(|| panic!("no pty in {info:?}"))
+        .to_string();
+    let pty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&path)
+        .unwrap();
+    let mut out = cpr_tests::Watch::new(pty);
+    out.wait_for("count 3\n");
+    let img = dir.str("vm.cpr");
+    assert_eq!(hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let line = format!("cpr-exec {} -S {}", vmm_bin().display(), args.join(" "));
+    assert_eq!(hmp.cmd(&line), "");
+    assert_eq!(hmp.cmd("info chardev"), info);
+    assert_eq!(hmp.cmd(&format!("cpr-load {img}")), "");
+    let last = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+    loop {
+        let now = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+        if now > last + 3 {
+            break;
+        }
+        out.wait_for(&format!("count {}\n", now + 1));
+    }
+    assert_consecutive(&numbers(&out.seen, "count "), 5, "count");
 }

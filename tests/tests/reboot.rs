@@ -261,3 +261,47 @@ fn in_place_without_digests() {
         "RAM in place: 32 MiB kept in the RAM file, no digests",
     );
 }
+
+/// In place, a RAM file of another length, or none, is refused (the length is taken as the
+/// new vmm found it, before it sized the file for the guest).
+#[test]
+fn a_resized_or_missing_ram_file_is_refused_at_load() {
+    let shm = ShmFile::new("resized");
+    let obj = shm.object("32M");
+    let machine = ["-object", obj.as_str(), "-machine", "memory-backend=ram0"];
+    let dir = Scratch::new("rb-resized");
+    let img = dir.str("vm.cpr");
+    let (vmm, mut out, mut hmp) = start(&dir, "counter", &machine, &[]);
+    out.wait_for("count 1\n");
+    hmp.cmd(&format!("cpr-save {img} reboot digest=off"));
+    quit(vmm, hmp);
+
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shm.0)
+        .expect("open the RAM file");
+    f.set_len(16 << 20).expect("shrink the RAM file");
+    drop(f);
+    let (vmm, _out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
+    assert_eq!(
+        hmp.cmd(&format!("cpr-load {img}")),
+        format!(
+            "Error: the RAM file {} is 16777216 bytes long; the image recorded 33554432\n",
+            shm.0
+        )
+    );
+    quit(vmm, hmp);
+
+    std::fs::remove_file(&shm.0).expect("remove the RAM file");
+    let (vmm, _out, mut hmp) = start(&dir, "counter", &machine, &["-S"]);
+    assert_eq!(
+        hmp.cmd(&format!("cpr-load {img}")),
+        format!(
+            "Error: the RAM file {} did not exist when this vmm started: the guest's memory is \
+             gone\n",
+            shm.0
+        )
+    );
+    assert_eq!(hmp.cmd("info status"), "VM status: paused (prelaunch)\n");
+    quit(vmm, hmp);
+}

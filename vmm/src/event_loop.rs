@@ -389,7 +389,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     let handover = cpr::fds::take_handover().map_err(StartError::Handover)?;
     // -incoming FILE: the machine may come from the image.
     let incoming_config = match &config.incoming {
-        Some(image) => Some(cpr::incoming::effective_config(config, image)?),
+        Some(image) => Some(cpr::incoming_image::effective_config(config, image)?),
         None => None,
     };
     let config = incoming_config.as_ref().unwrap_or(config);
@@ -445,6 +445,14 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         None => {
             let frontends = Frontends::open(config)?;
             let serial: crate::machine::SerialOutput = Box::new(frontends.serial_output());
+            // The RAM file's length before the machine sizes it: a reboot-mode cpr-load
+            // compares it with the image's record.
+            let ram_file_len = match &config.ram {
+                crate::cli::RamSpec::File { path, .. } => {
+                    std::fs::metadata(path).ok().map(|m| m.len())
+                }
+                _ => None,
+            };
             // With -S the kernel is loaded at `cont`: until then guest RAM is untouched,
             // so a reboot-mode cpr-load can take over a RAM file as it is.
             let machine = if config.start_paused || config.incoming.is_some() {
@@ -454,6 +462,7 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             }
             .map_err(StartError::Machine)?;
             let mut ctl = Controller::new(Vm::Active(machine));
+            ctl.cpr.ram_file_len = ram_file_len;
             if let Some(image) = &config.incoming {
                 cpr::reboot::load_with(&frontends, &mut ctl, &host, image, config.start_paused)?;
             } else if !config.start_paused {

@@ -1,76 +1,415 @@
-//! `vmm -incoming FILE`: start a VMM for a reboot-mode image and load it at once.
-//!
-//! Without machine options the machine (RAM size and backing, vCPUs, kernel, initrd,
-//! command line) is the one the image recorded ([`RebootConfigState`]); chardevs and
-//! monitors always come from the new command line. With machine options, they must
-//! describe the same machine: cpr-load lists every mismatch and loads nothing.
+//! The new process's side of a restart-mode update: adopting what the old process handed
+//! over at start-up ([`adopt`]) and loading the image into the waiting VM ([`load`]).
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
 
-use super::image::ImageError;
-use super::reboot::RebootConfigState;
-use super::CprError;
-use crate::cli::{RamSpec, VmmConfig};
+use cpr_format::{FdIdentity, FdKind, Image, Mode};
+use serde_json::{json, Value};
 
-#[derive(Debug, thiserror::Error)]
-pub enum IncomingError {
-    #[error("the image {0} does not record the machine's options (reboot.config): give them on the command line")]
-    NoConfig(String),
-    #[error("the image {path} records an unknown RAM backing '{ram}'")]
-    BadRam { path: String, ram: String },
+use super::timing::{self, now_ns, Timestamps};
+use super::{fds, image, CprError, CprStatus, ExecState, Host, Phase, ONE};
+use crate::chardev::{backend_name, Chardev, ChardevState};
+use crate::cli::VmmConfig;
+use crate::event_loop::{Frontend, Frontends};
+use crate::machine::{
+    GuestRam, IncomingMachine, Machine, MachineError, RamBlockDesc, RamBlockFd, RunState,
+};
+use crate::monitor::hmp::HmpSessionState;
+use crate::monitor::qmp::QmpSessionState;
+use crate::monitor::{hmp, qmp, Controller, ReplyTo, VmControl};
+
+/// A machine running (or paused) here, or one whose state is still to be loaded.
+pub enum Vm {
+    Active(Machine),
+    Incoming(Incoming),
 }
 
-impl From<IncomingError> for CprError {
-    fn from(e: IncomingError) -> CprError {
-        CprError::IncomingImage(Box::new(e))
+/// The new process before cpr-load: inherited RAM and a VM built over it.
+pub struct Incoming {
+    /// `None` only after a failed restore, until rebuilt.
+    machine: Option<IncomingMachine>,
+    /// The inherited RAM fds: they outlive any VM built over them.
+    ram_fds: Vec<RamBlockFd>,
+    stamps: Timestamps,
+}
+
+impl Incoming {
+    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
+        match &self.machine {
+            Some(m) => Ok(crate::monitor::digest_of(m.ram())),
+            None => Ok(crate::monitor::digest_of(&GuestRam::from_fds(
+                self.ram_fds.iter().map(dup_block).collect(),
+            )?)),
+        }
     }
 }
 
-fn ram_spec(path: &Path, s: &RebootConfigState) -> Result<RamSpec, IncomingError> {
-    let id = s.ram_id.clone();
-    Ok(match (s.ram.as_str(), &s.ram_path) {
-        ("anonymous", _) => RamSpec::Anonymous,
-        ("memfd", _) => RamSpec::Memfd { id, hugetlb: false },
-        ("memfd-hugetlb", _) => RamSpec::Memfd { id, hugetlb: true },
-        ("file", Some(p)) => RamSpec::File {
-            id: id.unwrap_or_else(|| "ram0".into()),
-            path: PathBuf::from(p),
-        },
-        _ => {
-            return Err(IncomingError::BadRam {
-                path: path.display().to_string(),
-                ram: s.ram.clone(),
-            })
+fn dup_block(b: &RamBlockFd) -> RamBlockFd {
+    RamBlockFd {
+        file: b.file.clone(),
+        desc: b.desc,
+    }
+}
+
+fn waiting(op: &'static str) -> MachineError {
+    MachineError::BadRunState {
+        op,
+        state: RunState::Prelaunch,
+    }
+}
+
+impl VmControl for Vm {
+    fn start(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.start(),
+            Vm::Incoming(_) => Err(waiting("start before cpr-load")),
         }
+    }
+    fn pause(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.pause(),
+            Vm::Incoming(_) => Ok(()),
+        }
+    }
+    fn resume(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.resume(),
+            Vm::Incoming(_) => Err(waiting("resume before cpr-load")),
+        }
+    }
+    fn run_state(&self) -> RunState {
+        match self {
+            Vm::Active(m) => m.run_state(),
+            Vm::Incoming(_) => RunState::Prelaunch,
+        }
+    }
+    fn reset(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.reset(),
+            Vm::Incoming(_) => Err(waiting("reset before cpr-load")),
+        }
+    }
+    fn wakeup(&mut self) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.wakeup(),
+            Vm::Incoming(_) => Ok(()),
+        }
+    }
+    fn describe_registers(&self, vcpu: usize) -> Result<String, MachineError> {
+        match self {
+            Vm::Active(m) => m.describe_registers(vcpu),
+            Vm::Incoming(_) => Err(waiting("info registers before cpr-load")),
+        }
+    }
+    fn describe_cpus(&self) -> Vec<String> {
+        match self {
+            Vm::Active(m) => m.describe_cpus(),
+            Vm::Incoming(_) => Vec::new(),
+        }
+    }
+    fn serial_input(&self, bytes: &[u8]) -> Result<(), MachineError> {
+        match self {
+            Vm::Active(m) => m.serial_input(bytes),
+            // Not reached: the event loop leaves serial input in the chardev until load.
+            Vm::Incoming(_) => Err(waiting("serial input before cpr-load")),
+        }
+    }
+    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
+        match self {
+            Vm::Active(m) => Ok(crate::monitor::digest_of(m.ram())),
+            Vm::Incoming(i) => i.ram_digest(),
+        }
+    }
+}
+
+impl Vm {
+    /// Whether serial input may be delivered now. Not between cpr-save and the end of
+    /// cpr-load: bytes stay in the chardev's kernel buffer, which survives the exec, instead
+    /// of landing in a UART whose state is already saved.
+    pub fn accepts_serial_input(&self) -> bool {
+        match self {
+            Vm::Active(m) => m.run_state() != RunState::Postmigrate,
+            Vm::Incoming(_) => false,
+        }
+    }
+}
+
+/// What the new process adopted from the old one.
+pub struct Adopted {
+    pub frontends: Frontends,
+    pub vm: Vm,
+    pub status: CprStatus,
+    /// The monitor that issued cpr-exec and the reply it waits for.
+    pub pending_reply: Option<(usize, ReplyTo)>,
+}
+
+/// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
+/// inherited RAM, rebuild chardevs and monitor sessions.
+pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
+    let img = Image::from_bytes(bytes).map_err(|e| CprError::Handover(Box::new(e)))?;
+    let exec: ExecState = img
+        .section(ONE)
+        .map_err(|e| CprError::Handover(Box::new(e)))?
+        .ok_or(CprError::HandoverMissing("section cpr.exec"))?;
+    let mut stamps: Timestamps = img
+        .section(ONE)
+        .map_err(|e| CprError::Handover(Box::new(e)))?
+        .unwrap_or_default();
+    stamps.exec_called = exec_ns;
+    stamps.new_main_entered = timing::main_entered();
+
+    // Verify every inherited fd before trusting any, and own each number once.
+    let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
+    for e in img.fd_manifest() {
+        fds::verify_inherited(e)?;
+        // SAFETY: the fd was inherited across exec for this purpose, its identity was just
+        // checked, and nothing else in this process owns it (one owner per number).
+        owned
+            .entry(e.fd)
+            .or_insert_with(|| unsafe { OwnedFd::from_raw_fd(e.fd) });
+    }
+
+    // RAM: each block's fd, shared when blocks share a file.
+    let mut files: BTreeMap<RawFd, Arc<File>> = BTreeMap::new();
+    let mut ram_fds = Vec::new();
+    for b in &exec.ram {
+        let e = img
+            .fd_manifest()
+            .iter()
+            .find(|e| e.name == b.name && matches!(e.kind, FdKind::Memfd | FdKind::RamFile))
+            .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
+        let file = match files.get(&e.fd) {
+            Some(f) => f.clone(),
+            None => {
+                let fd = owned
+                    .remove(&e.fd)
+                    .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
+                let f = Arc::new(File::from(fd));
+                files.insert(e.fd, f.clone());
+                f
+            }
+        };
+        ram_fds.push(RamBlockFd {
+            file,
+            desc: RamBlockDesc {
+                guest_addr: b.guest_addr,
+                size: b.size,
+                file_offset: b.file_offset,
+            },
+        });
+    }
+
+    // Chardevs: same id and backend kind adopt their fds; others open afresh.
+    let mut chardevs = Vec::new();
+    for spec in &config.chardevs {
+        let saved: Option<ChardevState> = img
+            .section(&spec.id)
+            .map_err(|e| CprError::Handover(Box::new(e)))?;
+        let c = match saved {
+            Some(s) if s.backend == backend_name(&spec.backend) => {
+                let mut mine = Vec::new();
+                for e in img.fd_manifest() {
+                    if let Some(role) = fds::chardev_role(e, &spec.id) {
+                        if let Some(fd) = owned.remove(&e.fd) {
+                            mine.push((role, fd));
+                        }
+                    }
+                }
+                let c = Chardev::from_inherited(spec, mine)?;
+                // Output the old process had queued goes out before anything new.
+                c.output().send(&s.pending_output.0);
+                c
+            }
+            _ => Chardev::open(spec)?,
+        };
+        chardevs.push(c);
+    }
+    // Whatever the new command line has no use for is closed here.
+    drop(owned);
+
+    let mut frontends = Frontends::attach(config, chardevs);
+    let mut pending_reply = None;
+    for (i, (c, fe)) in frontends
+        .chardevs
+        .iter()
+        .zip(frontends.frontends.iter_mut())
+        .enumerate()
+    {
+        let id = &c.spec.id;
+        match fe {
+            Frontend::Qmp(s) => {
+                if let Some(st) = img
+                    .section::<QmpSessionState>(id)
+                    .map_err(|e| CprError::Handover(Box::new(e)))?
+                {
+                    if c.is_connected() {
+                        *s = qmp::Session::restore(&st);
+                        frontends.adopted[i] = true;
+                    }
+                }
+            }
+            Frontend::Hmp(s) => {
+                if let Some(st) = img
+                    .section::<HmpSessionState>(id)
+                    .map_err(|e| CprError::Handover(Box::new(e)))?
+                {
+                    if c.is_connected() {
+                        *s = hmp::Session::restore(&st);
+                        frontends.adopted[i] = true;
+                    }
+                }
+            }
+            // A mux (serial + HMP on one chardev, e.g. stdio) keeps its chardev; its HMP
+            // session starts afresh.
+            Frontend::Serial | Frontend::None | Frontend::Mux(_) => {}
+        }
+        if *id == exec.origin && frontends.adopted[i] {
+            let id_value = exec
+                .reply_id
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok());
+            let reply = match exec.reply.as_str() {
+                "hmp" => ReplyTo::Hmp,
+                other => ReplyTo::Qmp {
+                    id: id_value,
+                    hmp_text: other == "qmp-hmp",
+                },
+            };
+            pending_reply = Some((i, reply));
+        }
+    }
+
+    let ram = GuestRam::from_fds(ram_fds.iter().map(dup_block).collect()).map_err(CprError::Ram)?;
+    let machine = Machine::prepare_incoming(&config.machine_config(), ram)?;
+    stamps.machine_ready = now_ns();
+    let status = CprStatus {
+        mode: Some(Mode::Restart),
+        phase: Phase::Incoming,
+        image: Some(exec.image.clone()),
+        resume_after: exec.resume_after,
+        stamps,
+        last: None,
+        last_error: None,
+        ..CprStatus::default()
+    };
+    Ok(Adopted {
+        frontends,
+        vm: Vm::Incoming(Incoming {
+            machine: Some(machine),
+            ram_fds,
+            stamps,
+        }),
+        status,
+        pending_reply,
     })
 }
 
-/// The configuration to build the machine from: the command line's, completed (or, without
-/// machine options, replaced) by the image's record of the machine.
-pub fn effective_config(config: &VmmConfig, image: &Path) -> Result<VmmConfig, CprError> {
-    let p = image.display().to_string();
-    let img = cpr_format::Image::open(image).map_err(|source| ImageError::Read {
-        path: p.clone(),
-        source: Box::new(source),
-    })?;
-    let saved: Option<RebootConfigState> = img.section("0").map_err(|source| ImageError::Read {
-        path: p.clone(),
-        source: Box::new(source),
-    })?;
-    let mut c = config.clone();
-    let needs_image = c.machine_from_image || c.kernel.as_os_str().is_empty();
-    if !needs_image {
-        return Ok(c);
+/// Checks that the image's RAM fds are the ones this process inherited.
+fn check_ram_identity(
+    img: &Image,
+    ram_fds: &[RamBlockFd],
+    names: &[String],
+) -> Result<(), CprError> {
+    for e in img.fd_manifest() {
+        if !matches!(e.kind, FdKind::Memfd | FdKind::RamFile) {
+            continue;
+        }
+        let i = names
+            .iter()
+            .position(|n| *n == e.name)
+            .ok_or_else(|| CprError::RamMissing(e.name.clone()))?;
+        let actual = FdIdentity::of_fd(ram_fds[i].file.as_ref()).map_err(|source| {
+            CprError::RamIdentity {
+                name: e.name.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        e.identity
+            .verify(&e.name, &actual, true)
+            .map_err(|source| CprError::RamIdentity {
+                name: e.name.clone(),
+                source: Box::new(source),
+            })?;
     }
-    let s = saved.ok_or_else(|| IncomingError::NoConfig(p.clone()))?;
-    c.kernel = PathBuf::from(&s.kernel);
-    if c.machine_from_image {
-        c.name = c.name.or(s.name.clone());
-        c.mem_size = s.mem_size;
-        c.vcpus = u8::try_from(s.vcpus).unwrap_or(u8::MAX);
-        c.initrd = s.initrd.as_ref().map(PathBuf::from);
-        c.append = s.append.clone();
-        c.ram = ram_spec(image, &s)?;
+    Ok(())
+}
+
+/// cpr-load: verify the image, restore into the waiting VM, resume if the guest ran.
+pub fn load(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    path: &Path,
+) -> Result<String, CprError> {
+    let inc = match &mut ctl.vm {
+        Vm::Incoming(i) => i,
+        Vm::Active(_) => return Err(CprError::NotIncoming),
+    };
+    inc.stamps.load_started = now_ns();
+    let img = image::open_checked(path, &host.config)?;
+    let names: Vec<String> =
+        image::ram_state(&inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>())
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+    check_ram_identity(&img, &inc.ram_fds, &names)?;
+    let (state, resume_after) = image::machine_state(&img)?;
+    let prepared = match inc.machine.take() {
+        Some(m) => m,
+        None => Machine::prepare_incoming(
+            &host.config.machine_config(),
+            GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
+                .map_err(CprError::Ram)?,
+        )?,
+    };
+    if let Err(e) = prepared.check(&state) {
+        inc.machine = Some(prepared);
+        return Err(e.into());
     }
-    Ok(c)
+    let serial: crate::machine::SerialOutput = Box::new(f.serial_output());
+    let mut machine = match prepared.restore(&state, serial, host.machine_events.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            // The half-restored VM is gone; RAM is intact in the fds. Build a fresh VM so
+            // a corrected cpr-load finds one waiting.
+            let rebuilt = GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
+                .map_err(CprError::Ram)
+                .and_then(|ram| {
+                    Ok(Machine::prepare_incoming(
+                        &host.config.machine_config(),
+                        ram,
+                    )?)
+                });
+            inc.machine = rebuilt.ok();
+            return Err(e.into());
+        }
+    };
+    let mut t = inc.stamps;
+    t.state_restored = now_ns();
+    if resume_after {
+        machine.resume()?;
+        t.first_vcpu_running = now_ns();
+    }
+    ctl.vm = Vm::Active(machine);
+    ctl.cpr.phase = Phase::None;
+    ctl.cpr.image = Some(path.display().to_string());
+    ctl.cpr.last = Some(t);
+    ctl.cpr.last_error = None;
+    ctl.cpr.resume_after = false;
+    ctl.emit(
+        "CPR_LOAD",
+        Some(json!({
+            "mode": "restart",
+            "filename": path.display().to_string(),
+            "timing": t.to_json(),
+        })),
+    );
+    if resume_after {
+        ctl.emit("RESUME", None);
+    }
+    Ok(String::new())
 }

@@ -29,32 +29,26 @@ pub mod blockers;
 pub mod capable;
 pub mod fds;
 pub mod image;
-pub mod incoming;
+mod incoming;
+pub mod incoming_image;
 pub mod ram_image;
 pub mod reboot;
 pub mod schema;
 pub mod timing;
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+pub use incoming::{adopt, load, Vm};
+
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 
-use cpr_format::{FdIdentity, FdKind, Image, ImageWriter, Mode};
+use cpr_format::{ImageWriter, Mode};
 use serde_json::{json, Value};
 
-use crate::chardev::{backend_name, Chardev, ChardevState};
 use crate::cli::VmmConfig;
 use crate::event_loop::{Frontend, Frontends};
-use crate::machine::{
-    GuestRam, IncomingMachine, Machine, MachineError, MachineEvent, RamBlockDesc, RamBlockFd,
-    RunState,
-};
-use crate::monitor::hmp::HmpSessionState;
-use crate::monitor::qmp::QmpSessionState;
-use crate::monitor::{hmp, qmp, CmdError, Controller, CprOp, ReplyTo, VmControl};
+use crate::machine::{MachineError, MachineEvent, RunState};
+use crate::monitor::{CmdError, Controller, CprOp, ReplyTo};
 use image::RamBlockState;
 use timing::{now_ns, Timestamps};
 
@@ -116,7 +110,7 @@ pub enum CprError {
     #[error(transparent)]
     Reboot(Box<reboot::RebootError>),
     #[error(transparent)]
-    IncomingImage(Box<incoming::IncomingError>),
+    IncomingImage(Box<incoming_image::IncomingError>),
 }
 
 impl From<CprError> for CmdError {
@@ -166,6 +160,9 @@ pub struct CprStatus {
     /// What blocks each mode for this command line (text, JSON), set at start-up
     /// (`capable`): info cpr-blockers / query-cpr-blockers.
     pub blockers: Option<(String, Value)>,
+    /// Length of the RAM file when this VMM started, before it sized the file (None: no
+    /// RAM file, or it did not exist): reboot mode's in-place cpr-load checks it.
+    pub ram_file_len: Option<u64>,
 }
 
 impl CprStatus {
@@ -216,123 +213,6 @@ impl CprStatus {
         s
     }
 }
-
-/// A machine running (or paused) here, or one whose state is still to be loaded.
-pub enum Vm {
-    Active(Machine),
-    Incoming(Incoming),
-}
-
-/// The new process before cpr-load: inherited RAM and a VM built over it.
-pub struct Incoming {
-    /// `None` only after a failed restore, until rebuilt.
-    machine: Option<IncomingMachine>,
-    /// The inherited RAM fds: they outlive any VM built over them.
-    ram_fds: Vec<RamBlockFd>,
-    stamps: Timestamps,
-}
-
-impl Incoming {
-    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
-        match &self.machine {
-            Some(m) => Ok(crate::monitor::digest_of(m.ram())),
-            None => Ok(crate::monitor::digest_of(&GuestRam::from_fds(
-                self.ram_fds.iter().map(dup_block).collect(),
-            )?)),
-        }
-    }
-}
-
-fn dup_block(b: &RamBlockFd) -> RamBlockFd {
-    RamBlockFd {
-        file: b.file.clone(),
-        desc: b.desc,
-    }
-}
-
-fn waiting(op: &'static str) -> MachineError {
-    MachineError::BadRunState {
-        op,
-        state: RunState::Prelaunch,
-    }
-}
-
-impl VmControl for Vm {
-    fn start(&mut self) -> Result<(), MachineError> {
-        match self {
-            Vm::Active(m) => m.start(),
-            Vm::Incoming(_) => Err(waiting("start before cpr-load")),
-        }
-    }
-    fn pause(&mut self) -> Result<(), MachineError> {
-        match self {
-            Vm::Active(m) => m.pause(),
-            Vm::Incoming(_) => Ok(()),
-        }
-    }
-    fn resume(&mut self) -> Result<(), MachineError> {
-        match self {
-            Vm::Active(m) => m.resume(),
-            Vm::Incoming(_) => Err(waiting("resume before cpr-load")),
-        }
-    }
-    fn run_state(&self) -> RunState {
-        match self {
-            Vm::Active(m) => m.run_state(),
-            Vm::Incoming(_) => RunState::Prelaunch,
-        }
-    }
-    fn reset(&mut self) -> Result<(), MachineError> {
-        match self {
-            Vm::Active(m) => m.reset(),
-            Vm::Incoming(_) => Err(waiting("reset before cpr-load")),
-        }
-    }
-    fn wakeup(&mut self) -> Result<(), MachineError> {
-        match self {
-            Vm::Active(m) => m.wakeup(),
-            Vm::Incoming(_) => Ok(()),
-        }
-    }
-    fn describe_registers(&self, vcpu: usize) -> Result<String, MachineError> {
-        match self {
-            Vm::Active(m) => m.describe_registers(vcpu),
-            Vm::Incoming(_) => Err(waiting("info registers before cpr-load")),
-        }
-    }
-    fn describe_cpus(&self) -> Vec<String> {
-        match self {
-            Vm::Active(m) => m.describe_cpus(),
-            Vm::Incoming(_) => Vec::new(),
-        }
-    }
-    fn serial_input(&self, bytes: &[u8]) -> Result<(), MachineError> {
-        match self {
-            Vm::Active(m) => m.serial_input(bytes),
-            // Not reached: the event loop leaves serial input in the chardev until load.
-            Vm::Incoming(_) => Err(waiting("serial input before cpr-load")),
-        }
-    }
-    fn ram_digest(&self) -> Result<Vec<(String, u64, u32)>, MachineError> {
-        match self {
-            Vm::Active(m) => Ok(crate::monitor::digest_of(m.ram())),
-            Vm::Incoming(i) => i.ram_digest(),
-        }
-    }
-}
-
-impl Vm {
-    /// Whether serial input may be delivered now. Not between cpr-save and the end of
-    /// cpr-load: bytes stay in the chardev's kernel buffer, which survives the exec, instead
-    /// of landing in a UART whose state is already saved.
-    pub fn accepts_serial_input(&self) -> bool {
-        match self {
-            Vm::Active(m) => m.run_state() != RunState::Postmigrate,
-            Vm::Incoming(_) => false,
-        }
-    }
-}
-
 /// What the live-update steps need from the event loop besides monitors and chardevs.
 pub struct Host {
     pub config: VmmConfig,
@@ -480,13 +360,11 @@ fn handover(
     f: &Frontends,
     host: &Host,
     status: &CprStatus,
-    ram: &GuestRam,
     exec: ExecState,
     manifest: Vec<cpr_format::FdEntry>,
 ) -> Result<Vec<u8>, CprError> {
     let err = |e| CprError::Handover(Box::new(e));
     let mut w = ImageWriter::new(image::header(&host.config, Mode::Restart));
-    let _ = ram;
     w.add_section(ONE, &exec).map_err(err)?;
     w.add_section(ONE, &status.stamps).map_err(err)?;
     for (c, fe) in f.chardevs.iter().zip(&f.frontends) {
@@ -578,7 +456,7 @@ fn exec_attempt(
         reply_id,
     };
     let mut keep: Vec<(String, RawFd)> = manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
-    let bytes = handover(f, host, &ctl.cpr, m.ram(), exec_state, manifest)?;
+    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest)?;
     let hfile = fds::handover_memfd(&bytes)?;
     keep.push(("handover".into(), hfile.as_raw_fd()));
     let mut env: Vec<std::ffi::CString> = std::env::vars_os()
@@ -625,281 +503,4 @@ fn resolve_program(argv0: &str) -> std::ffi::CString {
         })
         .and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok())
         .unwrap_or_else(fallback)
-}
-
-/// What the new process adopted from the old one.
-pub struct Adopted {
-    pub frontends: Frontends,
-    pub vm: Vm,
-    pub status: CprStatus,
-    /// The monitor that issued cpr-exec and the reply it waits for.
-    pub pending_reply: Option<(usize, ReplyTo)>,
-}
-
-/// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
-/// inherited RAM, rebuild chardevs and monitor sessions.
-pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
-    let img = Image::from_bytes(bytes).map_err(|e| CprError::Handover(Box::new(e)))?;
-    let exec: ExecState = img
-        .section(ONE)
-        .map_err(|e| CprError::Handover(Box::new(e)))?
-        .ok_or(CprError::HandoverMissing("section cpr.exec"))?;
-    let mut stamps: Timestamps = img
-        .section(ONE)
-        .map_err(|e| CprError::Handover(Box::new(e)))?
-        .unwrap_or_default();
-    stamps.exec_called = exec_ns;
-    stamps.new_main_entered = timing::main_entered();
-
-    // Verify every inherited fd before trusting any, and own each number once.
-    let mut owned: BTreeMap<RawFd, OwnedFd> = BTreeMap::new();
-    for e in img.fd_manifest() {
-        fds::verify_inherited(e)?;
-        // SAFETY: the fd was inherited across exec for this purpose, its identity was just
-        // checked, and nothing else in this process owns it (one owner per number).
-        owned
-            .entry(e.fd)
-            .or_insert_with(|| unsafe { OwnedFd::from_raw_fd(e.fd) });
-    }
-
-    // RAM: each block's fd, shared when blocks share a file.
-    let mut files: BTreeMap<RawFd, Arc<File>> = BTreeMap::new();
-    let mut ram_fds = Vec::new();
-    for b in &exec.ram {
-        let e = img
-            .fd_manifest()
-            .iter()
-            .find(|e| e.name == b.name && matches!(e.kind, FdKind::Memfd | FdKind::RamFile))
-            .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
-        let file = match files.get(&e.fd) {
-            Some(f) => f.clone(),
-            None => {
-                let fd = owned
-                    .remove(&e.fd)
-                    .ok_or(CprError::HandoverMissing("a RAM block's fd"))?;
-                let f = Arc::new(File::from(fd));
-                files.insert(e.fd, f.clone());
-                f
-            }
-        };
-        ram_fds.push(RamBlockFd {
-            file,
-            desc: RamBlockDesc {
-                guest_addr: b.guest_addr,
-                size: b.size,
-                file_offset: b.file_offset,
-            },
-        });
-    }
-
-    // Chardevs: same id and backend kind adopt their fds; others open afresh.
-    let mut chardevs = Vec::new();
-    for spec in &config.chardevs {
-        let saved: Option<ChardevState> = img
-            .section(&spec.id)
-            .map_err(|e| CprError::Handover(Box::new(e)))?;
-        let c = match saved {
-            Some(s) if s.backend == backend_name(&spec.backend) => {
-                let mut mine = Vec::new();
-                for e in img.fd_manifest() {
-                    if let Some(role) = fds::chardev_role(e, &spec.id) {
-                        if let Some(fd) = owned.remove(&e.fd) {
-                            mine.push((role, fd));
-                        }
-                    }
-                }
-                let c = Chardev::from_inherited(spec, mine)?;
-                // Output the old process had queued goes out before anything new.
-                c.output().send(&s.pending_output.0);
-                c
-            }
-            _ => Chardev::open(spec)?,
-        };
-        chardevs.push(c);
-    }
-    // Whatever the new command line has no use for is closed here.
-    drop(owned);
-
-    let mut frontends = Frontends::attach(config, chardevs);
-    let mut pending_reply = None;
-    for (i, (c, fe)) in frontends
-        .chardevs
-        .iter()
-        .zip(frontends.frontends.iter_mut())
-        .enumerate()
-    {
-        let id = &c.spec.id;
-        match fe {
-            Frontend::Qmp(s) => {
-                if let Some(st) = img
-                    .section::<QmpSessionState>(id)
-                    .map_err(|e| CprError::Handover(Box::new(e)))?
-                {
-                    if c.is_connected() {
-                        *s = qmp::Session::restore(&st);
-                        frontends.adopted[i] = true;
-                    }
-                }
-            }
-            Frontend::Hmp(s) => {
-                if let Some(st) = img
-                    .section::<HmpSessionState>(id)
-                    .map_err(|e| CprError::Handover(Box::new(e)))?
-                {
-                    if c.is_connected() {
-                        *s = hmp::Session::restore(&st);
-                        frontends.adopted[i] = true;
-                    }
-                }
-            }
-            // A mux (serial + HMP on one chardev, e.g. stdio) keeps its chardev; its HMP
-            // session starts afresh.
-            Frontend::Serial | Frontend::None | Frontend::Mux(_) => {}
-        }
-        if *id == exec.origin && frontends.adopted[i] {
-            let id_value = exec
-                .reply_id
-                .as_deref()
-                .and_then(|t| serde_json::from_str::<Value>(t).ok());
-            let reply = match exec.reply.as_str() {
-                "hmp" => ReplyTo::Hmp,
-                other => ReplyTo::Qmp {
-                    id: id_value,
-                    hmp_text: other == "qmp-hmp",
-                },
-            };
-            pending_reply = Some((i, reply));
-        }
-    }
-
-    let ram = GuestRam::from_fds(ram_fds.iter().map(dup_block).collect()).map_err(CprError::Ram)?;
-    let machine = Machine::prepare_incoming(&config.machine_config(), ram)?;
-    stamps.machine_ready = now_ns();
-    let status = CprStatus {
-        mode: Some(Mode::Restart),
-        phase: Phase::Incoming,
-        image: Some(exec.image.clone()),
-        resume_after: exec.resume_after,
-        stamps,
-        last: None,
-        last_error: None,
-        reboot: None,
-        blockers: None,
-    };
-    Ok(Adopted {
-        frontends,
-        vm: Vm::Incoming(Incoming {
-            machine: Some(machine),
-            ram_fds,
-            stamps,
-        }),
-        status,
-        pending_reply,
-    })
-}
-
-/// Checks that the image's RAM fds are the ones this process inherited.
-fn check_ram_identity(
-    img: &Image,
-    ram_fds: &[RamBlockFd],
-    names: &[String],
-) -> Result<(), CprError> {
-    for e in img.fd_manifest() {
-        if !matches!(e.kind, FdKind::Memfd | FdKind::RamFile) {
-            continue;
-        }
-        let i = names
-            .iter()
-            .position(|n| *n == e.name)
-            .ok_or_else(|| CprError::RamMissing(e.name.clone()))?;
-        let actual = FdIdentity::of_fd(ram_fds[i].file.as_ref()).map_err(|source| {
-            CprError::RamIdentity {
-                name: e.name.clone(),
-                source: Box::new(source),
-            }
-        })?;
-        e.identity
-            .verify(&e.name, &actual, true)
-            .map_err(|source| CprError::RamIdentity {
-                name: e.name.clone(),
-                source: Box::new(source),
-            })?;
-    }
-    Ok(())
-}
-
-/// cpr-load: verify the image, restore into the waiting VM, resume if the guest ran.
-pub fn load(
-    f: &Frontends,
-    ctl: &mut Controller<Vm>,
-    host: &Host,
-    path: &Path,
-) -> Result<String, CprError> {
-    let inc = match &mut ctl.vm {
-        Vm::Incoming(i) => i,
-        Vm::Active(_) => return Err(CprError::NotIncoming),
-    };
-    inc.stamps.load_started = now_ns();
-    let img = image::open_checked(path, &host.config)?;
-    let names: Vec<String> =
-        image::ram_state(&inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>())
-            .into_iter()
-            .map(|b| b.name)
-            .collect();
-    check_ram_identity(&img, &inc.ram_fds, &names)?;
-    let (state, resume_after) = image::machine_state(&img)?;
-    let prepared = match inc.machine.take() {
-        Some(m) => m,
-        None => Machine::prepare_incoming(
-            &host.config.machine_config(),
-            GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
-                .map_err(CprError::Ram)?,
-        )?,
-    };
-    if let Err(e) = prepared.check(&state) {
-        inc.machine = Some(prepared);
-        return Err(e.into());
-    }
-    let serial: crate::machine::SerialOutput = Box::new(f.serial_output());
-    let mut machine = match prepared.restore(&state, serial, host.machine_events.clone()) {
-        Ok(m) => m,
-        Err(e) => {
-            // The half-restored VM is gone; RAM is intact in the fds. Build a fresh VM so
-            // a corrected cpr-load finds one waiting.
-            let rebuilt = GuestRam::from_fds(inc.ram_fds.iter().map(dup_block).collect())
-                .map_err(CprError::Ram)
-                .and_then(|ram| {
-                    Ok(Machine::prepare_incoming(
-                        &host.config.machine_config(),
-                        ram,
-                    )?)
-                });
-            inc.machine = rebuilt.ok();
-            return Err(e.into());
-        }
-    };
-    let mut t = inc.stamps;
-    t.state_restored = now_ns();
-    if resume_after {
-        machine.resume()?;
-        t.first_vcpu_running = now_ns();
-    }
-    ctl.vm = Vm::Active(machine);
-    ctl.cpr.phase = Phase::None;
-    ctl.cpr.image = Some(path.display().to_string());
-    ctl.cpr.last = Some(t);
-    ctl.cpr.last_error = None;
-    ctl.cpr.resume_after = false;
-    ctl.emit(
-        "CPR_LOAD",
-        Some(json!({
-            "mode": "restart",
-            "filename": path.display().to_string(),
-            "timing": t.to_json(),
-        })),
-    );
-    if resume_after {
-        ctl.emit("RESUME", None);
-    }
-    Ok(String::new())
 }

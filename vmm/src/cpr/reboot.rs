@@ -108,6 +108,8 @@ pub enum RebootError {
         actual: u64,
         expected: u64,
     },
+    #[error("the RAM file {0} did not exist when this vmm started: the guest's memory is gone")]
+    FileMissing(String),
     #[error("cannot read the RAM file {path}")]
     FileStat {
         path: String,
@@ -400,6 +402,7 @@ pub fn open_checked(path: &Path, config: &VmmConfig) -> Result<(Image, RebootRam
 /// Guest RAM for the incoming guest: the RAM file as it is (in-place, checked) or fresh RAM
 /// filled from the image (in-image).
 fn incoming_ram(
+    start_len: Option<u64>,
     old: &Machine,
     config: &VmmConfig,
     img: &Image,
@@ -412,12 +415,10 @@ fn incoming_ram(
             let RamSpec::File { path: p, .. } = &config.ram else {
                 return Err(RebootError::NotTheFile(file).into());
             };
-            let actual = std::fs::metadata(p)
-                .map_err(|source| RebootError::FileStat {
-                    path: p.display().to_string(),
-                    source,
-                })?
-                .len();
+            // As found at start-up, before the machine sized the file.
+            let Some(actual) = start_len else {
+                return Err(RebootError::FileMissing(p.display().to_string()).into());
+            };
             if actual != saved.file_len {
                 return Err(RebootError::FileSize {
                     path: p.display().to_string(),
@@ -484,7 +485,7 @@ pub fn load_with(
     let (img, saved) = open_checked(path, &host.config)?;
     let (state, ran) = image::machine_state(&img)?;
     let resume_after = ran && !keep_paused;
-    let (ram, read) = incoming_ram(old, &host.config, &img, path, &saved)?;
+    let (ram, read) = incoming_ram(ctl.cpr.ram_file_len, old, &host.config, &img, path, &saved)?;
     let prepared = Machine::prepare_incoming(&host.config.machine_config(), ram)?;
     prepared.check(&state)?;
     let serial: crate::machine::SerialOutput = Box::new(f.serial_output());
