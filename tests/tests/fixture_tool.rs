@@ -90,29 +90,7 @@ fn tool_output_on_released_fixtures() {
         for json in [false, true] {
             let j: &[&str] = if json { &["--json"] } else { &[] };
             let suffix = if json { ".json" } else { "" };
-            let cases: [(&str, Vec<&str>); 6] = [
-                (
-                    "schema_check_version_vs_restart_image",
-                    vec![
-                        "schema",
-                        "check",
-                        "--schemas-dir",
-                        schemas,
-                        &r.version,
-                        "restart-counter-1cpu.cpr",
-                    ],
-                ),
-                (
-                    "schema_check_version_vs_reboot_image",
-                    vec![
-                        "schema",
-                        "check",
-                        "--schemas-dir",
-                        schemas,
-                        &r.version,
-                        "reboot-counter-1cpu.cpr",
-                    ],
-                ),
+            let cases: [(&str, Vec<&str>); 4] = [
                 (
                     "diff_1cpu_4cpu",
                     vec![
@@ -149,6 +127,30 @@ fn tool_output_on_released_fixtures() {
                 let mut all = j.to_vec();
                 all.extend(args);
                 insta::assert_snapshot!(format!("{}__{name}{suffix}", r.version), tool(&dir, &all));
+            }
+        }
+        // Stored schemas, each earlier release (and this one) against this one.
+        for old in releases
+            .iter()
+            .take_while(|o| o.version != r.version)
+            .chain([r])
+        {
+            for json in [false, true] {
+                let j: &[&str] = if json { &["--json"] } else { &[] };
+                let suffix = if json { ".json" } else { "" };
+                let mut args = j.to_vec();
+                args.extend([
+                    "schema",
+                    "check",
+                    "--schemas-dir",
+                    schemas,
+                    &old.version,
+                    &r.version,
+                ]);
+                insta::assert_snapshot!(
+                    format!("{}__schema_check_{}{suffix}", r.version, old.version),
+                    tool(&dir, &args)
+                );
             }
         }
         // The lossless JSON form of the smallest fixture (`json` has no table form).
