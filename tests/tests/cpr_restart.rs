@@ -274,6 +274,14 @@ fn exec_without_dash_s_is_refused_and_the_guest_resumes() {
         vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())),
         "Error: cpr-exec needs a cpr-save in restart mode first\n"
     );
+    // cont after cpr-save abandons the update: the image is stale now.
+    assert_eq!(vm.hmp.cmd(&format!("cpr-save {img} restart")), "");
+    assert_eq!(vm.hmp.cmd("cont"), "");
+    assert_eq!(
+        vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())),
+        "Error: cpr-exec needs a cpr-save in restart mode first\n"
+    );
+    assert_eq!(vm.status(), "VM status: running\n");
 }
 
 #[test]
@@ -310,7 +318,7 @@ fn a_corrupt_image_is_refused_and_a_good_one_loads_after() {
 }
 
 #[test]
-fn a_different_machine_on_the_new_command_line_is_listed_and_the_guest_kept() {
+fn a_different_machine_is_listed_and_a_corrected_exec_then_loads() {
     let mut vm = LiveVm::start("cpr-mismatch", "counter", MEMFD);
     vm.serial.wait_for("count 2\n");
     let img = vm.image();
@@ -331,6 +339,14 @@ fn a_different_machine_on_the_new_command_line_is_listed_and_the_guest_kept() {
     );
     assert_eq!(vm.status(), "VM status: paused (prelaunch)\n");
     assert_eq!(vm.digest(), digest);
+    // The waiting process execs again with the right command line, and that one loads.
+    assert_eq!(vm.hmp.cmd(&vm.exec_line(&vmm_bin().to_string_lossy())), "");
+    assert_eq!(vm.digest(), digest);
+    assert_eq!(vm.hmp.cmd(&format!("cpr-load {img}")), "");
+    assert_eq!(vm.status(), "VM status: running\n");
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
 }
 
 #[test]
@@ -450,6 +466,70 @@ fn a_pty_serial_keeps_its_path_and_its_reader() {
     let line = format!("cpr-exec {} -S {}", vmm_bin().display(), args.join(" "));
     assert_eq!(hmp.cmd(&line), "");
     assert_eq!(hmp.cmd("info chardev"), info);
+    assert_eq!(hmp.cmd(&format!("cpr-load {img}")), "");
+    let last = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+    loop {
+        let now = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+        if now > last + 3 {
+            break;
+        }
+        out.wait_for(&format!("count {}\n", now + 1));
+    }
+    assert_consecutive(&numbers(&out.seen, "count "), 5, "count");
+}
+
+#[test]
+fn commands_pasted_at_once_run_in_order_across_the_exec() {
+    let mut vm = LiveVm::start("cpr-paste", "counter", MEMFD);
+    vm.serial.wait_for("count 2\n");
+    let img = vm.image();
+    let exec = vm.exec_line(&vmm_bin().to_string_lossy());
+    let paste =
+        format!("cpr-save {img} restart\n{exec}\ninfo status\ncpr-load {img}\ninfo status\n");
+    vm.hmp.0.write_all(paste.as_bytes()).unwrap();
+    let mut out = String::new();
+    while out.matches("(vmm) ").count() < 5 {
+        out.push_str(&cpr_tests::read_until(&mut vm.hmp.0, "(vmm) "));
+    }
+    assert_eq!(
+        out.replace("\r\n", "\n"),
+        "(vmm) (vmm) VM status: paused (prelaunch)\n(vmm) (vmm) VM status: running\n(vmm) "
+    );
+    let c = last_number(&vm, "count ");
+    wait_past(&mut vm, "count ", c);
+    assert_consecutive(&numbers(&vm.serial.seen, "count "), 3, "count");
+}
+
+#[test]
+fn a_stdio_serial_keeps_writing_to_the_same_stdout() {
+    let dir = cpr_tests::Scratch::new("cpr-stdio");
+    let kernel = cpr_tests::guest("counter");
+    let mon = format!(
+        "socket,id=mon,path={},server=on,wait=off",
+        dir.str("mon.sock")
+    );
+    let args = [
+        "-m",
+        "64",
+        "-machine",
+        "memfd-alloc=on",
+        "-kernel",
+        &kernel,
+        "-chardev",
+        &mon,
+        "-monitor",
+        "chardev:mon",
+        "-serial",
+        "stdio",
+    ];
+    let mut vmm = Vmm::spawn(&args);
+    let mut out = cpr_tests::Watch::new(vmm.child.stdout.take().expect("stdout piped"));
+    let (mut hmp, _) = cpr_tests::Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    out.wait_for("count 3\n");
+    let img = dir.str("vm.cpr");
+    assert_eq!(hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let line = format!("cpr-exec {} -S {}", vmm_bin().display(), args.join(" "));
+    assert_eq!(hmp.cmd(&line), "");
     assert_eq!(hmp.cmd(&format!("cpr-load {img}")), "");
     let last = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
     loop {

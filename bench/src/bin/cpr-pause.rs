@@ -6,7 +6,7 @@
 //! its phases. Then runs `cpr-floor` with the same RAM size (execve + KVM VM + memslots +
 //! vCPUs + first run, from a minimal program) and prints both.
 //!
-//! Usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch]
+//! Usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]
 //! By default all of guest RAM is faulted into the vmm before each update (a guest that
 //! used its RAM), as cpr-floor pre-touches its memfd: the exec then pays the same
 //! page-table teardown in both.
@@ -27,6 +27,8 @@ struct Args {
     /// Fault all of guest RAM into the vmm's address space before each update (as a guest
     /// that uses its RAM does), like cpr-floor's pre-touched memfd.
     touch: bool,
+    /// Guest RAM in a hugetlb memfd (reserve pages first: /proc/sys/vm/nr_hugepages).
+    hugetlb: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
         updates: 20,
         vmm: None,
         touch: true,
+        hugetlb: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -53,9 +56,10 @@ fn parse_args() -> Result<Args, String> {
             }
             "--vmm" => a.vmm = Some(PathBuf::from(value("--vmm")?)),
             "--no-touch" => a.touch = false,
+            "--hugetlb" => a.hugetlb = true,
             _ => {
                 return Err(
-                    "usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch]".into(),
+                    "usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]".into(),
                 )
             }
         }
@@ -179,18 +183,29 @@ fn run(a: &Args) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let sock = dir.join("qmp.sock");
     let img = dir.join("vm.cpr");
-    let args: Vec<String> = vec![
-        "-m".into(),
-        format!("{}M", a.mem_mib),
-        "-machine".into(),
-        "memfd-alloc=on".into(),
+    let ram: Vec<String> = if a.hugetlb {
+        vec![
+            "-object".into(),
+            format!(
+                "memory-backend-memfd,id=ram,size={}M,share=on,hugetlb=on",
+                a.mem_mib
+            ),
+            "-machine".into(),
+            "memory-backend=ram".into(),
+        ]
+    } else {
+        vec!["-machine".into(), "memfd-alloc=on".into()]
+    };
+    let mut args: Vec<String> = vec!["-m".into(), format!("{}M", a.mem_mib)];
+    args.extend(ram);
+    args.extend::<Vec<String>>(vec![
         "-kernel".into(),
         kernel.display().to_string(),
         "-serial".into(),
         "null".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", sock.display()),
-    ];
+    ]);
     let mut child = Command::new(&vmm)
         .args(&args)
         .stdin(Stdio::null())
@@ -233,6 +248,11 @@ fn run(a: &Args) -> Result<(), String> {
 
     let floor_out = Command::new(bin_dir.join("cpr-floor"))
         .args(["--mem-mib", &a.mem_mib.to_string(), "--runs", "10"])
+        .args(if a.hugetlb {
+            &["--hugetlb"][..]
+        } else {
+            &[][..]
+        })
         .output()
         .map_err(|e| format!("run cpr-floor (cargo build --release -p vmm-bench): {e}"))?;
     let mut floors: Vec<f64> = String::from_utf8_lossy(&floor_out.stdout)
@@ -242,8 +262,9 @@ fn run(a: &Args) -> Result<(), String> {
 
     let (med, p90, max) = summary(&mut pauses);
     println!(
-        "vmm restart-mode pause, {} MiB memfd RAM ({}), counter guest, {} updates:",
+        "vmm restart-mode pause, {} MiB {} RAM ({}), counter guest, {} updates:",
         a.mem_mib,
+        if a.hugetlb { "hugetlb memfd" } else { "memfd" },
         if a.touch {
             "all of it faulted in before each update"
         } else {

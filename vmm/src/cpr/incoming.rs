@@ -127,6 +127,15 @@ impl VmControl for Vm {
 }
 
 impl Vm {
+    /// Guest RAM, wherever the machine stands (`None` only if an incoming VM could not be
+    /// rebuilt after a failed load).
+    pub fn ram(&self) -> Option<&GuestRam> {
+        match self {
+            Vm::Active(m) => Some(m.ram()),
+            Vm::Incoming(i) => i.machine.as_ref().map(|m| m.ram()),
+        }
+    }
+
     /// Whether serial input may be delivered now. Not between cpr-save and the end of
     /// cpr-load: bytes stay in the chardev's kernel buffer, which survives the exec, instead
     /// of landing in a UART whose state is already saved.

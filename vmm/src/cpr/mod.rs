@@ -9,7 +9,9 @@
 //! have come or gone since cpr-save) and the front end's state (chardevs, monitor sessions,
 //! the pending cpr-exec reply) into a hand-over, itself a small cpr-format image, in a
 //! memfd; clear FD_CLOEXEC on exactly those fds; execve the new binary in place (same PID).
-//! If execve returns, set FD_CLOEXEC again, resume the guest and report why.
+//! If execve returns, set FD_CLOEXEC again, resume the guest and report why. The reply to
+//! cpr-exec comes from the new process once it is ready, so a failed execve is reported on
+//! the very request, and a client's next command (cpr-load) finds the new process waiting.
 //!
 //! **start-up of the new process** ([`adopt`]): read the hand-over, check each inherited
 //! fd's identity, map the RAM memfds at new addresses, build a new KVM VM with memslots,
@@ -20,7 +22,8 @@
 //! compatibility engine, same machine as the new command line, its RAM fds are the ones
 //! inherited), restore the state into the waiting VM, resume the guest if it ran at
 //! cpr-save. A failed load leaves the guest paused with RAM intact; a corrected cpr-load
-//! can follow.
+//! can follow, or a cpr-exec with a corrected command line (the waiting process hands over
+//! again).
 //!
 //! Guest RAM is never copied. Pause = last vCPU stopped .. first vCPU running
 //! ([`timing`]).
@@ -407,8 +410,8 @@ pub fn exec(
             m.resume()?;
             ctl.emit("RESUME", None);
         }
+        ctl.cpr.phase = Phase::None;
     }
-    ctl.cpr.phase = Phase::None;
     Err(err)
 }
 
@@ -422,7 +425,11 @@ fn exec_attempt(
     reply: &ReplyTo,
     argv: &[String],
 ) -> Result<Never, CprError> {
-    if ctl.cpr.phase != Phase::Saved || ctl.cpr.mode != Some(Mode::Restart) {
+    // From Incoming too: a new process whose command line describes another machine
+    // (cpr-load says how) execs again with a corrected one, RAM and connections intact.
+    if !matches!(ctl.cpr.phase, Phase::Saved | Phase::Incoming)
+        || ctl.cpr.mode != Some(Mode::Restart)
+    {
         return Err(CprError::NotSaved);
     }
     let Some(argv0) = argv.first() else {
@@ -436,17 +443,20 @@ fn exec_attempt(
         .map(|a| std::ffi::CString::new(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| CprError::NulInArgv)?;
-    let m = match &ctl.vm {
-        Vm::Active(m) => m,
-        Vm::Incoming(_) => return Err(CprError::Incoming),
-    };
+    // A guest resumed (cont) after cpr-save has moved on from its image.
+    if let Vm::Active(m) = &ctl.vm {
+        if m.run_state() != RunState::Postmigrate {
+            return Err(CprError::NotSaved);
+        }
+    }
+    let ram = ctl.vm.ram().ok_or(CprError::Incoming)?;
     ctl.cpr.stamps.exec_requested = now_ns();
-    let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    let manifest = fds::manifest(ram, &f.chardevs)?;
     let (reply_kind, reply_id) = reply_fields(reply);
     let exec_state = ExecState {
         image: ctl.cpr.image.clone().unwrap_or_default(),
         resume_after: ctl.cpr.resume_after,
-        ram: image::ram_state(&m.ram().descs()),
+        ram: image::ram_state(&ram.descs()),
         origin: f
             .chardevs
             .get(origin)
