@@ -9,6 +9,7 @@
 //! `VMM_BIN=/path/to/vmm` overrides this (e.g. to test an installed binary).
 
 pub mod live;
+pub mod release;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -219,6 +220,9 @@ pub fn read_until(s: &mut UnixStream, suffix: &str) -> String {
                 String::from_utf8_lossy(&got)
             ),
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A read with SO_RCVTIMEO fails with EINTR after SIGSTOP/SIGCONT even without a
+            // signal handler (signal(7)): the machine pausing the test is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!(
                 "error waiting for {suffix:?} ({e}); got {:?}",
                 String::from_utf8_lossy(&got)
@@ -282,6 +286,7 @@ impl RawQmp {
                     String::from_utf8_lossy(&self.pending)
                 ),
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => panic!("QMP read error: {e}"),
             }
         }
@@ -322,7 +327,12 @@ impl Watch {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = r.read(&mut buf) {
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
                 if n == 0
                     || tx
                         .send(String::from_utf8_lossy(&buf[..n]).into_owned())

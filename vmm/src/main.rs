@@ -46,6 +46,24 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        cli::Action::DumpSchema => {
+            use std::io::Write;
+            // write_all, not print!: a closed pipe (`| head`) is an error, not a panic.
+            let written = cpr::schema::dump()
+                .map_err(|e| format!("cannot serialise the schema: {e}"))
+                .and_then(|json| {
+                    std::io::stdout()
+                        .write_all(json.as_bytes())
+                        .map_err(|e| format!("cannot write the schema: {e}"))
+                });
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(msg) => {
+                    eprintln!("vmm: {msg}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         cli::Action::Run(config) if config.only_cpr_capable => {
             match cpr::capable::check_only_cpr_capable(&config) {
                 Ok(()) => run(&config),

@@ -99,6 +99,8 @@ pub enum Action {
     Run(Box<VmmConfig>),
     Version,
     Help,
+    /// `--dump-schema`: print the schema of every section this binary writes and reads.
+    DumpSchema,
 }
 
 /// A command-line error: printed as one line `vmm: <message>`, exit status 1.
@@ -121,6 +123,7 @@ usage: vmm [options]
 Standard options:
 -h or -help          display this help and exit
 -version             display version information and exit
+-dump-schema         print the schema of every saved section (JSON) and exit
 -name NAME           set the name of the guest
 -m [size=]MEGS[k|M|G] configure guest RAM (default 128M)
 -smp [cpus=]N        set the number of vCPUs
@@ -192,6 +195,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Action, Cli
         match (name, value) {
             ("h" | "help", _) => return Ok(Action::Help),
             ("version", _) => return Ok(Action::Version),
+            ("dump-schema", _) => return Ok(Action::DumpSchema),
             ("S", _) => b.start_paused = true,
             ("only-cpr-capable", _) => b.only_cpr_capable = true,
             // Habits from QEMU that mean what this VMM always does: KVM, no display.

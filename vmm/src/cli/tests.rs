@@ -63,6 +63,8 @@ fn defaults_and_basic_options() {
     );
     assert_eq!(parse(&["-version"]), Ok(Action::Version));
     assert_eq!(parse(&["--help"]), Ok(Action::Help));
+    assert_eq!(parse(&["--dump-schema"]), Ok(Action::DumpSchema));
+    assert_eq!(parse(&["-dump-schema"]), Ok(Action::DumpSchema));
 }
 
 #[test]
