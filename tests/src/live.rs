@@ -52,11 +52,16 @@ impl LiveVm {
     pub fn start(test: &str, guest_name: &str, extra: &[&str]) -> LiveVm {
         let dir = Scratch::new(test);
         let args = guest_args(&dir, guest_name, extra);
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Start paused and `cont` once the serial client is connected: serial output with no
+        // client is dropped, and a guest that prints once (echo's "echo ready") would race.
+        let argv: Vec<&str> = std::iter::once("-S")
+            .chain(args.iter().map(String::as_str))
+            .collect();
         let mut vmm = Vmm::spawn(&argv);
         let serial_in = vmm.connect(dir.path("ser.sock").as_path());
         let serial = Watch::new(serial_in.try_clone().expect("clone serial socket"));
-        let (hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+        let (mut hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+        assert_eq!(hmp.cmd("cont"), "", "cont after connecting the serial client");
         LiveVm {
             dir,
             vmm,
