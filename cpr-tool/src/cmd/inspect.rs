@@ -127,7 +127,7 @@ fn overview(args: &InspectArgs, img: &Image) -> Overview {
                 sections: img
                     .sections()
                     .iter()
-                    .filter(|s| s.instance == d.id)
+                    .filter(|s| super::verify::is_device_section(s, &d.id))
                     .map(|s| s.name.clone())
                     .collect(),
                 fds: img

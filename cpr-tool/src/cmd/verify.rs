@@ -369,7 +369,13 @@ fn chardev_role_kind(role: &str) -> Option<FdKind> {
 fn fd_owner_problem(f: &FdEntry, devices: &[DeviceDesc]) -> Option<String> {
     let is_device = |id: &str| devices.iter().any(|d| d.id == id);
     let expect = |kind: FdKind, what: &str| {
-        (f.kind != kind).then(|| format!("{}: {what} but its kind is {:?}", f.name, f.kind))
+        (f.kind != kind).then(|| {
+            format!(
+                "{}: {what} but its kind is {}",
+                f.name,
+                crate::cmd::inspect::fd_kind_name(&f.kind)
+            )
+        })
     };
     if let Some(rest) = f.name.strip_prefix("chardev.") {
         let Some((id, role)) = rest.rsplit_once('.').filter(|(id, _)| !id.is_empty()) else {
@@ -411,7 +417,7 @@ fn fd_owner_problem(f: &FdEntry, devices: &[DeviceDesc]) -> Option<String> {
     let owner = f.name.split('.').next().unwrap_or(&f.name);
     (!is_device(owner)).then(|| {
         format!(
-            "{}: no device {owner} owns this fd (nor is it a RAM block, chardev. or vfio- fd)",
+            "{}: no device {owner}, chardev or VFIO object owns this fd",
             f.name
         )
     })
@@ -445,7 +451,7 @@ fn fd_check(img: &Image) -> Check {
         ok(
             "fd manifest",
             format!(
-                "{} descriptor{}, numbers unique, each owned as docs/FORMAT.md names it",
+                "{} descriptor{}, numbers unique, each with a known owner",
                 fds.len(),
                 plural(fds.len())
             ),
@@ -453,6 +459,12 @@ fn fd_check(img: &Image) -> Check {
     } else {
         failed("fd manifest", Status::Error, problems)
     }
+}
+
+/// Whether section `s` holds device `id`'s state (docs/FORMAT.md): its instance is the id,
+/// or, for a device with one instance, it is named after the device (instance "0", `pm`).
+pub fn is_device_section(s: &cpr_format::Section, id: &str) -> bool {
+    s.instance == id || (s.name == id && s.instance == "0")
 }
 
 /// Device kinds that have no state to save (docs/FORMAT.md): the debug-exit port only
@@ -496,12 +508,7 @@ fn machine_check(img: &Image) -> Vec<Check> {
         if !ids.insert(d.id.as_str()) {
             errors.push(format!("device id {} is used twice", d.id));
         }
-        // A device's state is the section instance named by its id, or, for a device
-        // with one instance, the section named after it (instance "0", e.g. `pm`).
-        let saved = img
-            .sections()
-            .iter()
-            .any(|s| s.instance == d.id || (s.name == d.id && s.instance == "0"));
+        let saved = img.sections().iter().any(|s| is_device_section(s, &d.id));
         if !saved && !STATELESS_KINDS.contains(&d.kind.as_str()) {
             warnings.push(format!(
                 "device {} has no section: its state is not saved",
