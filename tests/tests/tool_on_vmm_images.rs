@@ -119,18 +119,60 @@ fn restart_image_with_socket_chardevs_verifies() {
     );
 }
 
+/// A RAM file's fd is in the manifest too, named after its block.
+#[test]
+fn restart_image_with_a_ram_file_verifies() {
+    let dir = Scratch::new("tool-restart-file");
+    let shm = ShmFile(format!(
+        "/dev/shm/cpr-tests-{}-tool-restart",
+        std::process::id()
+    ));
+    let obj = format!(
+        "memory-backend-file,id=ram0,size=64M,mem-path={},share=on",
+        shm.0
+    );
+    let save = format!("cpr-save {} restart", dir.str("f.cpr"));
+    save_with_vmm(
+        &dir,
+        &[
+            "-object",
+            &obj,
+            "-machine",
+            "memory-backend=ram0",
+            "-serial",
+            "null",
+        ],
+        &[],
+        |_| Vec::new(),
+        &[(&save, "")],
+    );
+    assert_tool_accepts(&dir, "f.cpr", &["ram_file", shm.0.as_str()]);
+}
+
 #[test]
 fn reboot_image_with_ram_in_image_verifies() {
     let dir = Scratch::new("tool-reboot-in-image");
     let save = format!("cpr-save {} reboot", dir.str("b.cpr"));
     save_with_vmm(
         &dir,
-        &["-m", "64", "-machine", "memfd-alloc=on", "-serial", "null"],
+        // Two vCPUs: verify matches the `cpu` sections' instances to the count.
+        &[
+            "-m",
+            "64",
+            "-smp",
+            "2",
+            "-machine",
+            "memfd-alloc=on",
+            "-serial",
+            "null",
+        ],
         &[],
         |_| Vec::new(),
         &[("stop", ""), (&save, "RAM in image: ")],
     );
     assert_tool_accepts(&dir, "b.cpr", &["ram.ram-below-4g.0", "reboot.ram"]);
+    let (_, out, _) = tool(&dir, &["verify", "b.cpr"]);
+    assert!(out.contains("2 vCPUs"), "{out}");
 }
 
 #[test]

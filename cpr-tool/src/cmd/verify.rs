@@ -287,7 +287,24 @@ fn ram_check(img: &Image) -> Check {
                 }
                 false
             }
-            (RamBacking::File { .. }, _) => false,
+            // The vmm passes a RAM file's fd too (named after the block) but could reopen
+            // the path; when listed, the file must be able to hold the block (several
+            // blocks may share one file, at different offsets).
+            (RamBacking::File { .. }, _) => {
+                let named = fds
+                    .iter()
+                    .find(|f| is_ram_fd(&f.kind) && (f.name == region_name || f.name == b.name));
+                if let Some(f) = named {
+                    used.insert(f.name.as_str());
+                    if f.identity.size < b.size {
+                        problems.push(format!(
+                            "{}: RAM file fd {} is {} bytes, smaller than the block's {}",
+                            b.name, f.name, f.identity.size, b.size
+                        ));
+                    }
+                }
+                false
+            }
             (RamBacking::Memfd | RamBacking::Hugetlb, _) => true,
         };
         if !needs_fd {
@@ -477,7 +494,9 @@ fn machine_check(img: &Image) -> Vec<Check> {
     let vcpus = h.machine.vcpus;
     let mut errors = Vec::new();
     let mut cpu_sections: HashMap<&str, HashSet<u32>> = HashMap::new();
-    for s in img.sections().iter().filter(|s| s.name.starts_with("cpu.")) {
+    // The vmm writes one `cpu` section per vCPU; other writers split it (`cpu.regs`, ...).
+    let per_vcpu = |n: &str| n == "cpu" || n.starts_with("cpu.");
+    for s in img.sections().iter().filter(|s| per_vcpu(&s.name)) {
         match s.instance.parse::<u32>() {
             Ok(i) if i < vcpus => {
                 cpu_sections.entry(&s.name).or_default().insert(i);
