@@ -147,7 +147,23 @@ fn chardev_and_vfio_fds_follow_the_vmm_naming() {
         let mut dev = named("vfio-device-nic9");
         dev["kind"] = json!("vfio_device");
         dev["fd"] = json!(24);
-        fds.extend([listener, group, role, kind, dev]);
+        let mut container = named("vfio-container");
+        container["kind"] = json!("vfio_container");
+        container["fd"] = json!(25);
+        let mut nic = named("vfio-device-nic0");
+        nic["kind"] = json!("vfio_device");
+        nic["fd"] = json!(26);
+        let mut irq = named("vfio-irq-nic0-msix3");
+        irq["kind"] = json!("event_fd");
+        irq["fd"] = json!(27);
+        let mut stray = named("vfio-irq-nic9-intx");
+        stray["kind"] = json!("event_fd");
+        stray["fd"] = json!(28);
+        fds.extend([listener, group, role, kind, dev, container, nic, irq, stray]);
+        d["header"]["machine"]["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": "nic0", "kind": "vfio-pci,host=0000:00:04.0"}));
     });
     assert_eq!(code, 1);
     assert_eq!(
@@ -155,7 +171,8 @@ fn chardev_and_vfio_fds_follow_the_vmm_naming() {
         (
             "error",
             "chardev.mon.reader: chardev mon has no fd role reader; chardev.mon.client: \
-             chardev mon's client but its kind is pty; vfio-device-nic9: no device nic9 is assigned"
+             chardev mon's client but its kind is pty; vfio-device-nic9: no device nic9 is assigned; \
+             vfio-irq-nic9-intx: no assigned device owns this interrupt"
         )
     );
 }
