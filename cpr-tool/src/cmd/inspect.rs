@@ -133,7 +133,7 @@ fn overview(args: &InspectArgs, img: &Image) -> Overview {
                 fds: img
                     .fd_manifest()
                     .iter()
-                    .filter(|f| f.name.split('.').next() == Some(d.id.as_str()))
+                    .filter(|f| super::verify::fd_of_device(&f.name, &d.id))
                     .map(|f| f.name.clone())
                     .collect(),
             })

@@ -484,6 +484,17 @@ pub fn is_device_section(s: &cpr_format::Section, id: &str) -> bool {
     s.instance == id || (s.name == id && s.instance == "0")
 }
 
+/// Whether the fd entry `name` belongs to device `id` (docs/FORMAT.md): `ID`, `ID.anything`,
+/// or an assigned device's `vfio-device-ID` / `vfio-irq-ID-...`.
+pub fn fd_of_device(name: &str, id: &str) -> bool {
+    name.split('.').next() == Some(id)
+        || name.strip_prefix("vfio-device-") == Some(id)
+        || name
+            .strip_prefix("vfio-irq-")
+            .and_then(|r| r.strip_prefix(id))
+            .is_some_and(|r| r.starts_with('-'))
+}
+
 /// Device kinds that have no state to save (docs/FORMAT.md): the debug-exit port only
 /// ends the VMM when written.
 const STATELESS_KINDS: &[&str] = &["isa-debug-exit"];
