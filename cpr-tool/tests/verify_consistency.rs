@@ -114,9 +114,79 @@ fn fd_numbers_are_unique_and_back_ends_owned() {
         check(&v, "fd manifest"),
         (
             "error",
-            "ram.pc.ram and serial9.pty share fd 10; serial9.pty: no device serial9 owns this back-end"
+            "ram.pc.ram and serial9.pty share fd 10; serial9.pty: no device serial9, chardev \
+             or VFIO object owns this fd"
         )
     );
+}
+
+#[test]
+fn chardev_and_vfio_fds_follow_the_vmm_naming() {
+    let (code, v) = verify_edited("verify-fd-names", "vm-0.1.0.cpr", |d| {
+        let fd = d["fds"][1].clone();
+        let named = |name: &str| {
+            let mut f = fd.clone();
+            f["name"] = json!(name);
+            f
+        };
+        let fds = d["fds"].as_array_mut().unwrap();
+        fds.truncate(1);
+        // Accepted: a chardev's listener, and a group fd of the right kind.
+        let mut listener = named("chardev.mon.listener");
+        listener["kind"] = json!("listening_socket");
+        listener["fd"] = json!(20);
+        let mut group = named("vfio-group-7");
+        group["kind"] = json!("vfio_group");
+        group["fd"] = json!(21);
+        // Refused: a role the vmm does not write, a wrong kind, an unassigned device.
+        let mut role = named("chardev.mon.reader");
+        role["fd"] = json!(22);
+        let mut kind = named("chardev.mon.client");
+        kind["kind"] = json!("pty");
+        kind["fd"] = json!(23);
+        let mut dev = named("vfio-device-nic9");
+        dev["kind"] = json!("vfio_device");
+        dev["fd"] = json!(24);
+        let mut container = named("vfio-container");
+        container["kind"] = json!("vfio_container");
+        container["fd"] = json!(25);
+        let mut nic = named("vfio-device-nic0");
+        nic["kind"] = json!("vfio_device");
+        nic["fd"] = json!(26);
+        let mut irq = named("vfio-irq-nic0-msix3");
+        irq["kind"] = json!("event_fd");
+        irq["fd"] = json!(27);
+        let mut stray = named("vfio-irq-nic9-intx");
+        stray["kind"] = json!("event_fd");
+        stray["fd"] = json!(28);
+        fds.extend([listener, group, role, kind, dev, container, nic, irq, stray]);
+        d["header"]["machine"]["devices"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": "nic0", "kind": "vfio-pci,host=0000:00:04.0"}));
+    });
+    assert_eq!(code, 1);
+    assert_eq!(
+        check(&v, "fd manifest"),
+        (
+            "error",
+            "chardev.mon.reader: chardev mon has no fd role reader; chardev.mon.client: \
+             chardev mon's client but its kind is pty; vfio-device-nic9: no device nic9 is assigned; \
+             vfio-irq-nic9-intx: no assigned device owns this interrupt"
+        )
+    );
+}
+
+#[test]
+fn ram_regions_lie_inside_their_block() {
+    let (code, v) = verify_edited("verify-regions", "reboot-0.2.0.cpr", |d| {
+        d["regions"][0]["name"] = json!("ram.pc.ram.fffff000");
+    });
+    assert_eq!(code, 1);
+    let (status, detail) = check(&v, "ram blocks");
+    assert_eq!(status, "error");
+    assert!(detail.contains("region ram.pc.ram.fffff000"), "{detail}");
+    assert!(detail.contains("ends past the block's"), "{detail}");
 }
 
 #[test]

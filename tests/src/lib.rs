@@ -33,53 +33,64 @@ pub fn workspace_root() -> PathBuf {
 /// Path of an up-to-date `vmm` binary (see the module docs).
 pub fn vmm_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("VMM_BIN") {
-            return PathBuf::from(p);
+    BIN.get_or_init(|| built_bin("vmm", "VMM_BIN")).clone()
+}
+
+/// Path of an up-to-date `cpr-tool` binary, built the same way (`CPR_TOOL_BIN` overrides).
+pub fn cpr_tool_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built_bin("cpr-tool", "CPR_TOOL_BIN"))
+        .clone()
+}
+
+/// `cargo build -p NAME --bin NAME` into the test's own target directory and profile.
+fn built_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            name,
+            "--bin",
+            name,
+            "--target-dir",
+        ])
+        .arg(target_dir);
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
         }
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable lives in <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "vmm",
-                "--bin",
-                "vmm",
-                "--target-dir",
-            ])
-            .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
+        other => {
+            cmd.args(["--profile", other]);
         }
-        let out = cmd.output().expect("run cargo build -p vmm");
-        assert!(
-            out.status.success(),
-            "cargo build -p vmm failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = profile_dir.join("vmm");
-        assert!(bin.exists(), "{} missing after cargo build", bin.display());
-        bin
-    })
-    .clone()
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo build -p {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "cargo build -p {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir.join(name);
+    assert!(bin.exists(), "{} missing after cargo build", bin.display());
+    bin
 }
 
 /// A fresh scratch directory for one test (sockets, files), removed on drop.

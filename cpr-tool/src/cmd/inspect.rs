@@ -127,13 +127,13 @@ fn overview(args: &InspectArgs, img: &Image) -> Overview {
                 sections: img
                     .sections()
                     .iter()
-                    .filter(|s| s.instance == d.id)
+                    .filter(|s| super::verify::is_device_section(s, &d.id))
                     .map(|s| s.name.clone())
                     .collect(),
                 fds: img
                     .fd_manifest()
                     .iter()
-                    .filter(|f| f.name.split('.').next() == Some(d.id.as_str()))
+                    .filter(|f| super::verify::fd_of_device(&f.name, &d.id))
                     .map(|f| f.name.clone())
                     .collect(),
             })

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cpr_format::{FdKind, Image, Mode, RamBacking};
+use cpr_format::{DeviceDesc, FdEntry, FdKind, Image, Mode, RamBacking, RamBlockDesc};
 use serde::Serialize;
 
 use crate::cli::VerifyArgs;
@@ -194,30 +194,87 @@ fn is_ram_fd(k: &FdKind) -> bool {
     matches!(k, FdKind::Memfd | FdKind::RamFile)
 }
 
+/// The vmm's section listing where reboot-mode RAM is kept (docs/FORMAT.md).
+const REBOOT_RAM: &str = "reboot.ram";
+
+/// The RAM block a region named `ram.BLOCK.OFFSET` (OFFSET in hex) or `ram.BLOCK` (the
+/// whole block) belongs to, with the offset; block names may contain dots.
+fn region_block<'a>(name: &str, blocks: &'a [RamBlockDesc]) -> Option<&'a RamBlockDesc> {
+    region_place(name, blocks).map(|(b, _)| b)
+}
+
+fn region_place<'a>(
+    name: &str,
+    blocks: &'a [RamBlockDesc],
+) -> Option<(&'a RamBlockDesc, Option<u64>)> {
+    let rest = name.strip_prefix("ram.")?;
+    if let Some(b) = blocks.iter().find(|b| b.name == rest) {
+        return Some((b, None));
+    }
+    let (block, offset) = rest.rsplit_once('.')?;
+    let offset = u64::from_str_radix(offset, 16).ok()?;
+    blocks
+        .iter()
+        .find(|b| b.name == block)
+        .map(|b| (b, Some(offset)))
+}
+
+/// Every `ram.` region belongs to a block and lies inside it; a whole-block region
+/// (`ram.BLOCK`) holds exactly the block.
+fn region_problems(img: &Image) -> Vec<String> {
+    let blocks = &img.header().machine.ram_blocks;
+    let mut problems = Vec::new();
+    for r in img.regions().iter().filter(|r| r.name.starts_with("ram.")) {
+        match region_place(&r.name, blocks) {
+            None => problems.push(format!(
+                "region {}: names no RAM block (ram.BLOCK or ram.BLOCK.OFFSET)",
+                r.name
+            )),
+            Some((b, None)) if r.length != b.size => problems.push(format!(
+                "{}: region {} holds {} bytes, the block is {}",
+                b.name, r.name, r.length, b.size
+            )),
+            Some((b, Some(offset)))
+                if offset.checked_add(r.length).is_none_or(|end| end > b.size) =>
+            {
+                problems.push(format!(
+                    "{}: region {} ({} bytes at offset {offset:#x}) ends past the block's {} bytes",
+                    b.name, r.name, r.length, b.size
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
 /// RAM blocks against the fd manifest and regions, by mode.
 fn ram_check(img: &Image) -> Check {
     let h = img.header();
     let fds = img.fd_manifest();
     let mut problems = Vec::new();
     let mut used: HashSet<&str> = HashSet::new();
+    problems.extend(region_problems(img));
     for b in &h.machine.ram_blocks {
         let region_name = format!("ram.{}", b.name);
         let region = img.region(&region_name);
         let needs_fd = match (&b.backing, h.mode) {
-            // Only data in a region or a persistent file survives a host reboot.
+            // Only data in regions or a persistent file survives a host reboot. The vmm
+            // writes no region for a block whose pages are all zero, and lists its runs in
+            // its reboot.ram section, so a block without regions is fine when that is there.
             (RamBacking::File { .. }, Mode::Reboot) => false,
             (_, Mode::Reboot) => {
-                match region {
-                    None => problems.push(format!(
-                        "{}: {} RAM does not survive a reboot and has no region {region_name}",
+                let has_region = img
+                    .regions()
+                    .iter()
+                    .any(|r| region_block(&r.name, &h.machine.ram_blocks) == Some(b));
+                if !has_region && img.find(REBOOT_RAM, "0").is_none() {
+                    problems.push(format!(
+                        "{}: {} RAM does not survive a reboot and has no region \
+                         {region_name}.OFFSET (nor a {REBOOT_RAM} section)",
                         b.name,
                         crate::cmd::inspect::backing_name(&b.backing)
-                    )),
-                    Some(r) if r.length != b.size => problems.push(format!(
-                        "{}: region {region_name} holds {} bytes, the block is {}",
-                        b.name, r.length, b.size
-                    )),
-                    Some(_) => {}
+                    ));
                 }
                 false
             }
@@ -230,7 +287,24 @@ fn ram_check(img: &Image) -> Check {
                 }
                 false
             }
-            (RamBacking::File { .. }, _) => false,
+            // The vmm passes a RAM file's fd too (named after the block) but could reopen
+            // the path; when listed, the file must be able to hold the block (several
+            // blocks may share one file, at different offsets).
+            (RamBacking::File { .. }, _) => {
+                let named = fds
+                    .iter()
+                    .find(|f| is_ram_fd(&f.kind) && (f.name == region_name || f.name == b.name));
+                if let Some(f) = named {
+                    used.insert(f.name.as_str());
+                    if f.identity.size < b.size {
+                        problems.push(format!(
+                            "{}: RAM file fd {} is {} bytes, smaller than the block's {}",
+                            b.name, f.name, f.identity.size, b.size
+                        ));
+                    }
+                }
+                false
+            }
             (RamBacking::Memfd | RamBacking::Hugetlb, _) => true,
         };
         if !needs_fd {
@@ -294,7 +368,79 @@ fn ram_check(img: &Image) -> Check {
     }
 }
 
-/// Descriptor numbers and device references in the fd manifest.
+/// The kind the vmm gives a `chardev.ID.ROLE` entry (docs/FORMAT.md, "Conventions used by
+/// the vmm"), or None for a role it does not write.
+fn chardev_role_kind(role: &str) -> Option<FdKind> {
+    match role {
+        "listener" => Some(FdKind::ListeningSocket),
+        "client" => Some(FdKind::Socket),
+        "pty-master" => Some(FdKind::Pty),
+        "file" => Some(FdKind::Other("chardev-file".into())),
+        _ => None,
+    }
+}
+
+/// The problem with a non-RAM fd entry's name and kind, by the documented owners: a chardev
+/// (`chardev.ID.ROLE`), the VFIO container, groups, devices and their interrupts (`vfio-`),
+/// or a device of the machine (`ID` or `ID.anything`).
+fn fd_owner_problem(f: &FdEntry, devices: &[DeviceDesc]) -> Option<String> {
+    let is_device = |id: &str| devices.iter().any(|d| d.id == id);
+    let expect = |kind: FdKind, what: &str| {
+        (f.kind != kind).then(|| {
+            format!(
+                "{}: {what} but its kind is {}",
+                f.name,
+                crate::cmd::inspect::fd_kind_name(&f.kind)
+            )
+        })
+    };
+    if let Some(rest) = f.name.strip_prefix("chardev.") {
+        let Some((id, role)) = rest.rsplit_once('.').filter(|(id, _)| !id.is_empty()) else {
+            return Some(format!("{}: not chardev.ID.ROLE", f.name));
+        };
+        return match chardev_role_kind(role) {
+            None => Some(format!("{}: chardev {id} has no fd role {role}", f.name)),
+            Some(kind) => expect(kind, &format!("chardev {id}'s {role}")),
+        };
+    }
+    if f.name == "vfio-container" {
+        return expect(FdKind::VfioContainer, "the VFIO container");
+    }
+    if let Some(group) = f.name.strip_prefix("vfio-group-") {
+        if group.parse::<u32>().is_err() {
+            return Some(format!("{}: {group} is not an IOMMU group number", f.name));
+        }
+        return expect(FdKind::VfioGroup, "a VFIO group");
+    }
+    if let Some(id) = f.name.strip_prefix("vfio-device-") {
+        if !is_device(id) {
+            return Some(format!("{}: no device {id} is assigned", f.name));
+        }
+        return expect(FdKind::VfioDevice, &format!("device {id}"));
+    }
+    if let Some(rest) = f.name.strip_prefix("vfio-irq-") {
+        let owner = devices.iter().any(|d| {
+            rest.strip_prefix(d.id.as_str())
+                .is_some_and(|s| s.starts_with('-'))
+        });
+        if !owner {
+            return Some(format!(
+                "{}: no assigned device owns this interrupt",
+                f.name
+            ));
+        }
+        return expect(FdKind::EventFd, "an interrupt eventfd");
+    }
+    let owner = f.name.split('.').next().unwrap_or(&f.name);
+    (!is_device(owner)).then(|| {
+        format!(
+            "{}: no device {owner}, chardev or VFIO object owns this fd",
+            f.name
+        )
+    })
+}
+
+/// Descriptor numbers, and each fd's owner by its name (docs/FORMAT.md conventions).
 fn fd_check(img: &Image) -> Check {
     let h = img.header();
     let fds = img.fd_manifest();
@@ -313,22 +459,16 @@ fn fd_check(img: &Image) -> Check {
         } else if let Some(other) = numbers.insert(f.fd, &f.name) {
             problems.push(format!("{} and {} share fd {}", other, f.name, f.fd));
         }
-        let device_backend = matches!(
-            f.kind,
-            FdKind::Pty | FdKind::Socket | FdKind::ListeningSocket | FdKind::Tap
-        );
-        if device_backend {
-            let owner = f.name.split('.').next().unwrap_or(&f.name);
-            if !h.machine.devices.iter().any(|d| d.id == owner) {
-                problems.push(format!("{}: no device {owner} owns this back-end", f.name));
-            }
+        // RAM fds are matched to blocks by ram_check.
+        if !is_ram_fd(&f.kind) {
+            problems.extend(fd_owner_problem(f, &h.machine.devices));
         }
     }
     if problems.is_empty() {
         ok(
             "fd manifest",
             format!(
-                "{} descriptor{}, numbers unique, back-ends owned by devices",
+                "{} descriptor{}, numbers unique, each with a known owner",
                 fds.len(),
                 plural(fds.len())
             ),
@@ -338,13 +478,36 @@ fn fd_check(img: &Image) -> Check {
     }
 }
 
+/// Whether section `s` holds device `id`'s state (docs/FORMAT.md): its instance is the id,
+/// or, for a device with one instance, it is named after the device (instance "0", `pm`).
+pub fn is_device_section(s: &cpr_format::Section, id: &str) -> bool {
+    s.instance == id || (s.name == id && s.instance == "0")
+}
+
+/// Whether the fd entry `name` belongs to device `id` (docs/FORMAT.md): `ID`, `ID.anything`,
+/// or an assigned device's `vfio-device-ID` / `vfio-irq-ID-...`.
+pub fn fd_of_device(name: &str, id: &str) -> bool {
+    name.split('.').next() == Some(id)
+        || name.strip_prefix("vfio-device-") == Some(id)
+        || name
+            .strip_prefix("vfio-irq-")
+            .and_then(|r| r.strip_prefix(id))
+            .is_some_and(|r| r.starts_with('-'))
+}
+
+/// Device kinds that have no state to save (docs/FORMAT.md): the debug-exit port only
+/// ends the VMM when written.
+const STATELESS_KINDS: &[&str] = &["isa-debug-exit"];
+
 /// vCPU sections against the vCPU count, devices against device sections.
 fn machine_check(img: &Image) -> Vec<Check> {
     let h = img.header();
     let vcpus = h.machine.vcpus;
     let mut errors = Vec::new();
     let mut cpu_sections: HashMap<&str, HashSet<u32>> = HashMap::new();
-    for s in img.sections().iter().filter(|s| s.name.starts_with("cpu.")) {
+    // The vmm writes one `cpu` section per vCPU; other writers split it (`cpu.regs`, ...).
+    let per_vcpu = |n: &str| n == "cpu" || n.starts_with("cpu.");
+    for s in img.sections().iter().filter(|s| per_vcpu(&s.name)) {
         match s.instance.parse::<u32>() {
             Ok(i) if i < vcpus => {
                 cpu_sections.entry(&s.name).or_default().insert(i);
@@ -375,7 +538,8 @@ fn machine_check(img: &Image) -> Vec<Check> {
         if !ids.insert(d.id.as_str()) {
             errors.push(format!("device id {} is used twice", d.id));
         }
-        if !img.sections().iter().any(|s| s.instance == d.id) {
+        let saved = img.sections().iter().any(|s| is_device_section(s, &d.id));
+        if !saved && !STATELESS_KINDS.contains(&d.kind.as_str()) {
             warnings.push(format!(
                 "device {} has no section: its state is not saved",
                 d.id
