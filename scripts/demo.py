@@ -26,26 +26,32 @@ def fail(msg):
     sys.exit(1)
 
 
+def connect_unix(path, what):
+    """Connects to a UNIX socket the vmm is about to create (it may not exist yet)."""
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            sock.settimeout(PATIENCE)
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                fail(f"no {what} at {path}")
+            time.sleep(0.05)
+
+
 class Hmp:
     """A line-oriented HMP client on the monitor's UNIX socket."""
 
     def __init__(self, path):
-        deadline = time.monotonic() + PATIENCE
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    fail(f"no monitor at {path}")
-                time.sleep(0.05)
+        self.sock = connect_unix(path, "monitor")
         self.buf = b""
         self._until_prompt()  # banner
 
     def _until_prompt(self):
         deadline = time.monotonic() + PATIENCE
-        self.sock.settimeout(PATIENCE)
         while b"(vmm) " not in self.buf:
             if time.monotonic() > deadline:
                 fail("monitor stopped answering")
@@ -68,17 +74,7 @@ class Serial:
     """The guest's COM1, on a UNIX socket chardev."""
 
     def __init__(self, path):
-        deadline = time.monotonic() + PATIENCE
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    fail(f"no serial socket at {path}")
-                time.sleep(0.05)
-        self.sock.settimeout(PATIENCE)
+        self.sock = connect_unix(path, "serial socket")
         self.seen = ""
 
     def wait_for_lines(self, n):
