@@ -61,7 +61,11 @@ impl LiveVm {
         let serial_in = vmm.connect(dir.path("ser.sock").as_path());
         let serial = Watch::new(serial_in.try_clone().expect("clone serial socket"));
         let (mut hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
-        assert_eq!(hmp.cmd("cont"), "", "cont after connecting the serial client");
+        assert_eq!(
+            hmp.cmd("cont"),
+            "",
+            "cont after connecting the serial client"
+        );
         LiveVm {
             dir,
             vmm,

@@ -83,3 +83,30 @@ fn version_and_help_exit_zero() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("-chardev"));
 }
+
+/// Runs vmm with stdout on a pipe whose reader is already closed (what `| head -1` leaves
+/// once head has its line): the output ends quietly, exit status 0, no panic.
+fn assert_quiet_on_closed_pipe(args: &[&str]) {
+    let (reader, writer) = std::io::pipe().expect("creating a pipe");
+    drop(reader);
+    let out = std::process::Command::new(cpr_tests::vmm_bin())
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("running vmm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "args {args:?}; stderr {stderr}"
+    );
+    assert_eq!(stderr, "", "args {args:?}");
+    assert_eq!(out.status.code(), Some(0), "args {args:?}");
+}
+
+#[test]
+fn version_help_and_schema_into_a_closed_pipe_end_quietly() {
+    assert_quiet_on_closed_pipe(&["-version"]);
+    assert_quiet_on_closed_pipe(&["-h"]);
+    assert_quiet_on_closed_pipe(&["--dump-schema"]);
+}

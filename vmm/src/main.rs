@@ -35,35 +35,22 @@ fn main() -> ExitCode {
         }
     };
     match action {
-        cli::Action::Help => {
-            print!("{}", cli::HELP);
-            ExitCode::SUCCESS
-        }
-        cli::Action::Version => {
-            println!("vmm version {}", version::version());
-            println!(
-                "A KVM virtual machine monitor with live update (cpr-save / cpr-exec / cpr-load)"
-            );
-            ExitCode::SUCCESS
-        }
-        cli::Action::DumpSchema => {
-            use std::io::Write;
-            // write_all, not print!: a closed pipe (`| head`) is an error, not a panic.
-            let written = cpr::schema::dump()
-                .map_err(|e| format!("cannot serialise the schema: {e}"))
-                .and_then(|json| {
-                    std::io::stdout()
-                        .write_all(json.as_bytes())
-                        .map_err(|e| format!("cannot write the schema: {e}"))
-                });
-            match written {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(msg) => {
-                    eprintln!("vmm: {msg}");
-                    ExitCode::from(1)
-                }
+        cli::Action::Help => write_stdout(cli::HELP, "help"),
+        cli::Action::Version => write_stdout(
+            &format!(
+                "vmm version {}\nA KVM virtual machine monitor with live update \
+                 (cpr-save / cpr-exec / cpr-load)\n",
+                version::version()
+            ),
+            "version",
+        ),
+        cli::Action::DumpSchema => match cpr::schema::dump() {
+            Ok(json) => write_stdout(&json, "schema"),
+            Err(e) => {
+                eprintln!("vmm: cannot serialise the schema: {e}");
+                ExitCode::from(1)
             }
-        }
+        },
         cli::Action::Run(config) if config.only_cpr_capable => {
             match cpr::capable::check_only_cpr_capable(&config) {
                 Ok(()) => run(&config),
@@ -74,6 +61,24 @@ fn main() -> ExitCode {
             }
         }
         cli::Action::Run(config) => run(&config),
+    }
+}
+
+/// Writes front-end output (help, version, schema) to stdout.
+///
+/// Not print!: that panics when stdout is a closed pipe (`vmm -version | head -1`). A reader
+/// that stopped reading wanted no more, so a broken pipe ends quietly with success, as the
+/// shell tools (and QEMU, killed silently by SIGPIPE) do; any other write error is reported.
+fn write_stdout(text: &str, what: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmm: cannot write the {what}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -283,6 +283,7 @@ fn save_restore_continues(name: &str, ram: RamBackendConfig, vcpus: u8) -> (Stri
 /// Writes each section of `state` into a cpr-format image, reads it back, reassembles.
 fn through_image(state: &MachineState) -> MachineState {
     use vmm::machine::devices::pm::PmState;
+    use vmm::machine::devices::rtc::RtcState;
     use vmm::machine::devices::serial::SerialState;
     use vmm::machine::vcpu_state::VcpuState;
     use vmm::machine::vm_state::{ClockState, IrqchipState, PitState};
@@ -296,6 +297,9 @@ fn through_image(state: &MachineState) -> MachineState {
     w.add_section("0", &state.clock).unwrap();
     w.add_section("serial0", &state.serial).unwrap();
     w.add_section("0", &state.pm).unwrap();
+    if let Some(rtc) = &state.rtc {
+        w.add_section("0", rtc).unwrap();
+    }
     let bytes = w.to_bytes().unwrap();
     let image = cpr_format::Image::from_bytes(&bytes).unwrap();
     let back = MachineState {
@@ -311,6 +315,7 @@ fn through_image(state: &MachineState) -> MachineState {
         clock: image.section::<ClockState>("0").unwrap().unwrap(),
         serial: image.section::<SerialState>("serial0").unwrap().unwrap(),
         pm: image.section::<PmState>("0").unwrap().unwrap(),
+        rtc: image.section::<RtcState>("0").unwrap(),
         suspended: state.suspended,
     };
     assert_eq!(&back, state);

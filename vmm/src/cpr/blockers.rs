@@ -46,12 +46,20 @@ pub fn vfio(mode: Mode, set: Option<&crate::vfio::VfioSet>, suspended: bool) -> 
     let reason = match mode {
         Mode::Restart => set.restart_blocker(),
         Mode::Reboot => set.reboot_blocker(suspended),
-        Mode::Transfer => Some(format!(
-            "VFIO device(s) {}: transfer mode does not hand devices over yet; use restart mode",
-            set.ids().join(", ")
-        )),
+        Mode::Transfer => vfio_transfer_blocker(&set.ids()),
     };
     reason.into_iter().map(Blocker).collect()
+}
+
+/// Why assigned devices block transfer mode (any device does): also what
+/// `query-cpr-blockers` says for a command line with `-device vfio-pci`.
+pub fn vfio_transfer_blocker(ids: &[String]) -> Option<String> {
+    (!ids.is_empty()).then(|| {
+        format!(
+            "VFIO device(s) {}: transfer mode does not hand devices over yet; use restart mode",
+            ids.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]

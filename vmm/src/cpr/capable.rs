@@ -1,7 +1,8 @@
 //! What can be live-updated, from the command line alone: `-only-cpr-capable` refuses at
 //! start-up a configuration that restart or reboot mode could not update, and
 //! `info cpr-blockers` / `query-cpr-blockers` list what blocks each mode at run time.
-//! cpr-save in reboot mode checks the same list before it stops the guest.
+//! cpr-save in reboot mode checks the same list before it stops the guest; cpr-transfer
+//! checks the same rules (`blockers::blockers`, `blockers::vfio`) on the running machine.
 
 use cpr_format::Mode;
 use serde_json::{json, Value};
@@ -23,9 +24,14 @@ fn ram_object(c: &VmmConfig) -> String {
 fn ram_blocker(c: &VmmConfig, mode: Mode, in_place: bool) -> Option<String> {
     let obj = ram_object(c);
     match (&c.ram, mode) {
-        (RamSpec::Anonymous, Mode::Restart | Mode::Transfer) => Some(format!(
+        (RamSpec::Anonymous, Mode::Restart) => Some(format!(
             "{obj}: volatile RAM (anonymous memory) does not survive exec; use -machine \
              memfd-alloc=on, or a memory-backend-memfd or memory-backend-file with share=on"
+        )),
+        (RamSpec::Anonymous, Mode::Transfer) => Some(format!(
+            "{obj}: volatile RAM (anonymous memory) cannot be handed to another process; use \
+             -machine memfd-alloc=on, or a memory-backend-memfd or memory-backend-file with \
+             share=on"
         )),
         (RamSpec::Anonymous, Mode::Reboot) if in_place => Some(format!(
             "{obj}: volatile RAM (anonymous memory) ends with the process; keep RAM in the \
@@ -57,11 +63,24 @@ fn chardev_blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
     out
 }
 
+/// Why assigned devices block `mode`, as far as the command line tells: transfer mode
+/// takes none. (Restart and reboot depend on the host container and on S3, which only
+/// cpr-save can check.)
+fn vfio_blocker(c: &VmmConfig, mode: Mode) -> Option<String> {
+    if mode != Mode::Transfer {
+        return None;
+    }
+    let ids: Vec<String> = c.vfio.iter().map(|d| d.id.clone()).collect();
+    super::blockers::vfio_transfer_blocker(&ids)
+}
+
 /// Everything that blocks `mode` for this configuration (reboot: with RAM in the image
-/// when it cannot stay in place).
+/// when it cannot stay in place). Chardevs block reboot only: transfer mode hands their
+/// descriptors over, as restart mode does across exec.
 pub fn blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
     let mut out: Vec<String> = ram_blocker(c, mode, false).into_iter().collect();
     out.extend(chardev_blockers(c, mode));
+    out.extend(vfio_blocker(c, mode));
     out
 }
 
@@ -97,6 +116,7 @@ pub fn to_json(c: &VmmConfig) -> Value {
         "restart": blockers(c, Mode::Restart),
         "reboot": blockers(c, Mode::Reboot),
         "reboot-in-place": blockers_in_place(c),
+        "transfer": blockers(c, Mode::Transfer),
     })
 }
 
@@ -107,6 +127,7 @@ pub fn describe(c: &VmmConfig) -> String {
         ("restart", blockers(c, Mode::Restart)),
         ("reboot", blockers(c, Mode::Reboot)),
         ("reboot ram=in-place", blockers_in_place(c)),
+        ("transfer", blockers(c, Mode::Transfer)),
     ] {
         if list.is_empty() {
             s.push_str(&format!("{name}: no blockers\n"));
@@ -141,6 +162,44 @@ mod tests {
         assert_eq!(blockers_in_place(&c).len(), 1);
         let e = check_only_cpr_capable(&c).unwrap_err();
         assert!(e.contains("guest RAM (-m 64M): volatile RAM"), "{e}");
+    }
+
+    #[test]
+    fn transfer_is_blocked_by_anonymous_ram_and_by_any_vfio_device() {
+        let c = config(&["-m", "64M"]);
+        assert_eq!(
+            blockers(&c, Mode::Transfer),
+            vec![
+                "guest RAM (-m 64M): volatile RAM (anonymous memory) cannot be handed to another \
+                 process; use -machine memfd-alloc=on, or a memory-backend-memfd or \
+                 memory-backend-file with share=on"
+                    .to_string()
+            ]
+        );
+        let c = config(&[
+            "-machine",
+            "memfd-alloc=on",
+            "-chardev",
+            "pty,id=p0",
+            "-device",
+            "vfio-pci,host=0000:00:04.0,id=edu0",
+        ]);
+        assert_eq!(
+            blockers(&c, Mode::Transfer),
+            vec![
+                "VFIO device(s) edu0: transfer mode does not hand devices over yet; use restart \
+                 mode"
+                    .to_string()
+            ]
+        );
+        assert_eq!(to_json(&c)["transfer"].as_array().map(Vec::len), Some(1));
+        assert!(describe(&c).ends_with(
+            "transfer: blocked by\n  VFIO device(s) edu0: transfer mode does not hand devices \
+             over yet; use restart mode\n"
+        ));
+        let c = config(&["-machine", "memfd-alloc=on", "-chardev", "pty,id=p0"]);
+        assert!(blockers(&c, Mode::Transfer).is_empty());
+        assert!(describe(&c).ends_with("transfer: no blockers\n"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use cpr_format::{
 
 use crate::cli::{RamSpec, VmmConfig};
 use crate::machine::devices::pm::PmState;
+use crate::machine::devices::rtc::RtcState;
 use crate::machine::devices::serial::SerialState;
 use crate::machine::memory::{self, RamBlockDesc};
 use crate::machine::vcpu_state::VcpuState;
@@ -53,6 +54,7 @@ pub fn reader_schema() -> Schema {
         .with::<ClockState>()
         .with::<SerialState>()
         .with::<PmState>()
+        .with::<RtcState>()
         .with::<super::timing::Timestamps>()
         .with::<crate::vfio::set::VfioContainerState>()
         .with::<crate::vfio::VfioPciState>()
@@ -281,6 +283,9 @@ fn build(
     w.add_section(ONE, &state.clock)?;
     w.add_section(SERIAL_ID, &state.serial)?;
     w.add_section(ONE, &state.pm)?;
+    if let Some(rtc) = &state.rtc {
+        w.add_section(ONE, rtc)?;
+    }
     if let Some((container, devices)) = vfio {
         w.add_section(ONE, container)?;
         for (id, d) in devices {
@@ -453,6 +458,8 @@ pub fn machine_state(img: &Image) -> Result<(MachineState, bool), ImageError> {
             .section(ONE)
             .map_err(read)?
             .ok_or_else(|| missing("pm"))?,
+        // Optional: absent from images written before the RTC was saved.
+        rtc: img.section(ONE).map_err(read)?,
         suspended: m.suspended,
     };
     Ok((state, m.running))
@@ -479,6 +486,45 @@ mod tests {
             Ok(crate::cli::Action::Run(c)) => *c,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The state of a real (KVM) machine, unbooted: enough for the image's sections.
+    fn saved_state(c: &VmmConfig) -> MachineState {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let m = crate::machine::Machine::new_unbooted(
+            &c.machine_config(),
+            Box::new(std::io::sink()),
+            tx,
+        )
+        .expect("a KVM machine (needs /dev/kvm)");
+        m.save_state().expect("saving an unbooted machine")
+    }
+
+    fn through_bytes(c: &VmmConfig, state: &MachineState) -> MachineState {
+        let bytes = to_bytes(header(c, Mode::Restart), state, true).expect("image serialises");
+        let img = Image::from_bytes(&bytes).expect("image parses");
+        machine_state(&img).expect("image loads").0
+    }
+
+    #[test]
+    fn rtc_section_round_trips_and_is_optional() {
+        let c = config(16 << 20, 1);
+        let mut state = saved_state(&c);
+        let mut rtc = state.rtc.clone().expect("save includes the RTC");
+        let mut cmos = rtc.cmos.to_vec();
+        cmos[0x40] = 0xab;
+        rtc.cmos = cpr_format::Bytes::from(cmos);
+        state.rtc = Some(rtc);
+        assert_eq!(through_bytes(&c, &state), state);
+
+        // An image written before the RTC was saved has no such section: it still loads,
+        // and the compatibility check does not refuse it.
+        state.rtc = None;
+        let bytes = to_bytes(header(&c, Mode::Restart), &state, true).unwrap();
+        let img = Image::from_bytes(&bytes).unwrap();
+        assert!(img.schema().get("rtc.mc146818").is_none());
+        assert!(cpr_format::compat::check(img.schema(), &reader_schema()).is_compatible());
+        assert_eq!(machine_state(&img).unwrap().0, state);
     }
 
     #[test]

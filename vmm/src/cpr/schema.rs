@@ -49,6 +49,7 @@ mod tests {
             "cpr.exec",
             "chardev",
             "monitor.qmp",
+            "rtc.mc146818",
         ] {
             assert!(back.get(name).is_some(), "{name} missing from the dump");
         }

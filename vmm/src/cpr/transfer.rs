@@ -155,7 +155,9 @@ pub fn transfer(
         Vm::Active(m) => m,
         Vm::Incoming(_) => return Err(CprError::Incoming),
     };
-    let found = blockers::blockers(Mode::Transfer, m.ram());
+    let mut found = blockers::blockers(Mode::Transfer, m.ram());
+    // The state image carries no VFIO sections: a transfer would leave the devices behind.
+    found.extend(blockers::vfio(Mode::Transfer, m.vfio(), false));
     if !found.is_empty() {
         let list = found.iter().map(|b| b.to_string()).collect::<Vec<_>>();
         return Err(CprError::Blocked {

@@ -184,8 +184,8 @@ pub(super) fn finish(
         serial: Mutex::new(serial),
         pm: Mutex::new(pm),
         debug_exit: DebugExit,
-        // Not in the saved state yet (RtcState exists): a restored guest finds CMOS RAM
-        // cleared; its time is the host's either way.
+        // A restore puts the saved CMOS RAM in (`IncomingMachine::restore`); the time is
+        // the host's either way.
         rtc: Mutex::new(devices::Rtc::default()),
         pci: Arc::new(crate::pci::PciBus::new()),
     });

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::devices::pm::PmState;
+use super::devices::rtc::RtcState;
 use super::devices::serial::SerialState;
 use super::devices::{self, PmControl, SerialDevice};
 use super::memory::{GuestRam, RamBlockDesc};
@@ -30,6 +31,8 @@ pub struct MachineState {
     pub clock: ClockState,
     pub serial: SerialState,
     pub pm: PmState,
+    /// `None` from an image written before the RTC was saved: restore keeps a fresh RTC.
+    pub rtc: Option<RtcState>,
     /// The guest was in S3: the restored machine stays suspended until `wakeup`.
     pub suspended: bool,
 }
@@ -59,6 +62,7 @@ impl Machine {
         let clock = vm::get_clock(&self.vm)?;
         let serial = devices::lock(&self.shared.devices.serial).save();
         let pm = devices::lock(&self.shared.devices.pm).save();
+        let rtc = devices::lock(&self.shared.devices.rtc).save();
         Ok(MachineState {
             ram: self.ram.descs(),
             vcpus,
@@ -67,6 +71,7 @@ impl Machine {
             clock,
             serial,
             pm,
+            rtc: Some(rtc),
             suspended: self.paused_while_suspended,
         })
     }
@@ -201,9 +206,82 @@ impl IncomingMachine {
             })?;
         *devices::lock(&m.shared.devices.serial) = serial;
         *devices::lock(&m.shared.devices.pm) = PmControl::restore(&state.pm);
+        if let Some(rtc) = &state.rtc {
+            *devices::lock(&m.shared.devices.rtc) = devices::Rtc::restore(rtc);
+        }
         *devices::lock(&m.shared.events) = events;
         m.serial_irq = serial_irq;
         m.paused_while_suspended = state.suspended;
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Need /dev/kvm (fail without it): the state comes from and goes into real VMs.
+    use super::*;
+    use crate::machine::RamBackendConfig;
+
+    const RTC_INDEX: u16 = 0x70;
+    const RTC_DATA: u16 = 0x71;
+
+    fn config() -> MachineConfig {
+        MachineConfig {
+            name: Some("test-rtc".into()),
+            mem_size: 16 << 20,
+            vcpus: 1,
+            kernel: std::path::PathBuf::new(),
+            initrd: None,
+            cmdline: None,
+            ram: RamBackendConfig::Memfd { hugetlb: false },
+        }
+    }
+
+    fn cmos_write(m: &Machine, index: u8, value: u8) {
+        m.shared.devices.pio_write(RTC_INDEX, &[index]).unwrap();
+        m.shared.devices.pio_write(RTC_DATA, &[value]).unwrap();
+    }
+
+    fn cmos_read(m: &Machine, index: u8) -> u8 {
+        m.shared.devices.pio_write(RTC_INDEX, &[index]).unwrap();
+        let mut b = [0];
+        m.shared.devices.pio_read(RTC_DATA, &mut b);
+        b[0]
+    }
+
+    /// A machine whose guest wrote CMOS RAM, saved and torn down as in a live update.
+    fn saved_machine() -> (MachineState, GuestRam) {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let old = Machine::new_unbooted(&config(), Box::new(std::io::sink()), tx).unwrap();
+        cmos_write(&old, 0x40, 0xab);
+        cmos_write(&old, 0x7f, 0x5c);
+        let state = old.save_state().unwrap();
+        let fds = old.ram().share_fds().expect("memfd RAM has fds");
+        drop(old);
+        (state, GuestRam::from_fds(fds).unwrap())
+    }
+
+    fn restored(state: &MachineState, ram: GuestRam) -> Machine {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        Machine::restore(&config(), ram, state, Box::new(std::io::sink()), tx).unwrap()
+    }
+
+    #[test]
+    fn cmos_ram_survives_save_and_restore_into_a_new_vm() {
+        let (state, ram) = saved_machine();
+        let rtc = state.rtc.as_ref().expect("save includes the RTC");
+        assert_eq!(rtc.cmos[0x40], 0xab);
+        let new = restored(&state, ram);
+        assert_eq!(cmos_read(&new, 0x40), 0xab);
+        assert_eq!(cmos_read(&new, 0x7f), 0x5c);
+    }
+
+    #[test]
+    fn state_without_the_rtc_restores_a_fresh_one() {
+        let (mut state, ram) = saved_machine();
+        state.rtc = None;
+        let new = restored(&state, ram);
+        assert_eq!(cmos_read(&new, 0x40), 0);
+        assert_eq!(cmos_read(&new, 0x7f), 0);
     }
 }

@@ -85,8 +85,9 @@ impl CivilTime {
 
 cpr_format::state! {
     /// Saved RTC: the selected register, the guest-writable control registers and the CMOS
-    /// RAM. The time itself is the host's and is not saved.
-    #[section(name = "rtc.mc146818", version = 1, min_version = 1, required = true)]
+    /// RAM. The time itself is the host's and is not saved. Optional: images written before
+    /// the RTC was saved lack it, and a guest restored from one gets a fresh RTC.
+    #[section(name = "rtc.mc146818", version = 1, min_version = 1, required = false)]
     #[derive(Eq)]
     pub struct RtcState {
         #[hint(hex)] pub index: u8,
