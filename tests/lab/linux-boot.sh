@@ -27,6 +27,8 @@
 #      L2_ARGS  more vmm options for the L2 guest, e.g. "-smp 2"
 #      L2_KERNEL  L2 kernel (bzImage or vmlinux; default: the Debian kernel the lab boots)
 #      LAB_MARKS  words to time on the L2 console before the prompt (see l1-init)
+#      LAB_UPDATE  1: instead, boot with memfd RAM, live-update the vmm (cpr-save restart,
+#                  cpr-exec, cpr-load) at the prompt and check the guest goes on (update-l1-init)
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -80,7 +82,8 @@ cp "$MODS/virt/lib/irqbypass.ko" "$MODS/arch/x86/kvm/kvm.ko" "$MODS/arch/x86/kvm
 cp "$VMM" "$R1/vmm"
 cp "${L2_KERNEL:-$K/boot/vmlinuz-$KV}" "$R1/l2/vmlinuz"
 cp "$W/initrd-l2.gz" "$R1/l2/initrd.gz"
-cp "$HERE/l1-init" "$R1/init"
+# LAB_UPDATE=1: after the prompt, a restart-mode live update of the running guest.
+if [ "${LAB_UPDATE:-0}" = 1 ]; then cp "$HERE/update-l1-init" "$R1/init"; else cp "$HERE/l1-init" "$R1/init"; fi
 cp "$HERE/console-watch.awk" "$R1/"
 {
     printf 'L2_APPEND=%q\n' "${L2_APPEND:-console=ttyS0 panic=-1 quiet}"
