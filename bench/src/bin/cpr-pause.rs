@@ -6,7 +6,7 @@
 //! its phases. Then runs `cpr-floor` with the same RAM size (execve + KVM VM + memslots +
 //! vCPUs + first run, from a minimal program) and prints both.
 //!
-//! Usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]
+//! Usage: cpr-pause [--mem-mib N] [--smp N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]
 //! By default all of guest RAM is faulted into the vmm before each update (a guest that
 //! used its RAM), as cpr-floor pre-touches its memfd: the exec then pays the same
 //! page-table teardown in both.
@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 
 struct Args {
     mem_mib: u64,
+    /// vCPUs of the guest (`-smp`): the pause grows with them.
+    smp: u8,
     updates: usize,
     vmm: Option<PathBuf>,
     /// Fault all of guest RAM into the vmm's address space before each update (as a guest
@@ -34,6 +36,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         mem_mib: 256,
+        smp: 1,
         updates: 20,
         vmm: None,
         touch: true,
@@ -49,6 +52,11 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--mem-mib: {e}"))?
             }
+            "--smp" => {
+                a.smp = value("--smp")?
+                    .parse()
+                    .map_err(|e| format!("--smp: {e}"))?
+            }
             "--updates" => {
                 a.updates = value("--updates")?
                     .parse()
@@ -59,13 +67,13 @@ fn parse_args() -> Result<Args, String> {
             "--hugetlb" => a.hugetlb = true,
             _ => {
                 return Err(
-                    "usage: cpr-pause [--mem-mib N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]".into(),
+                    "usage: cpr-pause [--mem-mib N] [--smp N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]".into(),
                 )
             }
         }
     }
-    if a.updates == 0 || a.mem_mib == 0 {
-        return Err("--updates and --mem-mib must be positive".into());
+    if a.updates == 0 || a.mem_mib == 0 || a.smp == 0 {
+        return Err("--updates, --mem-mib and --smp must be positive".into());
     }
     Ok(a)
 }
@@ -196,7 +204,12 @@ fn run(a: &Args) -> Result<(), String> {
     } else {
         vec!["-machine".into(), "memfd-alloc=on".into()]
     };
-    let mut args: Vec<String> = vec!["-m".into(), format!("{}M", a.mem_mib)];
+    let mut args: Vec<String> = vec![
+        "-m".into(),
+        format!("{}M", a.mem_mib),
+        "-smp".into(),
+        a.smp.to_string(),
+    ];
     args.extend(ram);
     args.extend::<Vec<String>>(vec![
         "-kernel".into(),
@@ -262,7 +275,7 @@ fn run(a: &Args) -> Result<(), String> {
 
     let (med, p90, max) = summary(&mut pauses);
     println!(
-        "vmm restart-mode pause, {} MiB {} RAM ({}), counter guest, {} updates:",
+        "vmm restart-mode pause, {} MiB {} RAM ({}), counter guest, {} vCPUs, {} updates:",
         a.mem_mib,
         if a.hugetlb { "hugetlb memfd" } else { "memfd" },
         if a.touch {
@@ -270,6 +283,7 @@ fn run(a: &Args) -> Result<(), String> {
         } else {
             "untouched but for the guest's few pages"
         },
+        a.smp,
         a.updates
     );
     println!("  pause       median {med:8.3} ms   p90 {p90:8.3} ms   max {max:8.3} ms");
