@@ -8,6 +8,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const STACK_SIZE: usize = 64 << 10;
 
+/// One raw x86_64 syscall with three arguments, usable in a CLONE_VM child that must not
+/// touch libc's per-thread state (errno), which it shares with its parent.
+///
+/// # Safety
+/// The caller must pass a syscall number and arguments that are valid for it: pointers must
+/// point to memory the syscall may read or write for the given lengths.
 unsafe fn raw3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
     let ret: isize;
     // SAFETY: (the caller's) one syscall instruction; it clobbers rcx and r11.

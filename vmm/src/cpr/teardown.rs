@@ -34,6 +34,12 @@ pub struct Helper {
     stack: *mut libc::c_void,
 }
 
+/// One raw x86_64 syscall with three arguments, usable in a CLONE_VM child that must not
+/// touch libc's per-thread state (errno), which it shares with its parent.
+///
+/// # Safety
+/// The caller must pass a syscall number and arguments that are valid for it: pointers must
+/// point to memory the syscall may read or write for the given lengths.
 #[cfg(target_arch = "x86_64")]
 unsafe fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
     let ret: isize;
