@@ -8,6 +8,7 @@
 //! binary is fresh, so a test never runs a stale `vmm`, and no environment variable is needed.
 //! `VMM_BIN=/path/to/vmm` overrides this (e.g. to test an installed binary).
 
+pub mod lab;
 pub mod live;
 pub mod release;
 
