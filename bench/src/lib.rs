@@ -1,7 +1,6 @@
 //! Live-update benchmarks: real guests updated by the real `vmm`, measured against the
 //! floor program (`cpr-floor`) in the same run. See docs/BENCHMARKS.md.
 
-pub mod defer;
 pub mod host;
 pub mod qmp;
 pub mod report;

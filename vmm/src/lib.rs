@@ -3,4 +3,5 @@
 
 pub mod machine;
 pub mod pci;
+pub mod teardown;
 pub mod vfio;

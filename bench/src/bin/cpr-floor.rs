@@ -12,7 +12,7 @@
 //! /sys/kernel/mm/transparent_hugepage/shmem_enabled = advise, which the caller sets).
 //!
 //! `--defer-teardown` keeps the old mm alive in a helper across execve, as the vmm does
-//! (vmm/src/cpr/teardown.rs), so the old mappings are freed after the measured interval.
+//! (vmm/src/teardown.rs), so the old mappings are freed after the measured interval.
 //!
 //! Usage: cpr-floor [--mem-mib N] [--vcpus N] [--runs N] [--hugetlb | --thp] [--defer-teardown]
 use std::ffi::CString;
@@ -169,7 +169,9 @@ fn parent(args: &Args, run: u32, fd: OwnedFd, ram: *mut u8) -> Result<(), String
     std::mem::forget(fd); // stays open across execve on purpose
     let t0 = monotonic_ns();
     let (helper_pid, helper_fd) = if args.defer {
-        vmm_bench::defer::spawn()?
+        vmm::teardown::Helper::spawn()
+            .and_then(|h| h.into_inherited())
+            .map_err(|e| format!("teardown helper: {e}"))?
     } else {
         (0, -1)
     };
@@ -272,7 +274,8 @@ fn main() {
                 println!("run {run}: floor {:.3} ms", ns as f64 / 1e6);
                 if huge & 4 != 0 {
                     let m = |i: usize| argv.get(i).and_then(|s| s.parse::<i32>().ok());
-                    vmm_bench::defer::release(m(8).unwrap_or(0), m(9).unwrap_or(-1));
+                    vmm::teardown::adopt(m(8).unwrap_or(0), m(9).unwrap_or(-1));
+                    vmm::teardown::release();
                 }
                 if run + 1 < runs {
                     let args = Args {

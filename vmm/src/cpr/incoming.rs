@@ -161,7 +161,7 @@ pub struct Adopted {
 /// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
 /// inherited RAM, rebuild chardevs and monitor sessions.
 pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
-    super::teardown::adopt_from_env();
+    vmm::teardown::adopt_from_env();
     adopt_from(config, bytes, exec_ns, None)
 }
 
@@ -449,7 +449,7 @@ pub fn load(
         t.first_vcpu_running = now_ns();
     }
     // After the pause: the previous image's address space and VM may go now.
-    super::teardown::release();
+    vmm::teardown::release();
     ctl.vm = Vm::Active(machine);
     ctl.cpr.phase = Phase::None;
     ctl.cpr.image = Some(path.display().to_string());

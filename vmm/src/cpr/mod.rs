@@ -39,7 +39,6 @@ pub mod incoming_image;
 pub mod ram_image;
 pub mod reboot;
 pub mod schema;
-pub mod teardown;
 pub mod timing;
 pub mod transfer;
 pub mod transfer_timing;
@@ -516,7 +515,7 @@ fn exec_attempt(
     keep.push(("handover".into(), hfile.as_raw_fd()));
     let mut env: Vec<std::ffi::CString> = std::env::vars_os()
         .filter(|(k, _)| {
-            k != fds::HANDOVER_ENV && k != fds::EXEC_TIME_ENV && k != teardown::TEARDOWN_ENV
+            k != fds::HANDOVER_ENV && k != fds::EXEC_TIME_ENV && k != vmm::teardown::TEARDOWN_ENV
         })
         .filter_map(|(k, v)| {
             let mut s = k.into_encoded_bytes();
@@ -529,8 +528,8 @@ fn exec_attempt(
     env.extend(env_item(fds::HANDOVER_ENV, hfile.as_raw_fd().to_string()));
     fds::clear_cloexec_all(&keep)?;
     // The old mm and VM are freed by this helper after the guest runs again, instead of
-    // by execve inside the pause (see `teardown`). Best effort: without it, exec frees them.
-    let helper = teardown::Helper::spawn().ok().and_then(|h| {
+    // by execve inside the pause (see `vmm::teardown`). Best effort: without it, exec frees them.
+    let helper = vmm::teardown::Helper::spawn().ok().and_then(|h| {
         let fd = h.write_fd();
         match fds::clear_cloexec_all(&[("teardown".into(), fd)]) {
             Ok(()) => Some(h),
@@ -541,7 +540,7 @@ fn exec_attempt(
         }
     });
     if let Some(h) = &helper {
-        env.extend(env_item(teardown::TEARDOWN_ENV, h.env_value()));
+        env.extend(env_item(vmm::teardown::TEARDOWN_ENV, h.env_value()));
     }
     // Written last so it is as close to execve as it can be.
     env.extend(env_item(fds::EXEC_TIME_ENV, now_ns().to_string()));

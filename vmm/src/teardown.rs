@@ -140,6 +140,20 @@ impl Helper {
         format!("{}:{}", self.pid, self.write_end.as_raw_fd())
     }
 
+    /// Keeps the helper across an execve that is not a cpr-exec (the floor benchmark): clears
+    /// FD_CLOEXEC on the pipe's write end and returns (pid, write fd) for the new image to
+    /// pass to [`adopt`]. The helper's stack mapping goes with this image at execve.
+    pub fn into_inherited(self) -> std::io::Result<(libc::pid_t, RawFd)> {
+        nix::fcntl::fcntl(
+            &self.write_end,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+        let fd = self.write_end.as_raw_fd();
+        let pid = self.pid;
+        std::mem::forget(self.write_end); // inherited across execve on purpose
+        Ok((pid, fd))
+    }
+
     /// execve failed: let the helper go and reap it.
     pub fn abandon(self) {
         drop(self.write_end);
@@ -160,18 +174,26 @@ pub fn adopt_from_env() {
     };
     std::env::remove_var(TEARDOWN_ENV);
     let text = value.to_string_lossy();
-    let Some((pid, fd)) = text
+    if let Some((pid, fd)) = text
         .split_once(':')
         .and_then(|(p, f)| Some((p.parse::<libc::pid_t>().ok()?, f.parse::<RawFd>().ok()?)))
-    else {
+    {
+        adopt(pid, fd);
+    }
+}
+
+/// Takes the helper `pid` whose pipe write end `fd` the previous image left open, for
+/// [`release`]. A value that does not name an open pipe is ignored.
+pub fn adopt(pid: libc::pid_t, fd: RawFd) {
+    if fd <= 2 || pid <= 0 {
         return;
-    };
+    }
     let is_pipe = nix::sys::stat::fstat(
         // SAFETY: only borrowed for fstat; an fd that is not open makes fstat fail.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
     )
     .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
-    if fd > 2 && pid > 0 && is_pipe {
+    if is_pipe {
         // SAFETY: the previous image left this pipe's write end open for us to close;
         // nothing else in this process owns that number.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
