@@ -7,6 +7,10 @@
 //! vCPUs + first run, from a minimal program) and prints both.
 //!
 //! Usage: cpr-pause [--mem-mib N] [--smp N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]
+//!        [--no-floor] [--samples]
+//! `--samples` prints one `sample` line per update (pause and phases, ms) and `--no-floor`
+//! skips cpr-floor: together they let a script interleave two vmm builds (A/B/A/B) and pool
+//! the samples, which on a shared host is the only fair comparison.
 //! By default all of guest RAM is faulted into the vmm before each update (a guest that
 //! used its RAM), as cpr-floor pre-touches its memfd: the exec then pays the same
 //! page-table teardown in both.
@@ -20,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+const USAGE: &str = "usage: cpr-pause [--mem-mib N] [--smp N] [--updates N] [--vmm PATH] \
+                     [--no-touch] [--hugetlb] [--no-floor] [--samples]";
+
 struct Args {
     mem_mib: u64,
     /// vCPUs of the guest (`-smp`): the pause grows with them.
@@ -31,6 +38,11 @@ struct Args {
     touch: bool,
     /// Guest RAM in a hugetlb memfd (reserve pages first: /proc/sys/vm/nr_hugepages).
     hugetlb: bool,
+    /// Skip the cpr-floor run (A/B runs of two vmm builds interleaved need only the vmm).
+    no_floor: bool,
+    /// Print every update's pause and phases, one line each (`sample` lines), for A/B
+    /// scripts that pool samples over interleaved runs.
+    samples: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +53,8 @@ fn parse_args() -> Result<Args, String> {
         vmm: None,
         touch: true,
         hugetlb: false,
+        no_floor: false,
+        samples: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -52,11 +66,7 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--mem-mib: {e}"))?
             }
-            "--smp" => {
-                a.smp = value("--smp")?
-                    .parse()
-                    .map_err(|e| format!("--smp: {e}"))?
-            }
+            "--smp" => a.smp = value("--smp")?.parse().map_err(|e| format!("--smp: {e}"))?,
             "--updates" => {
                 a.updates = value("--updates")?
                     .parse()
@@ -65,11 +75,9 @@ fn parse_args() -> Result<Args, String> {
             "--vmm" => a.vmm = Some(PathBuf::from(value("--vmm")?)),
             "--no-touch" => a.touch = false,
             "--hugetlb" => a.hugetlb = true,
-            _ => {
-                return Err(
-                    "usage: cpr-pause [--mem-mib N] [--smp N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]".into(),
-                )
-            }
+            "--no-floor" => a.no_floor = true,
+            "--samples" => a.samples = true,
+            _ => return Err(USAGE.into()),
         }
     }
     if a.updates == 0 || a.mem_mib == 0 || a.smp == 0 {
@@ -246,9 +254,16 @@ fn run(a: &Args) -> Result<(), String> {
             q.execute("cpr-load", json!({"filename": img.display().to_string()}))?;
             let ev = q.event("CPR_LOAD")?;
             let t = &ev["data"]["timing"];
-            pauses.push(t["pause-us"].as_f64().ok_or("no pause-us")? / 1000.0);
+            let pause = t["pause-us"].as_f64().ok_or("no pause-us")? / 1000.0;
+            pauses.push(pause);
+            let mut line = format!("sample smp={} pause={pause:.4}", a.smp);
             for (i, p) in PHASES.iter().enumerate() {
-                phases[i].push(t["phases-us"][p].as_f64().unwrap_or(f64::NAN) / 1000.0);
+                let v = t["phases-us"][p].as_f64().unwrap_or(f64::NAN) / 1000.0;
+                phases[i].push(v);
+                line.push_str(&format!(" {p}={v:.4}"));
+            }
+            if a.samples {
+                println!("{line}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -259,16 +274,24 @@ fn run(a: &Args) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     let (mut pauses, mut phases) = result?;
 
-    let floor_out = Command::new(bin_dir.join("cpr-floor"))
-        .args(["--mem-mib", &a.mem_mib.to_string(), "--runs", "10"])
-        .args(if a.hugetlb {
-            &["--hugetlb"][..]
-        } else {
-            &[][..]
-        })
-        .output()
-        .map_err(|e| format!("run cpr-floor (cargo build --release -p vmm-bench): {e}"))?;
-    let mut floors: Vec<f64> = String::from_utf8_lossy(&floor_out.stdout)
+    let floor_out = if a.no_floor {
+        None
+    } else {
+        Some(
+            Command::new(bin_dir.join("cpr-floor"))
+                .args(["--mem-mib", &a.mem_mib.to_string(), "--runs", "10"])
+                .args(if a.hugetlb {
+                    &["--hugetlb"][..]
+                } else {
+                    &[][..]
+                })
+                .output()
+                .map_err(|e| format!("run cpr-floor (cargo build --release -p vmm-bench): {e}"))?,
+        )
+    };
+    let mut floors: Vec<f64> = floor_out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split("floor ").nth(1)?.strip_suffix(" ms")?.parse().ok())
         .collect();
@@ -290,6 +313,9 @@ fn run(a: &Args) -> Result<(), String> {
     for (name, v) in PHASES.iter().zip(phases.iter_mut()) {
         let (m, p, x) = summary(v);
         println!("  {name:<11} median {m:8.3} ms   p90 {p:8.3} ms   max {x:8.3} ms");
+    }
+    if a.no_floor {
+        return Ok(());
     }
     let (fm, fp, fx) = summary(&mut floors);
     println!(

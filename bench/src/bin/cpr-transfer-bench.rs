@@ -12,7 +12,9 @@
 //! the phases outside the pause (prepare, the old process's exit).
 //!
 //! Usage: cpr-transfer-bench [--sizes 256M,1G,2G,4G,8G] [--runs N] [--vmm PATH]
-//!        [--guest PATH]
+//!        [--guest PATH] [--samples]
+//! `--samples` also prints one `sample` line per transfer (pause and phases, ms), so that a
+//! script can interleave two vmm builds (A/B/A/B) and pool the samples.
 //! The vmm defaults to `vmm` next to this binary (build both with --release).
 
 use std::collections::BTreeMap;
@@ -30,6 +32,8 @@ struct Args {
     runs: usize,
     vmm: PathBuf,
     guest: PathBuf,
+    /// Print every transfer's pause and phases (`sample` lines) for A/B scripts.
+    samples: bool,
 }
 
 fn parse_size(s: &str) -> Option<u64> {
@@ -52,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 10,
         vmm: exe.with_file_name("vmm"),
         guest: Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/guests/counter"),
+        samples: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -71,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
             "--runs" => a.runs = val()?.parse().map_err(|_| "--runs needs a number")?,
             "--vmm" => a.vmm = PathBuf::from(val()?),
             "--guest" => a.guest = PathBuf::from(val()?),
+            "--samples" => a.samples = true,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -251,6 +257,13 @@ fn bench_size(a: &Args, label: &str, mib: u64) -> Result<(), String> {
             return Err(format!("old vmm exited with {st}: {e}"));
         }
         let (pause, ph) = parse_info(&hmp(&mut mon, "info cpr")?)?;
+        if a.samples {
+            let mut line = format!("sample size={label} pause={pause:.4}");
+            for (k, v) in &ph {
+                line.push_str(&format!(" {k}={v:.4}"));
+            }
+            println!("{line}");
+        }
         pauses.push(pause);
         for (k, v) in ph {
             phases.entry(k).or_default().push(v);

@@ -445,8 +445,7 @@ pub fn load(
     let mut t = inc.stamps;
     t.state_restored = now_ns();
     if resume_after {
-        machine.resume()?;
-        t.first_vcpu_running = now_ns();
+        t.first_vcpu_running = timing::resume_stamped(&mut machine)?;
     }
     // After the pause: the previous image's address space and VM may go now.
     vmm::teardown::release();

@@ -11,14 +11,26 @@ use serde_json::{json, Value};
 
 /// Now on CLOCK_MONOTONIC, in nanoseconds.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the struct we own; CLOCK_MONOTONIC
-    // always exists on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    crate::machine::vcpu_thread::monotonic_ns()
+}
+
+/// How long the end of a pause waits for a vCPU thread to run before giving up.
+const FIRST_RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resumes `m` and returns the end of the pause: when its first vCPU thread really went
+/// back to KVM_RUN (stamped by that thread), not when the threads were told to. On a busy
+/// host the difference is a scheduler wake-up, which the guest does wait for. A machine
+/// that stays suspended runs no vCPU: then it is now.
+pub fn resume_stamped(
+    m: &mut crate::machine::Machine,
+) -> Result<u64, crate::machine::MachineError> {
+    let asked = now_ns();
+    m.resume()?;
+    if m.run_state() != crate::machine::RunState::Running {
+        return Ok(now_ns());
+    }
+    Ok(m.first_run_since(asked, FIRST_RUN_WAIT)
+        .unwrap_or_else(now_ns))
 }
 
 static MAIN_ENTERED: AtomicU64 = AtomicU64::new(0);
@@ -57,7 +69,7 @@ cpr_format::state! {
         #[hint(unit("ns"))] pub load_started: u64,
         /// vCPU, irqchip, PIT, clock and device state restored.
         #[hint(unit("ns"))] pub state_restored: u64,
-        /// The vCPU threads were told to run (the guest runs again).
+        /// The first vCPU thread went back to KVM_RUN (the guest runs again).
         #[hint(unit("ns"))] pub first_vcpu_running: u64,
     }
 }

@@ -498,12 +498,10 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
     // 5. go: without it this process never runs the guest.
     ch.recv(Kind::Go).map_err(TransferError::from)?;
     t.go_received = now_ns();
-    if let Vm::Active(m) = &mut adopted.vm {
-        if resume_after {
-            m.resume()?;
-        }
-    }
-    t.first_vcpu_running = now_ns();
+    t.first_vcpu_running = match &mut adopted.vm {
+        Vm::Active(m) if resume_after => super::timing::resume_stamped(m)?,
+        _ => now_ns(),
+    };
     // 6. running: best effort, the guest is ours whatever the old process does now.
     let _ = ch.send(Kind::Running, &t.to_bytes(), &[]);
     drop(boost);

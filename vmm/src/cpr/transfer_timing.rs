@@ -58,7 +58,7 @@ const PHASES: &[(&str, bool, Bounds, &str)] = &[
         "resume",
         true,
         |t| (t.go_received, t.first_vcpu_running),
-        "vCPU threads released in the new process",
+        "vCPU threads released in the new process, until the first is back in KVM_RUN",
     ),
     (
         "prepare",

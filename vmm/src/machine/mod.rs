@@ -524,7 +524,10 @@ impl Machine {
         // watchdog does not fire for the time it spent stopped. KVM refuses this with EINVAL
         // when the guest has not enabled kvmclock (our test guests): nothing to do then.
         for h in &self.vcpus {
-            if matches!(h.ctl.state().0, vcpu_thread::Is::Stopped) {
+            if matches!(
+                h.ctl.state().0,
+                vcpu_thread::Is::Stopped | vcpu_thread::Is::Starting
+            ) {
                 let _ = devices::lock(&h.vcpu).fd.kvmclock_ctrl();
             }
         }
@@ -535,9 +538,20 @@ impl Machine {
     }
 
     fn all_stopped(&self) -> bool {
-        self.vcpus
-            .iter()
-            .all(|h| matches!(h.ctl.state().0, vcpu_thread::Is::Stopped))
+        self.vcpus.iter().all(|h| {
+            matches!(
+                h.ctl.state().0,
+                vcpu_thread::Is::Stopped | vcpu_thread::Is::Starting
+            )
+        })
+    }
+
+    /// When the first vCPU really entered its run loop at or after `since` (CLOCK_MONOTONIC
+    /// ns), waiting up to `timeout` for one to do so: the end of a live update's pause.
+    /// `None` if none ran (the guest stays paused or suspended).
+    pub fn first_run_since(&self, since: u64, timeout: std::time::Duration) -> Option<u64> {
+        let ctls: Vec<_> = self.vcpus.iter().map(|h| h.ctl.clone()).collect();
+        vcpu_thread::first_run_since(&ctls, since, timeout)
     }
 }
 

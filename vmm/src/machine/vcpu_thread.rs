@@ -78,6 +78,9 @@ pub struct Ctl {
     pub is: Is,
     pthread: Option<libc::pthread_t>,
     pub tid: i32,
+    /// When the thread last went Running (CLOCK_MONOTONIC ns, 0 = never): the end of a
+    /// live update's pause is when a vCPU really runs, not when it was told to.
+    pub ran_at: u64,
 }
 
 /// Control block of one vCPU thread, shared by the machine and the thread.
@@ -98,6 +101,7 @@ impl VcpuCtl {
                 is: Is::Starting,
                 pthread: None,
                 tid: 0,
+                ran_at: 0,
             }),
             cv: Condvar::new(),
             stop: AtomicBool::new(true),
@@ -125,10 +129,11 @@ impl VcpuCtl {
     }
 
     /// Waits until the thread is stopped (or exited), re-kicking it now and then in case a
-    /// signal went to a thread that was between exits.
+    /// signal went to a thread that was between exits. A thread still starting counts as
+    /// stopped: it has not run its vCPU and will park, as `want` is not `Run`.
     pub fn wait_stopped(&self) {
         let mut c = lock(&self.ctl);
-        while !matches!(c.is, Is::Stopped | Is::Exited) {
+        while !matches!(c.is, Is::Stopped | Is::Exited | Is::Starting) {
             self.kick_locked(&c);
             c = self
                 .cv
@@ -141,6 +146,47 @@ impl VcpuCtl {
     pub fn state(&self) -> (Is, i32) {
         let c = lock(&self.ctl);
         (c.is, c.tid)
+    }
+}
+
+/// Now on CLOCK_MONOTONIC in nanoseconds (system-wide: stamps of two processes, or of one
+/// process across execve, subtract directly).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct we own; CLOCK_MONOTONIC
+    // always exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// When the first of `ctls` went Running at or after `since` (ns), waiting up to `timeout`
+/// for one to do so; `None` if none did (e.g. the machine stays suspended).
+pub fn first_run_since(ctls: &[Arc<VcpuCtl>], since: u64, timeout: Duration) -> Option<u64> {
+    let first = || {
+        ctls.iter()
+            .map(|v| lock(&v.ctl).ran_at)
+            .filter(|t| *t >= since)
+            .min()
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let bsp = ctls.first()?;
+    loop {
+        if let Some(t) = first() {
+            return Some(t);
+        }
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        // Any vCPU may go first, but the boot vCPU's condvar is the one waited on: the
+        // others' stamps are read again after each wake-up or slice.
+        let c = lock(&bsp.ctl);
+        if c.ran_at < since {
+            let _ = bsp
+                .cv
+                .wait_timeout(c, left.min(Duration::from_millis(1)))
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -205,6 +251,7 @@ pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>
                 }
             }
             c.is = Is::Running;
+            c.ran_at = monotonic_ns();
             ctl.cv.notify_all();
         }
         let mut v = lock(&vcpu);
