@@ -32,6 +32,8 @@ pub struct Image {
     sections: Vec<Section>,
     fds: Vec<FdEntry>,
     schema: Schema,
+    /// Where the schema element lies in `meta`.
+    schema_span: std::ops::Range<usize>,
     regions: Vec<RegionDesc>,
     meta: Vec<u8>,
     file_len: u64,
@@ -89,7 +91,7 @@ impl Image {
         let mut meta = vec![0u8; meta_len as usize];
         file.read_exact_at(&mut meta, 0)
             .map_err(crate::writer::io_err("read", &path))?;
-        Image::parse(meta, file_len, Store::File { file, path }, limits)
+        Image::parse(meta, file_len, Store::File { file, path }, limits, None)
     }
 
     /// Validate an image held in memory, with default limits.
@@ -103,10 +105,41 @@ impl Image {
         check_meta_len(meta_len, data.len() as u64, limits)?;
         let m = meta_len as usize;
         let store = Store::Memory(data[m..].to_vec());
-        Image::parse(data[..m].to_vec(), data.len() as u64, store, limits)
+        Image::parse(data[..m].to_vec(), data.len() as u64, store, limits, None)
     }
 
-    fn parse(meta: Vec<u8>, file_len: u64, store: Store, limits: &Limits) -> Result<Image> {
+    /// [`Image::from_bytes`] for an image expected to embed the same schema as `like`: when
+    /// its schema element is byte for byte `like`'s, `like`'s decoded schema is reused
+    /// instead of decoding it again (the schema is often larger than the state it
+    /// describes). Otherwise it is decoded as usual. Validation is the same either way: a
+    /// CBOR item is self-delimiting, so equal bytes are the same element with the same end.
+    pub fn from_bytes_like(data: &[u8], like: &Image) -> Result<Image> {
+        let limits = Limits::default();
+        let (_, meta_len) = layout::check_prefix(data)?;
+        check_meta_len(meta_len, data.len() as u64, &limits)?;
+        let m = meta_len as usize;
+        let store = Store::Memory(data[m..].to_vec());
+        Image::parse(
+            data[..m].to_vec(),
+            data.len() as u64,
+            store,
+            &limits,
+            Some(like),
+        )
+    }
+
+    /// The schema element's encoded bytes.
+    pub fn schema_bytes(&self) -> &[u8] {
+        &self.meta[self.schema_span.clone()]
+    }
+
+    fn parse(
+        meta: Vec<u8>,
+        file_len: u64,
+        store: Store,
+        limits: &Limits,
+        like: Option<&Image>,
+    ) -> Result<Image> {
         let m = meta.len();
         // The CRC covers every metadata byte before its own value: check it first, so a
         // damaged image is reported as such rather than as whatever the damage looks like.
@@ -129,7 +162,19 @@ impl Image {
         let header: Header = decode_elem(&mut c, "header", limits)?;
         let sections = read_sections(&mut c, limits)?;
         let fds: Vec<FdEntry> = decode_elem(&mut c, "fd_manifest", limits)?;
-        let schema: Schema = decode_elem(&mut c, "schema", limits)?;
+        let schema_start = c.pos;
+        let schema: Schema = match like.map(|l| (l, l.schema_bytes())) {
+            Some((l, known))
+                if meta
+                    .get(c.pos..crc_at)
+                    .is_some_and(|rest| rest.starts_with(known)) =>
+            {
+                c.pos += known.len();
+                l.schema.clone()
+            }
+            _ => decode_elem(&mut c, "schema", limits)?,
+        };
+        let schema_span = schema_start..c.pos;
         let regions: Vec<RegionDesc> = decode_elem(&mut c, "regions", limits)?;
         let (count, recorded_len) =
             layout::read_trailer(&mut c).map_err(|e| scan_err(e, Location::Element("trailer")))?;
@@ -161,6 +206,7 @@ impl Image {
             sections,
             fds,
             schema,
+            schema_span,
             regions,
             meta,
             file_len,

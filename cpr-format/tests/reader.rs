@@ -476,3 +476,29 @@ fn required_section_names_what_is_missing() {
     );
     assert_eq!(e.to_string(), "Image has no section cpu.regs[7]");
 }
+
+#[test]
+fn an_image_read_like_another_reuses_its_schema_only_when_the_bytes_match() {
+    let first = Image::from_bytes(&small()).unwrap();
+    // Same sections, other values: the schema element is byte for byte the same.
+    let mut w = sample::small_writer().unwrap();
+    w.add_section("9", &sample::vcpu(9).0).unwrap();
+    let more = w.to_bytes().unwrap();
+    let plain = Image::from_bytes(&more).unwrap();
+    let like = Image::from_bytes_like(&more, &plain).unwrap();
+    assert_eq!(like.schema(), plain.schema());
+    assert_eq!(like.schema_bytes(), plain.schema_bytes());
+    assert_eq!(like.sections().len(), plain.sections().len());
+    assert_eq!(like.to_bytes().unwrap(), more);
+    // Read like an image with another schema: decoded as usual, to the same result.
+    let mut w = ImageWriter::new(sample::header());
+    w.add_section("0", &sample::vcpu(0).0).unwrap();
+    let other = Image::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    assert_ne!(other.schema_bytes(), first.schema_bytes());
+    let decoded = Image::from_bytes_like(&small(), &other).unwrap();
+    assert_eq!(decoded.schema(), first.schema());
+    // Damaged metadata is refused whatever the image is read like.
+    let mut bad = small();
+    bad[60] ^= 1;
+    assert!(Image::from_bytes_like(&bad, &first).is_err());
+}

@@ -38,6 +38,7 @@ mod incoming;
 pub mod incoming_image;
 pub mod ram_image;
 pub mod reboot;
+mod rehearse;
 pub mod schema;
 pub mod timing;
 pub mod transfer;

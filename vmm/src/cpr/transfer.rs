@@ -373,13 +373,20 @@ fn incompatible(report: &cpr_format::CompatReport) -> Option<TransferError> {
 }
 
 /// Checks the state image: compatible with this binary (already known when its schema is
-/// the one announced in hello), transfer mode, and the machine of this command line.
-fn check_state(img: &Image, announced: &Schema, config: &VmmConfig) -> Result<(), TransferError> {
-    let as_announced = img
-        .schema()
-        .sections
-        .iter()
-        .all(|s| announced.get(&s.name) == Some(s));
+/// the one announced in hello, or `schema_checked`), transfer mode, and the machine of this
+/// command line.
+fn check_state(
+    img: &Image,
+    announced: &Schema,
+    config: &VmmConfig,
+    schema_checked: bool,
+) -> Result<(), TransferError> {
+    let as_announced = schema_checked
+        || img
+            .schema()
+            .sections
+            .iter()
+            .all(|s| announced.get(&s.name) == Some(s));
     if !as_announced {
         if let Some(e) = incompatible(&img.check_compat(&image::reader_schema())) {
             return Err(e);
@@ -417,6 +424,14 @@ fn receive(
         return Err(TransferError::OtherMachine(lines.join("\n")).into());
     }
     let mut adopted = adopt_from(config, bytes, 0, Some(map))?;
+    let rehearsed = match &adopted.vm {
+        Vm::Incoming(inc) => inc.machine.as_ref().and_then(|m| {
+            super::rehearse::rehearse(m, host, |img| {
+                check_state(img, &announced, config, false).is_ok()
+            })
+        }),
+        Vm::Active(_) => None,
+    };
     t.machine_ready = now_ns();
     failpoint("ready");
     ch.send(Kind::Ready, crate::version::version().as_bytes(), &[])
@@ -434,9 +449,17 @@ fn receive(
         state_received: received,
         ..theirs
     };
-    let img = Image::from_bytes(&state.payload[super::transfer_timing::WORDS * 8..])
-        .map_err(TransferError::StateImage)?;
-    check_state(&img, &announced, config)?;
+    let bytes = &state.payload[super::transfer_timing::WORDS * 8..];
+    let img = match &rehearsed {
+        Some(r) => Image::from_bytes_like(bytes, r),
+        None => Image::from_bytes(bytes),
+    }
+    .map_err(TransferError::StateImage)?;
+    // The rehearsed image's schema passed this check before the pause.
+    let schema_checked = rehearsed
+        .as_ref()
+        .is_some_and(|r| r.schema_bytes() == img.schema_bytes());
+    check_state(&img, &announced, config, schema_checked)?;
     let (machine_state, resume_after) = image::machine_state(&img)?;
     let prepared = match &mut adopted.vm {
         Vm::Incoming(inc) => inc.machine.take(),

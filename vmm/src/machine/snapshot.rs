@@ -167,6 +167,12 @@ impl IncomingMachine {
         &self.machine.ram
     }
 
+    /// The state of the parked, never-run VM (its vCPUs hold no guest state yet): for a
+    /// rehearsal of the restore path before a live update's pause.
+    pub fn save_state(&self) -> Result<MachineState, MachineError> {
+        self.machine.save_state()
+    }
+
     /// Checks that `state` fits this VM (RAM layout, vCPU count) without consuming it.
     pub fn check(&self, state: &MachineState) -> Result<(), MachineError> {
         check_layout(&self.machine.ram, state)?;
