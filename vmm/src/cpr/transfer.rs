@@ -53,6 +53,10 @@ pub const TIMEOUT_ENV: &str = "VMM_CPR_TRANSFER_TIMEOUT_MS";
 /// stall it exactly there.
 pub const FAILPOINT_ENV: &str = "VMM_CPR_TRANSFER_FAILPOINT";
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a side spins for the peer's next message inside the pause before it blocks
+/// (`Channel::recv_spinning`): longer than the peer's work there (~0.5 ms), short enough
+/// that a stalled peer costs one core little.
+const PAUSE_SPIN: Duration = Duration::from_millis(2);
 /// Building the VM over a large RAM may take longer than one step.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -250,7 +254,8 @@ pub fn transfer(
         msg.extend_from_slice(&img);
         ch.send(Kind::State, &msg, &[])
             .map_err(TransferError::from)?;
-        ch.recv(Kind::Restored).map_err(TransferError::from)?;
+        ch.recv_spinning(Kind::Restored, PAUSE_SPIN)
+            .map_err(TransferError::from)?;
         // 5. go: past this write the guest belongs to the new process.
         t.go_sent = now_ns();
         ch.send(Kind::Go, &[], &[]).map_err(TransferError::from)?;
@@ -439,7 +444,9 @@ fn receive(
     // The old process pauses the guest now: from here to the resume, wake-ups count.
     let boost = Boost::realtime();
 
-    let state = ch.recv(Kind::State).map_err(TransferError::from)?;
+    let state = ch
+        .recv_spinning(Kind::State, PAUSE_SPIN)
+        .map_err(TransferError::from)?;
     let received = now_ns();
     failpoint("state");
     let theirs = TransferTiming::from_bytes(&state.payload)
@@ -519,7 +526,8 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
         }
     };
     // 5. go: without it this process never runs the guest.
-    ch.recv(Kind::Go).map_err(TransferError::from)?;
+    ch.recv_spinning(Kind::Go, PAUSE_SPIN)
+        .map_err(TransferError::from)?;
     t.go_received = now_ns();
     t.first_vcpu_running = match &mut adopted.vm {
         Vm::Active(m) if resume_after => super::timing::resume_stamped(m)?,
