@@ -305,13 +305,32 @@ fn listen(path: &Path) -> Result<UnixListener, TransferError> {
     {
         let _ = std::fs::remove_file(path);
     }
+    // Bound under a temporary name and renamed into place once listening: bind creates the
+    // file before listen, and a peer (or a script waiting for the file) that connects in
+    // between is refused (ECONNREFUSED, seen from cpr-transfer-bench).
+    let tmp = path
+        .file_name()
+        .map(|n| {
+            let mut t = std::ffi::OsString::from(".");
+            t.push(n);
+            t.push(format!(".{}.tmp", std::process::id()));
+            path.with_file_name(t)
+        })
+        .unwrap_or_else(|| path.to_path_buf());
     // SAFETY: umask only swaps the process's file-creation mask; the socket is bound with
     // 0600 from the start (no window where others could connect), then the mask returns.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
+    let bound = UnixListener::bind(&tmp);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
-    bound.map_err(err)
+    let listener = bound.map_err(err)?;
+    if tmp != path {
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
+    }
+    Ok(listener)
 }
 
 /// What hello carries besides the descriptors.
