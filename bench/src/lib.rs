@@ -2,6 +2,7 @@
 //! floor program (`cpr-floor`) in the same run. See docs/BENCHMARKS.md.
 
 pub mod host;
+pub mod lab;
 pub mod qmp;
 pub mod report;
 pub mod scenario;

@@ -1,0 +1,306 @@
+//! Lab benchmark rows: restart-mode live updates of a Linux guest and of a guest with VFIO
+//! devices, measured inside the lab host (nested KVM under QEMU TCG, tests/lab/).
+//!
+//! Builds a static `vmm` and `lab-driver` into `<target>/lab`, boots the lab once per
+//! scenario (bench/lab/boot.sh), reads the driver's `lab-bench-run` lines from the lab's
+//! console and writes `results.csv`, `results.json` and `results.md` into `--out` (default
+//! bench/results/lab/), labelled as lab figures. Lab figures are far slower in absolute terms
+//! than the build machines' rows: the lab's own CPU is emulated. See docs/BENCHMARKS.md.
+//!
+//! Usage: cargo run --release -p vmm-bench --bin lab-bench -- [--runs N]
+//!        [--scenarios linux,vfio] [--one-boot] [--vfio-trace] [--out DIR]
+//!        [--vmm STATIC-VMM --driver STATIC-LAB-DRIVER]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+use vmm_bench::report::{self, Row};
+use vmm_bench::scenario::Samples;
+use vmm_bench::{host, lab};
+
+/// What every lab row is measured on (the `machine` of results.json and the table's title).
+const MACHINE: &str = "lab (nested KVM under TCG)";
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+struct Args {
+    runs: u32,
+    scenarios: Vec<String>,
+    one_boot: bool,
+    vfio_trace: bool,
+    out: Option<PathBuf>,
+    vmm: Option<PathBuf>,
+    driver: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: lab-bench [--runs N] [--scenarios linux,vfio] [--one-boot] \
+[--vfio-trace] [--out DIR] [--vmm STATIC-VMM --driver STATIC-LAB-DRIVER]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        runs: 10,
+        scenarios: vec!["linux".into(), "vfio".into()],
+        one_boot: false,
+        vfio_trace: false,
+        out: None,
+        vmm: None,
+        driver: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.iter();
+    while let Some(x) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{x} needs a value"));
+        match x.as_str() {
+            "--runs" => {
+                a.runs = val()?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--runs needs a positive number")?
+            }
+            "--scenarios" => {
+                a.scenarios = val()?.split(',').map(String::from).collect();
+                if let Some(s) = a.scenarios.iter().find(|s| *s != "linux" && *s != "vfio") {
+                    return Err(format!("unknown scenario {s:?} (linux, vfio)"));
+                }
+            }
+            "--one-boot" => a.one_boot = true,
+            "--vfio-trace" => a.vfio_trace = true,
+            "--out" => a.out = Some(PathBuf::from(val()?)),
+            "--vmm" => a.vmm = Some(PathBuf::from(val()?)),
+            "--driver" => a.driver = Some(PathBuf::from(val()?)),
+            _ => return Err(USAGE.into()),
+        }
+    }
+    if a.vmm.is_some() != a.driver.is_some() {
+        return Err("--vmm and --driver go together".into());
+    }
+    Ok(a)
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `<target>/lab`, shared with the lab tests' static vmm build (tests/src/lab.rs).
+fn lab_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("lab")
+}
+
+/// The static vmm and lab-driver, built fresh (a no-op when up to date).
+fn static_programs(a: &Args, lab_target: &Path) -> Result<(PathBuf, PathBuf), String> {
+    if let (Some(v), Some(d)) = (&a.vmm, &a.driver) {
+        return Ok((v.clone(), d.clone()));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("lab-bench: building the static vmm and lab-driver");
+    // With --target, RUSTFLAGS reach only the target crates, not build scripts or proc
+    // macros (which cannot be linked statically against glibc).
+    let st = Command::new(cargo)
+        .current_dir(root())
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--quiet", "--release", "-p", "vmm", "--bin", "vmm"])
+        .args(["-p", "vmm-bench", "--bin", "lab-driver", "--target", TRIPLE])
+        .arg("--target-dir")
+        .arg(lab_target)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !st.success() {
+        return Err("static build of vmm and lab-driver failed".into());
+    }
+    let dir = lab_target.join(TRIPLE).join("release");
+    Ok((dir.join("vmm"), dir.join("lab-driver")))
+}
+
+/// One lab boot: what its console said, the host's load average at the start and end.
+struct Boot {
+    console: String,
+    load_start: f64,
+    load_end: f64,
+    passed: bool,
+}
+
+fn boot(
+    a: &Args,
+    scenarios: &[String],
+    vmm: &Path,
+    driver: &Path,
+    work: &Path,
+) -> Result<Boot, String> {
+    let load_start = host::load_avg();
+    let script = root().join("bench/lab/boot.sh");
+    let mut child = Command::new(&script)
+        .arg(vmm)
+        .arg(driver)
+        .env("LAB_SCENARIOS", scenarios.join(" "))
+        .env("LAB_RUNS", a.runs.to_string())
+        .env("LAB_VFIO_TRACE", if a.vfio_trace { "1" } else { "0" })
+        .env("LAB_WORK", work)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let mut console = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).split(b'\n') {
+            let line = line.map_err(|e| format!("reading the lab's console: {e}"))?;
+            let line = String::from_utf8_lossy(&line).replace('\r', "");
+            eprintln!("lab| {line}");
+            console.push_str(&line);
+            console.push('\n');
+        }
+    }
+    let st = child
+        .wait()
+        .map_err(|e| format!("waiting for the lab: {e}"))?;
+    if st.code() == Some(2) {
+        return Err("the lab cannot run on this machine (see tests/lab/REQUIREMENTS)".into());
+    }
+    Ok(Boot {
+        console,
+        load_start,
+        load_end: host::load_avg(),
+        passed: st.success(),
+    })
+}
+
+/// The text after `prefix` on the first console line that has it.
+fn console_value(console: &str, prefix: &str) -> Option<String> {
+    console.lines().find_map(|l| {
+        l.find(prefix)
+            .map(|i| l[i + prefix.len()..].trim().to_string())
+    })
+}
+
+fn row_for(scenario: &str, boot: &Boot, runs: &[lab::Run], want: u32) -> Row {
+    let (ram_mib, name) = match scenario {
+        "linux" => (256, "lab-restart-linux"),
+        _ => (64, "lab-restart-vfio-edu-e1000e"),
+    };
+    let mut note = String::new();
+    if runs.len() != want as usize {
+        let why = boot
+            .console
+            .lines()
+            .find_map(|l| l.split_once("lab-bench-error ").map(|(_, e)| e.to_string()))
+            .unwrap_or_else(|| "see the lab console".into());
+        note = format!("failed after {} of {want} runs: {why}", runs.len());
+    }
+    Row {
+        scenario: name.into(),
+        ram_mib,
+        vcpus: 1,
+        pages: "4k".into(),
+        samples: if note.is_empty() {
+            lab::samples(runs)
+        } else {
+            Samples::default()
+        },
+        floor: None,
+        floor_deferred: None,
+        load: boot.load_start,
+        note,
+    }
+}
+
+fn run(a: &Args) -> Result<(), String> {
+    let lab_target = lab_target();
+    let (vmm, driver) = static_programs(a, &lab_target)?;
+    let work = lab_target.join("work");
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| root().join("bench/results/lab"));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let groups: Vec<Vec<String>> = if a.one_boot {
+        vec![a.scenarios.clone()]
+    } else {
+        a.scenarios.iter().map(|s| vec![s.clone()]).collect()
+    };
+    let mut rows = Vec::new();
+    let mut boots = Vec::new();
+    let mut records = Vec::new();
+    let mut failed = false;
+    for g in &groups {
+        eprintln!(
+            "lab-bench: booting the lab for {} ({} runs each)",
+            g.join(", "),
+            a.runs
+        );
+        let b = boot(a, g, &vmm, &driver, &work)?;
+        std::fs::write(out.join(format!("console-{}.log", g.join("-"))), &b.console)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        for s in g {
+            let (runs, done) = lab::parse_console(&b.console, s)?;
+            let r = row_for(s, &b, &runs, a.runs);
+            failed |= !r.note.is_empty() || done.is_none() || !b.passed;
+            records.extend(runs.iter().map(|r| {
+                json!({"scenario": r.scenario, "run": r.run, "pause-us": r.pause_us, "check": r.check})
+            }));
+            rows.push(r);
+        }
+        boots.push(json!({
+            "scenarios": g,
+            "load-avg-start": b.load_start,
+            "load-avg-end": b.load_end,
+            "passed": b.passed,
+            "qemu": console_value(&b.console, "lab-bench-qemu "),
+            "lab": console_value(&b.console, "lab-bench-lab ")
+                .and_then(|v| serde_json::from_str::<Value>(&v).ok()),
+            "vfio-trace": b.console.lines()
+                .filter_map(|l| l.split_once("lab-bench-trace ").map(|(_, t)| t.trim()))
+                .collect::<Vec<_>>(),
+        }));
+    }
+
+    let machine = json!({
+        "kind": MACHINE,
+        "what": "Debian cloud kernel under qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1024 \
+                 (AMD SVM with nested paging emulated); the vmm runs in it on the lab's /dev/kvm",
+        "host": host::describe(),
+    });
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut json = report::json(&rows, &machine, &command);
+    json["boots"] = json!(boots);
+    json["runs"] = json!(records);
+    let title = format!(
+        "Lab figures, {MACHINE}: slower in absolute terms than the build machines' rows \
+         (the lab's CPU is emulated). Command: {command}\n\n"
+    );
+    let table = report::table(&rows);
+    println!("{title}{table}");
+    let write = |name: &str, bytes: &[u8]| {
+        let p = out.join(name);
+        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    write("results.csv", report::csv(&rows).as_bytes())?;
+    write(
+        "results.json",
+        serde_json::to_string_pretty(&json)
+            .map_err(|e| e.to_string())?
+            .as_bytes(),
+    )?;
+    write("results.md", format!("{title}{table}\n").as_bytes())?;
+    println!("results in {}", out.display());
+    if failed {
+        return Err("a lab scenario failed (see the table and console-*.log)".into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let a = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("lab-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&a) {
+        eprintln!("lab-bench: {e}");
+        std::process::exit(1);
+    }
+}
