@@ -6,8 +6,10 @@
 # Normally run by `cargo run --release -p vmm-bench --bin lab-bench`, which builds the two
 # static binaries and turns the lines into rows.
 #
-# Usage: bench/lab/boot.sh VMM DRIVER     (both statically linked)
-# Env: LAB_SCENARIOS  "linux", "vfio" or "linux vfio" (one boot for all; default "linux")
+# Usage: bench/lab/boot.sh VMM DRIVER [FLOOR]     (all statically linked)
+#   FLOOR: cpr-floor, run after each scenario at its RAM size (the lab's floor)
+# Env: LAB_SCENARIOS  any of linux, vfio, counter, space-separated (one boot for all;
+#                     default "linux")
 #      LAB_RUNS       live updates per scenario (10)
 #      LAB_WORK       work and kernel cache dir (default ${TMPDIR:-/tmp}/cpr-lab)
 #      LAB_TIMEOUT    seconds for the whole lab run (900)
@@ -18,7 +20,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 LAB=$ROOT/tests/lab
 VMM=${1:?usage: boot.sh VMM DRIVER}
-DRIVER=${2:?usage: boot.sh VMM DRIVER}
+DRIVER=${2:?usage: boot.sh VMM DRIVER [FLOOR]}
+FLOOR=${3:-}
 W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
 SCENARIOS=${LAB_SCENARIOS:-linux}
 
@@ -29,7 +32,7 @@ done
 BUSYBOX=/bin/busybox
 [ -x "$BUSYBOX" ] && ! LC_ALL=C ldd "$BUSYBOX" 2>/dev/null | grep -q '=>' ||
     missing "$BUSYBOX missing or not static: install busybox-static ($LAB/REQUIREMENTS)"
-for b in "$VMM" "$DRIVER"; do
+for b in "$VMM" "$DRIVER" $FLOOR; do
     [ -x "$b" ] || missing "$b not found"
     LC_ALL=C ldd "$b" 2>/dev/null | grep -q '=>' && missing "$b is dynamically linked: build it with +crt-static"
 done
@@ -71,6 +74,8 @@ cp "$DRIVER" "$R1/lab-driver"
 cp "$K/boot/vmlinuz-$KV" "$R1/l2/vmlinuz"
 cp "$W/initrd-bench-l2.gz" "$R1/l2/initrd.gz"
 cp "$GUEST" "$R1/vfio-guest"
+cp "$ROOT/fixtures/guests/counter" "$R1/counter-guest"
+[ -z "$FLOOR" ] || cp "$FLOOR" "$R1/cpr-floor"
 cp "$HERE/l1-init" "$R1/init"
 {
     printf 'LAB_SCENARIOS=%q\n' "$SCENARIOS"

@@ -1,15 +1,16 @@
 //! Lab benchmark rows: restart-mode live updates of a Linux guest and of a guest with VFIO
 //! devices, measured inside the lab host (nested KVM under QEMU TCG, tests/lab/).
 //!
-//! Builds a static `vmm` and `lab-driver` into `<target>/lab`, boots the lab once per
-//! scenario (bench/lab/boot.sh), reads the driver's `lab-bench-run` lines from the lab's
-//! console and writes `results.csv`, `results.json` and `results.md` into `--out` (default
+//! Builds a static `vmm`, `lab-driver` and `cpr-floor` into `<target>/lab`, boots the lab
+//! once per scenario (bench/lab/boot.sh), reads the driver's `lab-bench-run` lines and the
+//! floor program's runs (same RAM size, in the same lab) from the lab's console and writes `results.csv`, `results.json` and `results.md` into `--out` (default
 //! bench/results/lab/), labelled as lab figures. Lab figures are far slower in absolute terms
 //! than the build machines' rows: the lab's own CPU is emulated. See docs/BENCHMARKS.md.
 //!
 //! Usage: cargo run --release -p vmm-bench --bin lab-bench -- [--runs N]
-//!        [--scenarios linux,vfio] [--one-boot] [--vfio-trace] [--out DIR]
-//!        [--vmm STATIC-VMM --driver STATIC-LAB-DRIVER]
+//!        [--scenarios linux,vfio,counter] [--one-boot] [--no-floor] [--vfio-trace]
+//!        [--out DIR] [--prebuilt DIR]
+//! `--prebuilt DIR`: static `vmm`, `lab-driver` and `cpr-floor` already built in DIR.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 use vmm_bench::report::{self, Row};
 use vmm_bench::scenario::Samples;
+use vmm_bench::stats::summarize;
 use vmm_bench::{host, lab};
 
 /// What every lab row is measured on (the `machine` of results.json and the table's title).
@@ -29,23 +31,24 @@ struct Args {
     scenarios: Vec<String>,
     one_boot: bool,
     vfio_trace: bool,
+    floor: bool,
     out: Option<PathBuf>,
-    vmm: Option<PathBuf>,
-    driver: Option<PathBuf>,
+    prebuilt: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: lab-bench [--runs N] [--scenarios linux,vfio] [--one-boot] \
-[--vfio-trace] [--out DIR] [--vmm STATIC-VMM --driver STATIC-LAB-DRIVER]";
+const USAGE: &str = "usage: lab-bench [--runs N] [--scenarios linux,vfio,counter] [--one-boot] \
+[--no-floor] [--vfio-trace] [--out DIR] [--prebuilt DIR]";
+const SCENARIOS: &[&str] = &["linux", "vfio", "counter"];
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         runs: 10,
-        scenarios: vec!["linux".into(), "vfio".into()],
+        scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
         one_boot: false,
         vfio_trace: false,
+        floor: true,
         out: None,
-        vmm: None,
-        driver: None,
+        prebuilt: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -61,20 +64,21 @@ fn parse_args() -> Result<Args, String> {
             }
             "--scenarios" => {
                 a.scenarios = val()?.split(',').map(String::from).collect();
-                if let Some(s) = a.scenarios.iter().find(|s| *s != "linux" && *s != "vfio") {
-                    return Err(format!("unknown scenario {s:?} (linux, vfio)"));
+                if let Some(s) = a
+                    .scenarios
+                    .iter()
+                    .find(|s| !SCENARIOS.contains(&s.as_str()))
+                {
+                    return Err(format!("unknown scenario {s:?} (linux, vfio, counter)"));
                 }
             }
             "--one-boot" => a.one_boot = true,
             "--vfio-trace" => a.vfio_trace = true,
+            "--no-floor" => a.floor = false,
             "--out" => a.out = Some(PathBuf::from(val()?)),
-            "--vmm" => a.vmm = Some(PathBuf::from(val()?)),
-            "--driver" => a.driver = Some(PathBuf::from(val()?)),
+            "--prebuilt" => a.prebuilt = Some(PathBuf::from(val()?)),
             _ => return Err(USAGE.into()),
         }
-    }
-    if a.vmm.is_some() != a.driver.is_some() {
-        return Err("--vmm and --driver go together".into());
     }
     Ok(a)
 }
@@ -91,29 +95,37 @@ fn lab_target() -> PathBuf {
         .join("lab")
 }
 
-/// The static vmm and lab-driver, built fresh (a no-op when up to date).
-fn static_programs(a: &Args, lab_target: &Path) -> Result<(PathBuf, PathBuf), String> {
-    if let (Some(v), Some(d)) = (&a.vmm, &a.driver) {
-        return Ok((v.clone(), d.clone()));
+/// The directory of the static vmm, lab-driver and cpr-floor, built fresh (a no-op when up
+/// to date).
+fn static_programs(a: &Args, lab_target: &Path) -> Result<PathBuf, String> {
+    if let Some(d) = &a.prebuilt {
+        return Ok(d.clone());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("lab-bench: building the static vmm and lab-driver");
+    eprintln!("lab-bench: building the static vmm, lab-driver and cpr-floor");
     // With --target, RUSTFLAGS reach only the target crates, not build scripts or proc
     // macros (which cannot be linked statically against glibc).
     let st = Command::new(cargo)
         .current_dir(root())
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .args(["build", "--quiet", "--release", "-p", "vmm", "--bin", "vmm"])
-        .args(["-p", "vmm-bench", "--bin", "lab-driver", "--target", TRIPLE])
+        .args([
+            "-p",
+            "vmm-bench",
+            "--bin",
+            "lab-driver",
+            "--bin",
+            "cpr-floor",
+        ])
+        .args(["--target", TRIPLE])
         .arg("--target-dir")
         .arg(lab_target)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !st.success() {
-        return Err("static build of vmm and lab-driver failed".into());
+        return Err("static build of vmm, lab-driver and cpr-floor failed".into());
     }
-    let dir = lab_target.join(TRIPLE).join("release");
-    Ok((dir.join("vmm"), dir.join("lab-driver")))
+    Ok(lab_target.join(TRIPLE).join("release"))
 }
 
 /// One lab boot: what its console said, the host's load average at the start and end.
@@ -124,18 +136,15 @@ struct Boot {
     passed: bool,
 }
 
-fn boot(
-    a: &Args,
-    scenarios: &[String],
-    vmm: &Path,
-    driver: &Path,
-    work: &Path,
-) -> Result<Boot, String> {
+fn boot(a: &Args, scenarios: &[String], bin: &Path, work: &Path) -> Result<Boot, String> {
     let load_start = host::load_avg();
     let script = root().join("bench/lab/boot.sh");
-    let mut child = Command::new(&script)
-        .arg(vmm)
-        .arg(driver)
+    let mut cmd = Command::new(&script);
+    cmd.arg(bin.join("vmm")).arg(bin.join("lab-driver"));
+    if a.floor {
+        cmd.arg(bin.join("cpr-floor"));
+    }
+    let mut child = cmd
         .env("LAB_SCENARIOS", scenarios.join(" "))
         .env("LAB_RUNS", a.runs.to_string())
         .env("LAB_VFIO_TRACE", if a.vfio_trace { "1" } else { "0" })
@@ -175,10 +184,29 @@ fn console_value(console: &str, prefix: &str) -> Option<String> {
     })
 }
 
+/// The floor program's runs after `scenario` (`lab-bench-floor SCENARIO KIND run N: floor
+/// X ms`), in ms.
+fn floor_ms(console: &str, scenario: &str, kind: &str) -> Vec<f64> {
+    let prefix = format!("lab-bench-floor {scenario} {kind} ");
+    console
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&prefix)? + prefix.len()..];
+            rest.split("floor ")
+                .nth(1)?
+                .trim()
+                .strip_suffix(" ms")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 fn row_for(scenario: &str, boot: &Boot, runs: &[lab::Run], want: u32) -> Row {
     let (ram_mib, name) = match scenario {
         "linux" => (256, "lab-restart-linux"),
-        _ => (64, "lab-restart-vfio-edu-e1000e"),
+        "vfio" => (64, "lab-restart-vfio-edu-e1000e"),
+        _ => (64, "lab-restart-counter"),
     };
     let mut note = String::new();
     if runs.len() != want as usize {
@@ -199,8 +227,8 @@ fn row_for(scenario: &str, boot: &Boot, runs: &[lab::Run], want: u32) -> Row {
         } else {
             Samples::default()
         },
-        floor: None,
-        floor_deferred: None,
+        floor: summarize(&floor_ms(&boot.console, scenario, "plain")),
+        floor_deferred: summarize(&floor_ms(&boot.console, scenario, "deferred")),
         load: boot.load_start,
         note,
     }
@@ -208,7 +236,7 @@ fn row_for(scenario: &str, boot: &Boot, runs: &[lab::Run], want: u32) -> Row {
 
 fn run(a: &Args) -> Result<(), String> {
     let lab_target = lab_target();
-    let (vmm, driver) = static_programs(a, &lab_target)?;
+    let bin = static_programs(a, &lab_target)?;
     let work = lab_target.join("work");
     let out = a
         .out
@@ -230,7 +258,7 @@ fn run(a: &Args) -> Result<(), String> {
             g.join(", "),
             a.runs
         );
-        let b = boot(a, g, &vmm, &driver, &work)?;
+        let b = boot(a, g, &bin, &work)?;
         std::fs::write(out.join(format!("console-{}.log", g.join("-"))), &b.console)
             .map_err(|e| format!("{}: {e}", out.display()))?;
         for s in g {

@@ -5,14 +5,16 @@
 //! prints one `lab-bench-run {JSON}` line (pause and phases from query-cpr; see
 //! vmm_bench::lab). Built statically for the lab's initramfs by `lab-bench`.
 //!
-//! Usage: lab-driver --scenario linux|vfio --runs N --dir DIR -- VMM [VMM-ARGS...]
+//! Usage: lab-driver --scenario linux|vfio|counter --runs N --dir DIR -- VMM [VMM-ARGS...]
 //! The driver adds `-serial stdio` and `-qmp unix:DIR/qmp.sock,server=on,wait=off`.
 //! Liveness after each update:
 //!   linux: a command typed into the guest's shell is answered by the same shell process
 //!          (its PID), with a guest uptime later than the previous answer's;
 //!   vfio:  the guest (fixtures/guests/vfio) goes on iterating (3 more iterations), every
 //!          complete `iter N edu-irqs N msix0 N msix1 N` line has equal counts, and it never
-//!          printed `vfio FAIL`.
+//!          printed `vfio FAIL`;
+//!   counter: the counter guest (fixtures/guests/counter) counts on, 20 more, and its
+//!          `count N` lines are one unbroken sequence at the end.
 //! Exit status 0 after `lab-bench-done`; 1 after `lab-bench-error` (with the console's and
 //! the vmm's last lines); 2 for bad usage.
 
@@ -30,6 +32,9 @@ use vmm_bench::qmp::Qmp;
 enum Scenario {
     Linux,
     Vfio,
+    /// The counter guest without devices, at the VFIO guest's RAM size: the lab's baseline
+    /// for what VFIO adds.
+    Counter,
 }
 
 impl Scenario {
@@ -37,6 +42,7 @@ impl Scenario {
         match self {
             Scenario::Linux => "linux",
             Scenario::Vfio => "vfio",
+            Scenario::Counter => "counter",
         }
     }
 }
@@ -49,7 +55,8 @@ struct Args {
     vmm_args: Vec<String>,
 }
 
-const USAGE: &str = "usage: lab-driver --scenario linux|vfio --runs N --dir DIR -- VMM [ARGS...]";
+const USAGE: &str =
+    "usage: lab-driver --scenario linux|vfio|counter --runs N --dir DIR -- VMM [ARGS...]";
 
 fn parse_args() -> Result<Args, String> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -64,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
                 scenario = Some(match v.as_str() {
                     "linux" => Scenario::Linux,
                     "vfio" => Scenario::Vfio,
+                    "counter" => Scenario::Counter,
                     other => return Err(format!("unknown scenario {other:?}")),
                 })
             }
@@ -211,6 +219,15 @@ fn iterations(text: &str) -> Vec<[u64; 4]> {
         .collect()
 }
 
+/// Complete `count N` lines.
+fn counts(text: &str) -> Vec<u64> {
+    let complete = text.rsplit_once('\n').map_or("", |(d, _)| d);
+    complete
+        .lines()
+        .filter_map(|l| l.strip_prefix("count ")?.trim().parse().ok())
+        .collect()
+}
+
 /// The last complete iteration line, failing if its interrupt counts differ from its
 /// iteration number (a lost or doubled DMA interrupt).
 fn last_iteration(text: &str) -> Result<Option<u64>, String> {
@@ -298,6 +315,11 @@ fn updates(lab: &mut Lab, a: &Args, args: &[String], img: &str) -> Result<(), St
                 iterations(t).last().filter(|l| l[0] >= 3).map(|_| ())
             })?;
         }
+        Scenario::Counter => {
+            lab.wait("count 20", 0, 180, |t| {
+                counts(t).last().filter(|n| **n >= 20).map(|_| ())
+            })?;
+        }
     }
     println!(
         "lab-bench-ready {}",
@@ -308,6 +330,7 @@ fn updates(lab: &mut Lab, a: &Args, args: &[String], img: &str) -> Result<(), St
     argv.push("-S".into());
     for i in 1..=a.runs {
         let before = last_iteration(&lab.console.since(0))?;
+        let count_before = counts(&lab.console.since(0)).last().copied();
         let from = lab.console.len();
         lab.qmp
             .cmd("cpr-save", json!({"filename": img, "mode": "restart"}))?;
@@ -346,12 +369,26 @@ fn updates(lab: &mut Lab, a: &Args, args: &[String], img: &str) -> Result<(), St
                 )??;
                 format!("guest iterated {at} -> {n}, DMA interrupt counts equal")
             }
+            Scenario::Counter => {
+                let at = count_before.unwrap_or(0);
+                let n = lab.wait("20 more counts", from, 120, |t| {
+                    counts(t).last().copied().filter(|n| *n >= at + 20)
+                })?;
+                format!("guest counted {at} -> {n}")
+            }
         };
         println!("{}", run.line());
     }
     let last = match scenario {
         Scenario::Linux => json!(shell.map(|s| s.0)),
         Scenario::Vfio => json!(last_iteration(&lab.console.since(0))?),
+        Scenario::Counter => {
+            let c = counts(&lab.console.since(0));
+            if let Some(w) = c.windows(2).find(|w| w[1] != w[0] + 1) {
+                return Err(format!("the guest's count broke: {} then {}", w[0], w[1]));
+            }
+            json!(c.last())
+        }
     };
     let _ = lab.qmp.cmd("quit", json!({}));
     // VMM_VFIO_TRACE=1 (lab-bench --vfio-trace): the vmm's own VFIO step times.
