@@ -83,8 +83,10 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// The workspace (this crate's parent directory).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().unwrap_or(bench).to_path_buf()
 }
 
 /// `<target>/lab`, shared with the lab tests' static vmm build (tests/src/lab.rs).
@@ -117,6 +119,7 @@ fn static_programs(a: &Args, lab_target: &Path) -> Result<PathBuf, String> {
             "--bin",
             "cpr-floor",
         ])
+        .arg("--no-default-features")
         .args(["--target", TRIPLE])
         .arg("--target-dir")
         .arg(lab_target)
