@@ -369,3 +369,19 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_runs_are_read_per_scenario_and_kind() {
+        let console = "lab-bench-floor linux plain run 1: floor 150.500 ms\n\
+                       lab-bench-floor linux deferred run 1: floor 60.000 ms\r\n\
+                       \x1b[0mlab-bench-floor linux plain run 2: floor 160.000 ms\n\
+                       lab-bench-floor vfio plain run 1: floor 90.000 ms\n";
+        assert_eq!(floor_ms(console, "linux", "plain"), vec![150.5, 160.0]);
+        assert_eq!(floor_ms(console, "linux", "deferred"), vec![60.0]);
+        assert_eq!(floor_ms(console, "counter", "plain"), Vec::<f64>::new());
+    }
+}

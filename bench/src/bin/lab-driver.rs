@@ -417,3 +417,32 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_complete_iteration_lines_count_and_unequal_counts_fail() {
+        let text = "vfio edu intx ok 3\niter 1 edu-irqs 1 msix0 1 msix1 1\niter 2 edu-irqs 2 msix0 2 msix1 2\niter 3 edu-ir";
+        assert_eq!(iterations(text).len(), 2);
+        assert_eq!(last_iteration(text), Ok(Some(2)));
+        let lost = "iter 4 edu-irqs 3 msix0 4 msix1 4\n";
+        assert!(last_iteration(lost).unwrap_err().contains("differ"));
+        assert_eq!(last_iteration("booting\n"), Ok(None));
+    }
+
+    #[test]
+    fn counts_skip_the_partial_last_line() {
+        assert_eq!(counts("count 1\ncount 2\ncount 3"), vec![1, 2]);
+    }
+
+    #[test]
+    fn shell_answer_gives_uptime_and_pid() {
+        assert_eq!(
+            shell_answer("alive-42-3 12.50 1"),
+            Ok((12.5, "1".to_string()))
+        );
+        assert!(shell_answer("alive-42-3").is_err());
+    }
+}
