@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use vmm_bench::report::{self, Row};
 use vmm_bench::scenario::Samples;
 use vmm_bench::stats::summarize;
-use vmm_bench::{host, lab};
+use vmm_bench::{calibrate, host, lab};
 
 /// What every lab row is measured on (the `machine` of results.json and the table's title).
 const MACHINE: &str = "lab (nested KVM under TCG)";
@@ -181,6 +181,20 @@ fn boot(a: &Args, scenarios: &[String], bin: &Path, work: &Path) -> Result<Boot,
     })
 }
 
+/// `lab-driver --calibrate` on this host (Null if it cannot run).
+fn calibrate_host(bin: &Path) -> Value {
+    Command::new(bin.join("lab-driver"))
+        .arg("--calibrate")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).into_owned();
+            console_value(&s, "lab-bench-calibration ")
+        })
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// The text after `prefix` on the first console line that has it.
 fn console_value(console: &str, prefix: &str) -> Option<String> {
     console.lines().find_map(|l| {
@@ -265,6 +279,8 @@ fn run(a: &Args) -> Result<(), String> {
         }
         g
     };
+    // The static driver runs on the host too: the same calibration as in each lab boot.
+    let host_calibration = calibrate_host(&bin);
     let mut rows = Vec::new();
     let mut boots = Vec::new();
     let mut records = Vec::new();
@@ -295,6 +311,8 @@ fn run(a: &Args) -> Result<(), String> {
             "qemu": console_value(&b.console, "lab-bench-qemu "),
             "lab": console_value(&b.console, "lab-bench-lab ")
                 .and_then(|v| serde_json::from_str::<Value>(&v).ok()),
+            "calibration": console_value(&b.console, "lab-bench-calibration ")
+                .and_then(|v| serde_json::from_str::<Value>(&v).ok()),
             "vfio-trace": b.console.lines()
                 .filter_map(|l| l.split_once("lab-bench-trace ").map(|(_, t)| t.trim()))
                 .collect::<Vec<_>>(),
@@ -306,6 +324,8 @@ fn run(a: &Args) -> Result<(), String> {
         "what": "Debian cloud kernel under qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1024 \
                  (AMD SVM with nested paging emulated); the vmm runs in it on the lab's /dev/kvm",
         "host": host::describe(),
+        // The same calibration as in each boot, on the build machine, for the ratio.
+        "host-calibration": host_calibration,
     });
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut json = report::json(&rows, &machine, &command);
@@ -317,7 +337,8 @@ fn run(a: &Args) -> Result<(), String> {
         .iter()
         .map(|b| {
             format!(
-                "- boot for {}: host load average {:.1} at start, {:.1} at end\n",
+                "- boot for {}: host load average {:.1} at start, {:.1} at end; \
+                 in the lab: {}\n",
                 b["scenarios"]
                     .as_array()
                     .map(|s| s
@@ -328,12 +349,15 @@ fn run(a: &Args) -> Result<(), String> {
                     .unwrap_or_default(),
                 b["load-avg-start"].as_f64().unwrap_or(0.0),
                 b["load-avg-end"].as_f64().unwrap_or(0.0),
+                calibrate::describe(&b["calibration"]),
             )
         })
         .collect();
     let title = format!(
         "Lab figures, {MACHINE}: slower in absolute terms than the build machines' rows \
-         (the lab's CPU is emulated). Command: {command}\n\n{loads}\n"
+         (the lab's CPU is emulated). Command: {command}\n\n{loads}\
+         - on this host, for comparison: {}\n\n",
+        calibrate::describe(&host_calibration)
     );
     let table = report::table(&rows);
     println!("{title}{table}");

@@ -6,6 +6,7 @@
 //! vmm_bench::lab). Built statically for the lab's initramfs by `lab-bench`.
 //!
 //! Usage: lab-driver --scenario linux|vfio|counter --runs N --dir DIR -- VMM [VMM-ARGS...]
+//!        lab-driver --calibrate   (prints `lab-bench-calibration {JSON}`: vmm_bench::calibrate)
 //! The driver adds `-serial stdio` and `-qmp unix:DIR/qmp.sock,server=on,wait=off`.
 //! Liveness after each update:
 //!   linux: a command typed into the guest's shell is answered by the same shell process
@@ -404,6 +405,14 @@ fn updates(lab: &mut Lab, a: &Args, args: &[String], img: &str) -> Result<(), St
 }
 
 fn main() {
+    // Once per lab boot (l1-init): how fast the lab runs syscalls, code and thread hand-offs.
+    if std::env::args().nth(1).as_deref() == Some("--calibrate") {
+        println!(
+            "lab-bench-calibration {}",
+            vmm_bench::calibrate::calibrate()
+        );
+        return;
+    }
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {
