@@ -11,6 +11,8 @@
 # Env: LAB_SCENARIOS  any of linux, vfio, counter, space-separated (one boot for all;
 #                     default "linux")
 #      LAB_RUNS       live updates per scenario (10)
+#      LAB_ROUNDS     rounds the scenarios take turns in (1): each scenario's LAB_RUNS are
+#                     split across them, a fresh vmm and guest per round
 #      LAB_WORK       work and kernel cache dir (default ${TMPDIR:-/tmp}/cpr-lab)
 #      LAB_TIMEOUT    seconds for the whole lab run (900)
 #      LAB_VFIO_TRACE 1: the vmm prints its VFIO live-update steps (lab-bench-trace lines)
@@ -80,6 +82,7 @@ cp "$HERE/l1-init" "$R1/init"
 {
     printf 'LAB_SCENARIOS=%q\n' "$SCENARIOS"
     printf 'LAB_RUNS=%q\n' "${LAB_RUNS:-10}"
+    printf 'LAB_ROUNDS=%q\n' "${LAB_ROUNDS:-1}"
     printf 'LAB_VFIO_TRACE=%q\n' "${LAB_VFIO_TRACE:-0}"
     printf 'L2_APPEND=%q\n' "console=ttyS0 panic=-1 quiet"
 } > "$R1/lab.env"

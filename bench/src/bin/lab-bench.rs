@@ -10,8 +10,10 @@
 //! the lab's own CPU is emulated. See docs/BENCHMARKS.md.
 //!
 //! Usage: cargo run --release -p vmm-bench --bin lab-bench -- [--runs N]
-//!        [--scenarios linux,vfio,counter] [--one-boot] [--no-floor] [--vfio-trace]
-//!        [--out DIR] [--prebuilt DIR]
+//!        [--scenarios linux,vfio,counter] [--one-boot] [--rounds R] [--no-floor]
+//!        [--vfio-trace] [--out DIR] [--prebuilt DIR]
+//! `--rounds R` (5): scenarios sharing a boot take turns, each doing its share of the runs
+//! with a fresh vmm and guest per round, so they see the same drift of the host's load.
 //! `--prebuilt DIR`: static `vmm`, `lab-driver` and `cpr-floor` already built in DIR.
 
 use std::io::{BufRead, BufReader};
@@ -32,6 +34,8 @@ struct Args {
     runs: u32,
     scenarios: Vec<String>,
     one_boot: bool,
+    /// Scenarios sharing a boot take turns in this many rounds.
+    rounds: u32,
     vfio_trace: bool,
     floor: bool,
     out: Option<PathBuf>,
@@ -39,7 +43,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: lab-bench [--runs N] [--scenarios linux,vfio,counter] [--one-boot] \
-[--no-floor] [--vfio-trace] [--out DIR] [--prebuilt DIR]";
+[--rounds R] [--no-floor] [--vfio-trace] [--out DIR] [--prebuilt DIR]";
 const SCENARIOS: &[&str] = &["linux", "vfio", "counter"];
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 10,
         scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
         one_boot: false,
+        rounds: 5,
         vfio_trace: false,
         floor: true,
         out: None,
@@ -75,6 +80,13 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--one-boot" => a.one_boot = true,
+            "--rounds" => {
+                a.rounds = val()?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--rounds needs a positive number")?
+            }
             "--vfio-trace" => a.vfio_trace = true,
             "--no-floor" => a.floor = false,
             "--out" => a.out = Some(PathBuf::from(val()?)),
@@ -133,6 +145,15 @@ fn static_programs(a: &Args, lab_target: &Path) -> Result<PathBuf, String> {
     Ok(lab_target.join(TRIPLE).join("release"))
 }
 
+/// Rounds for a boot of these scenarios: one scenario alone needs no turns.
+fn rounds(a: &Args, scenarios: &[String]) -> u32 {
+    if scenarios.len() > 1 {
+        a.rounds.min(a.runs)
+    } else {
+        1
+    }
+}
+
 /// One lab boot: what its console said, the host's load average at the start and end.
 struct Boot {
     console: String,
@@ -152,6 +173,7 @@ fn boot(a: &Args, scenarios: &[String], bin: &Path, work: &Path) -> Result<Boot,
     let mut child = cmd
         .env("LAB_SCENARIOS", scenarios.join(" "))
         .env("LAB_RUNS", a.runs.to_string())
+        .env("LAB_ROUNDS", rounds(a, scenarios).to_string())
         .env("LAB_VFIO_TRACE", if a.vfio_trace { "1" } else { "0" })
         .env("LAB_WORK", work)
         .stdout(Stdio::piped())
@@ -305,6 +327,7 @@ fn run(a: &Args) -> Result<(), String> {
         }
         boots.push(json!({
             "scenarios": g,
+            "rounds": rounds(a, g),
             "load-avg-start": b.load_start,
             "load-avg-end": b.load_end,
             "passed": b.passed,

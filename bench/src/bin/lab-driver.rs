@@ -5,7 +5,7 @@
 //! prints one `lab-bench-run {JSON}` line (pause and phases from query-cpr; see
 //! vmm_bench::lab). Built statically for the lab's initramfs by `lab-bench`.
 //!
-//! Usage: lab-driver --scenario linux|vfio|counter --runs N --dir DIR -- VMM [VMM-ARGS...]
+//! Usage: lab-driver --scenario linux|vfio|counter --runs N [--first-run K] --dir DIR -- VMM [VMM-ARGS...]
 //!        lab-driver --calibrate   (prints `lab-bench-calibration {JSON}`: vmm_bench::calibrate)
 //! The driver adds `-serial stdio` and `-qmp unix:DIR/qmp.sock,server=on,wait=off`.
 //! Liveness after each update:
@@ -51,19 +51,21 @@ impl Scenario {
 struct Args {
     scenario: Scenario,
     runs: u32,
+    /// Number of the first update (a scenario's runs may be split over several drivers).
+    first_run: u32,
     dir: PathBuf,
     vmm: String,
     vmm_args: Vec<String>,
 }
 
 const USAGE: &str =
-    "usage: lab-driver --scenario linux|vfio|counter --runs N --dir DIR -- VMM [ARGS...]";
+    "usage: lab-driver --scenario linux|vfio|counter --runs N [--first-run K] --dir DIR -- VMM [ARGS...]";
 
 fn parse_args() -> Result<Args, String> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let split = argv.iter().position(|a| a == "--").ok_or(USAGE)?;
     let (opts, rest) = (&argv[..split], &argv[split + 1..]);
-    let (mut scenario, mut runs, mut dir) = (None, None, None);
+    let (mut scenario, mut runs, mut dir, mut first_run) = (None, None, None, 1);
     let mut it = opts.iter();
     while let Some(o) = it.next() {
         let v = it.next().ok_or_else(|| format!("{o} needs a value"))?;
@@ -84,6 +86,13 @@ fn parse_args() -> Result<Args, String> {
                         .ok_or("--runs needs a positive number")?,
                 )
             }
+            "--first-run" => {
+                first_run = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--first-run needs a positive number")?
+            }
             "--dir" => dir = Some(PathBuf::from(v)),
             _ => return Err(USAGE.into()),
         }
@@ -92,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         scenario: scenario.ok_or(USAGE)?,
         runs: runs.ok_or(USAGE)?,
+        first_run,
         dir: dir.ok_or(USAGE)?,
         vmm: vmm.clone(),
         vmm_args: vmm_args.to_vec(),
@@ -329,7 +339,7 @@ fn updates(lab: &mut Lab, a: &Args, args: &[String], img: &str) -> Result<(), St
     let mut argv = vec![a.vmm.clone()];
     argv.extend(args.iter().cloned());
     argv.push("-S".into());
-    for i in 1..=a.runs {
+    for i in a.first_run..a.first_run + a.runs {
         let before = last_iteration(&lab.console.since(0))?;
         let count_before = counts(&lab.console.since(0)).last().copied();
         let from = lab.console.len();
