@@ -41,7 +41,7 @@ mkdir -p "$A/lists/partial" "$A/cache/archives/partial"
 echo "deb [signed-by=$KEYRING] http://deb.debian.org/debian $SUITE main" > "$A/sources.list"
 APTO=(-o "Dir::Etc::sourcelist=$A/sources.list" -o Dir::Etc::sourceparts=- \
       -o "Dir::State::lists=$A/lists" -o "Dir::Cache=$A/cache" -o Debug::NoLocking=1)
-ver() { apt-cache "${APTO[@]}" show "$PKG" 2>/dev/null | awk '/^Version:/ {print $2; exit}'; }
+ver() { apt-cache "${APTO[@]}" show "$PKG" 2>/dev/null | awk '/^Version:/ {print $2; exit}' || true; }
 VER=$(ver)
 if [ -z "$VER" ]; then
     apt-get "${APTO[@]}" update >&2 || missing "apt-get update for $SUITE failed"

@@ -396,10 +396,11 @@ impl VfioSet {
         for d in self.devices() {
             lock(d).attach_irqfds()?;
         }
-        trace(format_args!(
-            "update abandoned: DMA vaddr restored and irqfds attached in {:.3} ms",
-            ms(t)
-        ));
+        let what = match self.backend {
+            Backend::Type1 { .. } => "DMA vaddr restored and irqfds attached",
+            Backend::Iommufd(_) => "irqfds attached",
+        };
+        trace(format_args!("update abandoned: {what} in {:.3} ms", ms(t)));
         Ok(())
     }
 
