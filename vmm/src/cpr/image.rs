@@ -177,7 +177,11 @@ pub fn machine_desc(config: &VmmConfig) -> MachineDesc {
     // Assigned devices must match too: the new process adopts them by id.
     devices.extend(config.vfio.iter().map(|d| DeviceDesc {
         id: d.id.clone(),
-        kind: format!("vfio-pci,host={}", d.host),
+        kind: match &d.iommufd {
+            None => format!("vfio-pci,host={}", d.host),
+            // The new process adopts an iommufd, not a container: it must be told so.
+            Some(obj) => format!("vfio-pci,host={},iommufd={obj}", d.host),
+        },
     }));
     MachineDesc {
         vcpus: u32::from(config.vcpus),
