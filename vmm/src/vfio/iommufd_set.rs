@@ -174,18 +174,18 @@ impl IommufdBackend {
         fd: RawFd,
     ) -> Result<(), VfioSetError> {
         let err = |what: String| move |source| VfioSetError::KvmVfio { what, source };
-        if self.kvm_vfio.is_none() {
-            let mut d = kvm_create_device {
-                type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_VFIO,
-                ..Default::default()
-            };
-            self.kvm_vfio = Some(
-                vm.create_device(&mut d)
-                    .map_err(err("the KVM VFIO device itself".into()))?,
-            );
-        }
-        let Some(kvm_vfio) = &self.kvm_vfio else {
-            return Ok(());
+        let kvm_vfio = match &mut self.kvm_vfio {
+            Some(d) => d,
+            None => {
+                let mut d = kvm_create_device {
+                    type_: kvm_bindings::kvm_device_type_KVM_DEV_TYPE_VFIO,
+                    ..Default::default()
+                };
+                let dev = vm
+                    .create_device(&mut d)
+                    .map_err(err("the KVM VFIO device itself".into()))?;
+                self.kvm_vfio.insert(dev)
+            }
         };
         let fd: i32 = fd;
         let attr = kvm_device_attr {
