@@ -46,8 +46,19 @@ VER=$(ver)
 if [ -z "$VER" ]; then
     apt-get "${APTO[@]}" update >&2 || missing "apt-get update for $SUITE failed"
     VER=$(ver)
-    [ -n "$VER" ] || missing "$SUITE has no package $PKG"
 fi
+# Backports keep only the newest kernel series: when the default one has gone, follow the
+# suite's linux-source metapackage (the fragment only names options, so it carries over).
+if [ -z "$VER" ] && [ -z "${LAB_KERNEL_SOURCE:-}" ]; then
+    NEWER=$(apt-cache "${APTO[@]}" depends linux-source 2>/dev/null \
+        | awk '/Depends: linux-source-[0-9]/ {print $2; exit}' || true)
+    if [ -n "$NEWER" ]; then
+        echo "build-kernel.sh: $SUITE no longer has $PKG; using $NEWER" >&2
+        PKG=$NEWER
+        VER=$(ver)
+    fi
+fi
+[ -n "$VER" ] || missing "$SUITE has no package $PKG"
 
 KEY=$( (cat "$FRAG" "$0"; echo "$PKG $VER") | sha256sum | cut -c1-16)
 IMAGE=$OUT/bzImage-$KEY
