@@ -245,7 +245,14 @@ pub fn rows_from_json(v: &Value) -> Vec<Row> {
         .unwrap_or_default()
 }
 
+/// Without the `plot` feature there is no plot.
+#[cfg(not(feature = "plot"))]
+pub fn plot(_rows: &[Row], _path: &Path) -> Result<(), String> {
+    Err("vmm-bench was built without the plot feature".into())
+}
+
 /// Pause against RAM size: restart mode per page size, the floor beside each.
+#[cfg(feature = "plot")]
 pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     register_font()?;
@@ -339,6 +346,7 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
 }
 
 /// Text needs a TTF font: the first DejaVu/Liberation sans found on the system.
+#[cfg(feature = "plot")]
 fn register_font() -> Result<(), String> {
     const CANDIDATES: &[&str] = &[
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

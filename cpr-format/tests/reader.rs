@@ -382,7 +382,7 @@ fn write_to_file_fills_a_memfd_that_from_file_reads_back() {
 fn a_huge_depth_limit_still_cannot_exhaust_the_stack() {
     // 100,000 nested arrays in a section payload, with the depth limit lifted.
     let mut payload = vec![0xa1, 0x61, b'x'];
-    payload.extend(std::iter::repeat(0x81).take(100_000));
+    payload.extend(std::iter::repeat_n(0x81, 100_000));
     payload.push(0);
     let mut w = ImageWriter::new(sample::header());
     let info = SectionInfo {
@@ -443,7 +443,7 @@ fn a_huge_depth_limit_still_cannot_exhaust_the_stack() {
     };
     let mut deep = b[..35 + header_len].to_vec();
     deep.extend_from_slice(&[0x80, 0x80]); // no sections, no fds
-    deep.extend(std::iter::repeat(0x81).take(100_000)); // "schema"
+    deep.extend(std::iter::repeat_n(0x81, 100_000)); // "schema"
     deep.push(0);
     deep.extend_from_slice(&b[m - 9..m]); // regions [] and a trailer
     let mlen = deep.len();

@@ -54,6 +54,25 @@ impl Direction {
         }
     }
 
+    /// When every error is a required section the reader does not know, those sections:
+    /// the refusal then concerns only the images that hold one of them.
+    pub fn only_unknown_sections(&self) -> Option<Vec<&str>> {
+        let mut names = Vec::new();
+        for f in self
+            .findings
+            .iter()
+            .filter(|f| f.finding.severity == Severity::Error)
+        {
+            match f.finding.kind {
+                compat::FindingKind::UnknownSection { required: true } => {
+                    names.push(f.finding.section.as_str())
+                }
+                _ => return None,
+            }
+        }
+        (!names.is_empty()).then_some(names)
+    }
+
     /// The findings as a table; info findings only when `verbose`.
     pub fn table(&self, verbose: bool) -> Table {
         let mut t = table(&["severity", "section", "field", "reason"]);

@@ -47,6 +47,37 @@ pub fn static_vmm(lab_target: &Path) -> PathBuf {
     bin
 }
 
+/// A statically linked release build of the vmm crate's example `name` (lab probes), built
+/// like [`static_vmm`].
+pub fn static_vmm_example(lab_target: &Path, name: &str) -> PathBuf {
+    let triple = "x86_64-unknown-linux-gnu";
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace_root())
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "vmm",
+            "--example",
+            name,
+        ])
+        .args(["--target", triple, "--target-dir"])
+        .arg(lab_target)
+        .output()
+        .expect("run cargo build for a static vmm example");
+    assert!(
+        out.status.success(),
+        "static build of example {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = lab_target.join(triple).join("release/examples").join(name);
+    assert!(bin.exists(), "{} missing after cargo build", bin.display());
+    bin
+}
+
 /// Runs `tests/lab/SCRIPT VMM` with `LAB_WORK=work` and `env`; fails the test unless the lab
 /// printed `RESULT: PASS`. Returns the lab's stdout for the test's own checks.
 pub fn run_lab(script: &str, vmm: &Path, work: &Path, env: &[(&str, &str)]) -> String {

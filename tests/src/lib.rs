@@ -8,6 +8,7 @@
 //! binary is fresh, so a test never runs a stale `vmm`, and no environment variable is needed.
 //! `VMM_BIN=/path/to/vmm` overrides this (e.g. to test an installed binary).
 
+pub mod hmp_vm;
 pub mod lab;
 pub mod live;
 pub mod release;
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+pub use hmp_vm::{hmp_socket_args, quit, start_with_hmp};
 
 /// Upper bound on waiting for the VMM to do something; a failing test reports instead of hanging.
 /// Not a speed assertion: the VMM usually answers in milliseconds.

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
 use cpr_tests::live::{fd_table, numbers, LiveVm};
-use cpr_tests::{vmm_bin, Vmm};
+use cpr_tests::{vmm_bin, Hmp, Scratch, Vmm, Watch};
 
 const MEMFD: &[&str] = &["-machine", "memfd-alloc=on"];
 
@@ -429,32 +429,50 @@ fn qmp_client_stays_connected_with_the_qemu_projects_client() {
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
 }
 
+/// The counter guest on memfd RAM with HMP on `dir/mon.sock`, then `serial` options.
+fn counter_args(dir: &Scratch, serial: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["-m", "64", "-machine", "memfd-alloc=on", "-kernel"]
+        .map(String::from)
+        .to_vec();
+    args.push(cpr_tests::guest("counter"));
+    args.extend(cpr_tests::hmp_socket_args(dir));
+    args.extend(serial.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Restart-mode live update of the counter guest started with `args`, with `between` run
+/// after cpr-exec and before cpr-load; then checks `out` goes on counting with no gap.
+fn update_and_keep_counting(
+    dir: &Scratch,
+    hmp: &mut Hmp,
+    out: &mut Watch,
+    args: &[String],
+    between: impl FnOnce(&mut Hmp),
+) {
+    out.wait_for("count 3\n");
+    let img = dir.str("vm.cpr");
+    assert_eq!(hmp.cmd(&format!("cpr-save {img} restart")), "");
+    let line = format!("cpr-exec {} -S {}", vmm_bin().display(), args.join(" "));
+    assert_eq!(hmp.cmd(&line), "");
+    between(hmp);
+    assert_eq!(hmp.cmd(&format!("cpr-load {img}")), "");
+    let last = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+    loop {
+        let now = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
+        if now > last + 3 {
+            break;
+        }
+        out.wait_for(&format!("count {}\n", now + 1));
+    }
+    assert_consecutive(&numbers(&out.seen, "count "), 5, "count");
+}
+
 #[test]
 fn a_pty_serial_keeps_its_path_and_its_reader() {
-    let dir = cpr_tests::Scratch::new("cpr-pty");
-    let kernel = cpr_tests::guest("counter");
-    let mon = format!(
-        "socket,id=mon,path={},server=on,wait=off",
-        dir.str("mon.sock")
-    );
-    let args = [
-        "-m",
-        "64",
-        "-machine",
-        "memfd-alloc=on",
-        "-kernel",
-        &kernel,
-        "-chardev",
-        &mon,
-        "-monitor",
-        "chardev:mon",
-        "-chardev",
-        "pty,id=ser",
-        "-serial",
-        "chardev:ser",
-    ];
-    let mut vmm = Vmm::spawn(&args);
-    let (mut hmp, _) = cpr_tests::Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    let dir = Scratch::new("cpr-pty");
+    let args = counter_args(&dir, &["-chardev", "pty,id=ser", "-serial", "chardev:ser"]);
+    let mut vmm = Vmm::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (mut hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
     let info = hmp.cmd("info chardev");
     let path = info
         .lines()
@@ -467,23 +485,10 @@ fn a_pty_serial_keeps_its_path_and_its_reader() {
         .custom_flags(libc::O_NOCTTY)
         .open(&path)
         .unwrap();
-    let mut out = cpr_tests::Watch::new(pty);
-    out.wait_for("count 3\n");
-    let img = dir.str("vm.cpr");
-    assert_eq!(hmp.cmd(&format!("cpr-save {img} restart")), "");
-    let line = format!("cpr-exec {} -S {}", vmm_bin().display(), args.join(" "));
-    assert_eq!(hmp.cmd(&line), "");
-    assert_eq!(hmp.cmd("info chardev"), info);
-    assert_eq!(hmp.cmd(&format!("cpr-load {img}")), "");
-    let last = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
-    loop {
-        let now = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
-        if now > last + 3 {
-            break;
-        }
-        out.wait_for(&format!("count {}\n", now + 1));
-    }
-    assert_consecutive(&numbers(&out.seen, "count "), 5, "count");
+    let mut out = Watch::new(pty);
+    update_and_keep_counting(&dir, &mut hmp, &mut out, &args, |hmp| {
+        assert_eq!(hmp.cmd("info chardev"), info)
+    });
 }
 
 #[test]
@@ -510,42 +515,10 @@ fn commands_pasted_at_once_run_in_order_across_the_exec() {
 
 #[test]
 fn a_stdio_serial_keeps_writing_to_the_same_stdout() {
-    let dir = cpr_tests::Scratch::new("cpr-stdio");
-    let kernel = cpr_tests::guest("counter");
-    let mon = format!(
-        "socket,id=mon,path={},server=on,wait=off",
-        dir.str("mon.sock")
-    );
-    let args = [
-        "-m",
-        "64",
-        "-machine",
-        "memfd-alloc=on",
-        "-kernel",
-        &kernel,
-        "-chardev",
-        &mon,
-        "-monitor",
-        "chardev:mon",
-        "-serial",
-        "stdio",
-    ];
-    let mut vmm = Vmm::spawn(&args);
-    let mut out = cpr_tests::Watch::new(vmm.child.stdout.take().expect("stdout piped"));
-    let (mut hmp, _) = cpr_tests::Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
-    out.wait_for("count 3\n");
-    let img = dir.str("vm.cpr");
-    assert_eq!(hmp.cmd(&format!("cpr-save {img} restart")), "");
-    let line = format!("cpr-exec {} -S {}", vmm_bin().display(), args.join(" "));
-    assert_eq!(hmp.cmd(&line), "");
-    assert_eq!(hmp.cmd(&format!("cpr-load {img}")), "");
-    let last = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
-    loop {
-        let now = numbers(&out.seen, "count ").last().copied().unwrap_or(0);
-        if now > last + 3 {
-            break;
-        }
-        out.wait_for(&format!("count {}\n", now + 1));
-    }
-    assert_consecutive(&numbers(&out.seen, "count "), 5, "count");
+    let dir = Scratch::new("cpr-stdio");
+    let args = counter_args(&dir, &["-serial", "stdio"]);
+    let mut vmm = Vmm::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut out = Watch::new(vmm.child.stdout.take().expect("stdout piped"));
+    let (mut hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
+    update_and_keep_counting(&dir, &mut hmp, &mut out, &args, |_| ());
 }

@@ -2,32 +2,14 @@
 
 use std::io::Write;
 
-use cpr_tests::{guest, run_vmm, Hmp, RawQmp, Scratch, Vmm, Watch};
+use cpr_tests::{guest, quit, run_vmm, start_with_hmp, Hmp, RawQmp, Scratch, Vmm, Watch};
 
 /// Starts `guest` with the serial on stdout and an HMP monitor on a socket.
 fn boot_with_monitor(dir: &Scratch, guest_name: &str, extra: &[&str]) -> (Vmm, Watch, Hmp) {
-    let sock = dir.str("mon.sock");
-    let chardev = format!("socket,id=mon,path={sock},server=on,wait=off");
     let kernel = guest(guest_name);
-    let mut args = vec![
-        "-kernel",
-        kernel.as_str(),
-        "-chardev",
-        &chardev,
-        "-monitor",
-        "chardev:mon",
-    ];
+    let mut args = vec!["-kernel", kernel.as_str()];
     args.extend_from_slice(extra);
-    let mut vmm = Vmm::spawn(&args);
-    let watch = Watch::new(vmm.child.stdout.take().expect("stdout piped"));
-    let (hmp, _) = Hmp::greet(vmm.connect(dir.path("mon.sock").as_path()));
-    (vmm, watch, hmp)
-}
-
-fn quit(vmm: Vmm, mut hmp: Hmp) {
-    hmp.0.write_all(b"quit\n").expect("send quit");
-    let (status, _, stderr) = vmm.wait();
-    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    start_with_hmp(dir, &args)
 }
 
 #[test]

@@ -1,9 +1,7 @@
 //! Reboot mode end to end: cpr-save FILE reboot, quit, a new vmm with the same options plus
 //! -S, cpr-load FILE; RAM in place (a shared file on /dev/shm) or in the image.
 
-use std::io::Write;
-
-use cpr_tests::{guest, Hmp, Scratch, Vmm, Watch};
+use cpr_tests::{guest, quit, start_with_hmp, Hmp, Scratch, Vmm, Watch};
 
 /// A RAM file on /dev/shm for one test, removed on drop.
 struct ShmFile(String);
@@ -30,24 +28,11 @@ impl Drop for ShmFile {
 
 /// A vmm running `guest_name` with its serial on stdout and HMP on `mon.sock`.
 fn start(dir: &Scratch, guest_name: &str, machine: &[&str], extra: &[&str]) -> (Vmm, Watch, Hmp) {
-    let sock = dir.path("mon.sock");
-    let _ = std::fs::remove_file(&sock);
-    let chardev = format!("socket,id=mon,path={},server=on,wait=off", sock.display());
     let kernel = guest(guest_name);
     let mut args = vec!["-kernel", kernel.as_str()];
     args.extend_from_slice(machine);
-    args.extend_from_slice(&["-chardev", &chardev, "-monitor", "chardev:mon"]);
     args.extend_from_slice(extra);
-    let mut vmm = Vmm::spawn(&args);
-    let watch = Watch::new(vmm.child.stdout.take().expect("stdout piped"));
-    let (hmp, _) = Hmp::greet(vmm.connect(&sock));
-    (vmm, watch, hmp)
-}
-
-fn quit(vmm: Vmm, mut hmp: Hmp) {
-    hmp.0.write_all(b"quit\n").expect("send quit");
-    let (status, _, stderr) = vmm.wait();
-    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    start_with_hmp(dir, &args)
 }
 
 /// Every complete `count N` line, in order.

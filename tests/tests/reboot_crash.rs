@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use cpr_format::Image;
-use cpr_tests::{guest, Hmp, Scratch, Vmm};
+use cpr_tests::{guest, start_with_hmp, Hmp, Scratch, Vmm};
 
 /// Sections every reboot-mode image of a 1-vCPU machine holds.
 const REQUIRED: &[(&str, &str)] = &[
@@ -60,24 +60,11 @@ impl Rng {
     }
 }
 
+/// A memcheck guest (64 MiB) with HMP on a socket; its serial output is not needed.
 fn start(dir: &Scratch) -> (Vmm, Hmp) {
-    let sock = dir.path("mon.sock");
-    let _ = std::fs::remove_file(&sock);
-    let chardev = format!("socket,id=mon,path={},server=on,wait=off", sock.display());
     let kernel = guest("memcheck");
-    let mut vmm = Vmm::spawn(&[
-        "-kernel",
-        &kernel,
-        "-m",
-        "64M",
-        "-serial",
-        "null",
-        "-chardev",
-        &chardev,
-        "-monitor",
-        "chardev:mon",
-    ]);
-    let (hmp, _) = Hmp::greet(vmm.connect(&sock));
+    let (vmm, _serial, hmp) =
+        start_with_hmp(dir, &["-kernel", &kernel, "-m", "64M", "-serial", "null"]);
     (vmm, hmp)
 }
 

@@ -1,46 +1,13 @@
 //! Reboot mode's command-line side: `-incoming FILE`, images loaded with mismatched
 //! options, `-only-cpr-capable`, `query-cpr-blockers`.
 
-use std::io::Write;
-
-use cpr_tests::{guest, run_vmm, Hmp, RawQmp, Scratch, Vmm, Watch};
-
-fn monitor_args(dir: &Scratch) -> (String, Vec<String>) {
-    let sock = dir.str("mon.sock");
-    let _ = std::fs::remove_file(&sock);
-    let chardev = format!("socket,id=mon,path={sock},server=on,wait=off");
-    (
-        sock,
-        vec![
-            "-chardev".into(),
-            chardev,
-            "-monitor".into(),
-            "chardev:mon".into(),
-        ],
-    )
-}
-
-fn start(dir: &Scratch, args: &[&str]) -> (Vmm, Watch, Hmp) {
-    let (sock, mon) = monitor_args(dir);
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(mon.iter().map(String::as_str));
-    let mut vmm = Vmm::spawn(&all);
-    let watch = Watch::new(vmm.child.stdout.take().expect("stdout piped"));
-    let (hmp, _) = Hmp::greet(vmm.connect(std::path::Path::new(&sock)));
-    (vmm, watch, hmp)
-}
-
-fn quit(vmm: Vmm, mut hmp: Hmp) {
-    hmp.0.write_all(b"quit\n").expect("send quit");
-    let (status, _, stderr) = vmm.wait();
-    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
-}
+use cpr_tests::{guest, quit, run_vmm, start_with_hmp, RawQmp, Scratch, Vmm, Watch};
 
 /// Saves a running counter guest (64 MiB anonymous RAM, 1 vCPU) in reboot mode; returns
 /// the last count printed.
 fn saved_counter(dir: &Scratch, img: &str) -> String {
     let kernel = guest("counter");
-    let (vmm, mut out, mut hmp) = start(dir, &["-kernel", &kernel, "-m", "64M"]);
+    let (vmm, mut out, mut hmp) = start_with_hmp(dir, &["-kernel", &kernel, "-m", "64M"]);
     out.wait_for("count 2\n");
     let reply = hmp.cmd(&format!("cpr-save {img} reboot"));
     assert!(reply.contains("RAM in image"), "{reply}");
@@ -64,7 +31,7 @@ fn mismatched_options_are_each_listed_and_the_right_ones_load() {
     let img = dir.str("vm.cpr");
     let before = saved_counter(&dir, &img);
     let kernel = guest("counter");
-    let (vmm, _out, mut hmp) = start(
+    let (vmm, _out, mut hmp) = start_with_hmp(
         &dir,
         &[
             "-kernel",
@@ -102,7 +69,7 @@ fn mismatched_options_are_each_listed_and_the_right_ones_load() {
 
     // The right options load it, and the guest keeps counting. RAM in the image may change
     // its backing: anonymous before, a memfd now (so restart mode becomes possible).
-    let (vmm, mut out, mut hmp) = start(
+    let (vmm, mut out, mut hmp) = start_with_hmp(
         &dir,
         &[
             "-kernel",
@@ -126,7 +93,7 @@ fn incoming_without_machine_options_builds_the_machine_from_the_image() {
     let img = dir.str("vm.cpr");
     let before = saved_counter(&dir, &img);
     // No -kernel, -m or -smp: all from the image.
-    let (vmm, mut out, mut hmp) = start(&dir, &["-incoming", &img]);
+    let (vmm, mut out, mut hmp) = start_with_hmp(&dir, &["-incoming", &img]);
     assert_eq!(hmp.cmd("info status"), "VM status: running\n");
     out.wait_for(&format!("count {}\n", last_count(&before) + 2));
     let info = hmp.cmd("info cpr");
@@ -136,7 +103,7 @@ fn incoming_without_machine_options_builds_the_machine_from_the_image() {
     quit(vmm, hmp);
     // All the old process printed (the pipe may still hold some).
     let seen = out.rest().to_string();
-    let (vmm, mut out, mut hmp) = start(&dir, &["-incoming", &img, "-S"]);
+    let (vmm, mut out, mut hmp) = start_with_hmp(&dir, &["-incoming", &img, "-S"]);
     assert_eq!(hmp.cmd("info status"), "VM status: paused\n");
     assert_eq!(hmp.cmd("cont"), "");
     out.wait_for(&format!("count {}\n", last_count(&seen) + 2));
@@ -193,7 +160,7 @@ fn only_cpr_capable_rejects_what_cannot_be_live_updated() {
 fn only_cpr_capable_accepts_memfd_ram_and_sockets() {
     let dir = Scratch::new("rbo-capable");
     let kernel = guest("counter");
-    let (vmm, mut out, hmp) = start(
+    let (vmm, mut out, hmp) = start_with_hmp(
         &dir,
         &[
             "-kernel",

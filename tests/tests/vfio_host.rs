@@ -36,3 +36,31 @@ fn assigning_a_device_without_vfio_fails_at_start_and_names_the_device() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn assigning_through_iommufd_on_a_kernel_without_it_says_what_is_missing() {
+    // The build machines' kernels have no iommufd: start-up must fail, naming the missing
+    // /dev/iommu and the kernel option, not a bare ENOENT.
+    assert!(
+        !std::path::Path::new("/dev/iommu").exists(),
+        "this test expects a host without iommufd (/dev/iommu exists here)"
+    );
+    let out = run_vmm(&[
+        "-machine",
+        "memfd-alloc=on",
+        "-kernel",
+        &vfio_guest(),
+        "-object",
+        "iommufd,id=iommufd0",
+        "-device",
+        "vfio-pci,host=00:1f.7,id=nic0,iommufd=iommufd0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot assign the VFIO devices")
+            && stderr
+                .contains("/dev/iommu does not exist: this kernel has no iommufd (CONFIG_IOMMUFD)"),
+        "stderr: {stderr}"
+    );
+}

@@ -484,6 +484,21 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             machine
                 .assign_vfio(&config.vfio)
                 .map_err(StartError::Machine)?;
+            // What the kernel offers for keeping devices across exec is only known once
+            // they are assigned (the command line alone cannot tell).
+            if let Some(b) = machine.vfio().and_then(|v| v.restart_blocker()) {
+                if config.only_cpr_capable {
+                    return Err(StartError::NotCpr(format!(
+                        "-only-cpr-capable: this configuration cannot be live-updated:\n  \
+                         restart mode: {b}"
+                    )));
+                }
+                // iommufd: the kernel's missing ioctls are worth saying at once (type1's
+                // blocker has always waited for cpr-save).
+                if machine.vfio().is_some_and(|v| v.is_iommufd()) {
+                    eprintln!("vmm: warning: restart-mode live update is blocked: {b}");
+                }
+            }
             let mut ctl = Controller::new(Vm::Active(machine));
             ctl.cpr.ram_file_len = ram_file_len;
             if let Some(image) = &config.incoming {

@@ -132,6 +132,12 @@ impl Report for CheckReport {
                 if d.compatible { "yes" } else { "no" }
             );
             output::section(&mut out, &title, &d.table(true));
+            if let Some(sections) = d.only_unknown_sections() {
+                out.push_str(&format!(
+                    "Only images that hold {} are refused; `cpr-tool verify IMAGE --target VERSION` checks one image.\n",
+                    sections.join(", ")
+                ));
+            }
             out.push('\n');
         }
         for b in &self.renamed {

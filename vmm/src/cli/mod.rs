@@ -157,8 +157,11 @@ Character devices:
 -qmp unix:PATH,server=on,wait=off         QMP monitor
 
 Devices:
--device vfio-pci,host=[DOMAIN:]BUS:DEV.FN[,id=ID]
-                     assign a host PCI function bound to vfio-pci
+-object iommufd,id=ID
+                     an iommufd (/dev/iommu) for -device vfio-pci,iommufd=ID
+-device vfio-pci,host=[DOMAIN:]BUS:DEV.FN[,id=ID][,iommufd=ID]
+                     assign a host PCI function bound to vfio-pci (through the
+                     type1 container, or through the named iommufd object)
 ";
 
 struct MemObject {
@@ -228,6 +231,8 @@ struct Builder {
     serial: Option<Option<String>>,
     monitors: Vec<MonitorSpec>,
     vfio: Vec<crate::vfio::VfioDeviceConfig>,
+    /// `-object iommufd` ids.
+    iommufds: Vec<String>,
     incoming: Option<PathBuf>,
     /// Some option describing the machine was given (-incoming compares it with the image).
     machine_opts: bool,
@@ -266,7 +271,7 @@ impl Builder {
                 "'{driver}' is not a valid device model name (only vfio-pci)"
             )));
         }
-        if let Some(k) = o.unknown_key(&["driver", "host", "id"]) {
+        if let Some(k) = o.unknown_key(&["driver", "host", "id", "iommufd"]) {
             return Err(err(format!("Invalid parameter '{k}'")));
         }
         let host = o
@@ -287,7 +292,9 @@ impl Builder {
         if self.vfio.iter().any(|d| d.host == host) {
             return Err(err(format!("host device {host} is already assigned")));
         }
-        self.vfio.push(crate::vfio::VfioDeviceConfig { host, id });
+        let iommufd = o.get("iommufd").map(str::to_string);
+        self.vfio
+            .push(crate::vfio::VfioDeviceConfig { host, id, iommufd });
         Ok(())
     }
 
@@ -446,6 +453,17 @@ impl Builder {
             .get("id")
             .ok_or_else(|| err("Parameter 'id' is missing"))?
             .to_string();
+        if ty == "iommufd" {
+            // QEMU's fd= (an iommufd opened by a management layer) is not supported.
+            if let Some(k) = o.unknown_key(&["qom-type", "id"]) {
+                return Err(err(format!("Property '{ty}.{k}' not found")));
+            }
+            if self.objects.contains_key(&id) || self.iommufds.contains(&id) {
+                return Err(err(format!("attempt to add duplicate property '{id}'")));
+            }
+            self.iommufds.push(id);
+            return Ok(());
+        }
         let allowed: &[&str] = match ty.as_str() {
             "memory-backend-memfd" => &[
                 "qom-type",
@@ -493,10 +511,11 @@ impl Builder {
                 path: PathBuf::from(path),
             }
         };
-        if self
-            .objects
-            .insert(id.clone(), MemObject { size, spec })
-            .is_some()
+        if self.iommufds.contains(&id)
+            || self
+                .objects
+                .insert(id.clone(), MemObject { size, spec })
+                .is_some()
         {
             return Err(err(format!("attempt to add duplicate property '{id}'")));
         }
@@ -603,6 +622,7 @@ impl Builder {
             }
         }
         let serial = serial.flatten();
+        check_iommufd_use(&self.vfio, &self.iommufds)?;
         // Each chardev has one user, except a mux=on one: the serial port plus one HMP monitor.
         for c in &chardevs {
             let serial_users = usize::from(serial.as_deref() == Some(c.id.as_str()));
@@ -653,6 +673,43 @@ impl Builder {
             incoming: self.incoming,
         })
     }
+}
+
+/// Each `iommufd=` names an `-object iommufd`, and all assigned devices share one IOMMU
+/// back-end: one iommufd, or the type1 container.
+fn check_iommufd_use(
+    vfio: &[crate::vfio::VfioDeviceConfig],
+    iommufds: &[String],
+) -> Result<(), CliError> {
+    for d in vfio {
+        if let Some(obj) = &d.iommufd {
+            if !iommufds.contains(obj) {
+                return Err(err(format!(
+                    "Property 'vfio-pci.iommufd' can't find value '{obj}'"
+                )));
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (
+        vfio.first(),
+        vfio.iter().find(|d| d.iommufd != vfio[0].iommufd),
+    ) {
+        let name = |d: &crate::vfio::VfioDeviceConfig| {
+            d.iommufd
+                .as_ref()
+                .map_or("the type1 container".to_string(), |o| {
+                    format!("iommufd '{o}'")
+                })
+        };
+        return Err(err(format!(
+            "vfio-pci devices '{}' ({}) and '{}' ({}) must use the same IOMMU back-end",
+            a.id,
+            name(a),
+            b.id,
+            name(b)
+        )));
+    }
+    Ok(())
 }
 
 fn check_readable(path: &PathBuf, what: &str) -> Result<(), CliError> {

@@ -259,13 +259,55 @@ fn vfio_pci_devices_get_full_addresses_and_ids() {
         vec![
             crate::vfio::VfioDeviceConfig {
                 host: "0000:00:03.0".into(),
-                id: "edu0".into()
+                id: "edu0".into(),
+                iommufd: None,
             },
             crate::vfio::VfioDeviceConfig {
                 host: "0000:00:1f.7".into(),
-                id: "vfio1".into()
+                id: "vfio1".into(),
+                iommufd: None,
             },
         ]
+    );
+}
+
+#[test]
+fn vfio_pci_takes_qemus_iommufd_spelling_and_one_back_end_for_all() {
+    let c = run(&[
+        "-object",
+        "iommufd,id=iommufd0",
+        "-device",
+        "vfio-pci,host=00:03.0,iommufd=iommufd0,id=edu0",
+        "-device",
+        "vfio-pci,host=00:04.0,iommufd=iommufd0",
+    ]);
+    assert_eq!(
+        c.vfio
+            .iter()
+            .map(|d| (d.id.as_str(), d.iommufd.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![("edu0", Some("iommufd0")), ("vfio1", Some("iommufd0"))]
+    );
+    assert_eq!(
+        error(&["-device", "vfio-pci,host=00:03.0,iommufd=nope"]),
+        "Property 'vfio-pci.iommufd' can't find value 'nope'"
+    );
+    assert_eq!(
+        error(&[
+            "-object",
+            "iommufd,id=i0",
+            "-device",
+            "vfio-pci,host=00:03.0,id=a,iommufd=i0",
+            "-device",
+            "vfio-pci,host=00:04.0,id=b",
+        ]),
+        "vfio-pci devices 'a' (iommufd 'i0') and 'b' (the type1 container) must use the same \
+         IOMMU back-end"
+    );
+    assert!(error(&["-object", "iommufd,id=i0,fd=3"]).contains("Property 'iommufd.fd' not found"));
+    assert!(
+        error(&["-object", "iommufd,id=i0", "-object", "iommufd,id=i0"])
+            .contains("duplicate property 'i0'")
     );
 }
 

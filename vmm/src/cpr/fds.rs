@@ -127,6 +127,8 @@ pub fn vfio_manifest(set: Option<&crate::vfio::VfioSet>) -> Result<Vec<FdEntry>,
         .map(|(name, fd)| {
             let kind = if name == "vfio-container" {
                 FdKind::VfioContainer
+            } else if name == crate::vfio::iommufd_set::IOMMUFD_FD {
+                FdKind::Other("iommufd".into())
             } else if name.starts_with("vfio-group-") {
                 FdKind::VfioGroup
             } else if name.starts_with("vfio-device-") {

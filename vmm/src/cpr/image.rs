@@ -57,12 +57,14 @@ pub fn reader_schema() -> Schema {
         .with::<RtcState>()
         .with::<super::timing::Timestamps>()
         .with::<crate::vfio::set::VfioContainerState>()
+        .with::<crate::vfio::iommufd_set::VfioIommufdState>()
         .with::<crate::vfio::VfioPciState>()
 }
 
-/// The VFIO part of an image: the container and one `vfio.pci` section per device.
+/// The VFIO part of an image: the container (or iommufd) and one `vfio.pci` section per
+/// device.
 pub type VfioSaved = (
-    crate::vfio::set::VfioContainerState,
+    crate::vfio::VfioBackendState,
     Vec<(String, crate::vfio::VfioPciState)>,
 );
 
@@ -76,16 +78,24 @@ pub fn vfio_state(img: &Image) -> Result<Option<VfioSaved>, ImageError> {
         path: p.clone(),
         source: Box::new(source),
     };
-    let Some(container) = img
+    use crate::vfio::VfioBackendState;
+    let backend = match img
         .section::<crate::vfio::set::VfioContainerState>(ONE)
         .map_err(read)?
-    else {
-        return Ok(None);
+    {
+        Some(c) => VfioBackendState::Container(c),
+        None => match img
+            .section::<crate::vfio::iommufd_set::VfioIommufdState>(ONE)
+            .map_err(read)?
+        {
+            Some(i) => VfioBackendState::Iommufd(i),
+            None => return Ok(None),
+        },
     };
     let devices = img
         .sections_of::<crate::vfio::VfioPciState>()
         .map_err(read)?;
-    Ok(Some((container, devices)))
+    Ok(Some((backend, devices)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +177,11 @@ pub fn machine_desc(config: &VmmConfig) -> MachineDesc {
     // Assigned devices must match too: the new process adopts them by id.
     devices.extend(config.vfio.iter().map(|d| DeviceDesc {
         id: d.id.clone(),
-        kind: format!("vfio-pci,host={}", d.host),
+        kind: match &d.iommufd {
+            None => format!("vfio-pci,host={}", d.host),
+            // The new process adopts an iommufd, not a container: it must be told so.
+            Some(obj) => format!("vfio-pci,host={},iommufd={obj}", d.host),
+        },
     }));
     MachineDesc {
         vcpus: u32::from(config.vcpus),
@@ -286,8 +300,11 @@ fn build(
     if let Some(rtc) = &state.rtc {
         w.add_section(ONE, rtc)?;
     }
-    if let Some((container, devices)) = vfio {
-        w.add_section(ONE, container)?;
+    if let Some((backend, devices)) = vfio {
+        match backend {
+            crate::vfio::VfioBackendState::Container(c) => w.add_section(ONE, c)?,
+            crate::vfio::VfioBackendState::Iommufd(i) => w.add_section(ONE, i)?,
+        };
         for (id, d) in devices {
             w.add_section(id, d)?;
         }

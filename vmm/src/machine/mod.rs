@@ -479,7 +479,7 @@ impl Machine {
     /// After exec: re-adopts the assigned devices from saved state and inherited fds.
     pub fn restore_vfio(
         &mut self,
-        state: &crate::vfio::set::VfioContainerState,
+        state: &crate::vfio::VfioBackendState,
         devices: &[(String, crate::vfio::VfioPciState)],
         take_fd: &mut dyn FnMut(&str) -> Option<std::os::fd::OwnedFd>,
     ) -> Result<(), MachineError> {

@@ -44,6 +44,7 @@ fn io(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// - TSS and identity map before any vCPU exists (KVM refuses them later);
 /// - irqchip before the PIT (the PIT needs the PIC and IOAPIC to deliver IRQ0) and both
 ///   before vCPUs (each vCPU gets its in-kernel LAPIC at creation).
+///
 /// `ram` is `None` only for a scratch VM that never runs (boot-state snapshots).
 pub fn create_vm(kvm: &Kvm, ram: Option<&GuestRam>) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(io("KVM_CREATE_VM"))?;

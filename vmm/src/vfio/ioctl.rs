@@ -50,9 +50,9 @@ pub enum VfioError {
         source: std::io::Error,
     },
     #[error(
-        "this host has iommufd (/dev/iommu) but no legacy VFIO container (/dev/vfio/vfio); \
-         this vmm assigns devices through the type1 container only (load vfio_iommu_type1 or \
-         enable CONFIG_IOMMUFD_VFIO_CONTAINER)"
+        "this host has iommufd (/dev/iommu) but no legacy VFIO container (/dev/vfio/vfio): \
+         assign the device through iommufd (-object iommufd,id=iommufd0 and \
+         iommufd=iommufd0 on -device vfio-pci), or load vfio_iommu_type1"
     )]
     IommufdOnly,
     #[error("VFIO API version {got} is not the supported {VFIO_API_VERSION}")]

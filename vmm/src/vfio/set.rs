@@ -1,6 +1,7 @@
-//! Every assigned device of a machine: one type1 container, its groups, the devices on the
-//! PCI bus, and the DMA mappings of guest RAM (IOVA = guest physical address). The live-update
-//! steps for VFIO live here, in order, save beside restore.
+//! Every assigned device of a machine: its IOMMU back-end (one type1 container and its
+//! groups, or one iommufd; see `iommufd_set`), the devices on the PCI bus, and the DMA
+//! mappings of guest RAM (IOVA = guest physical address). The live-update steps for VFIO
+//! live here, in order, save beside restore.
 
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
@@ -10,15 +11,20 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{DeviceError, VfioPciDevice};
 use super::ioctl::{group_of, Container, CprFeatures, Device, Group, VfioError};
+use super::iommufd::IommufdError;
+use super::iommufd_set::{IommufdBackend, VfioIommufdState};
 use super::state::VfioPciState;
 use crate::machine::memory::GuestRam;
 use crate::pci::{lock, GsiRouter, PciBus, PciError, MMIO_WINDOW_START};
 
-/// `-device vfio-pci,host=BDF[,id=ID]`.
+/// `-device vfio-pci,host=BDF[,id=ID][,iommufd=OBJ]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VfioDeviceConfig {
     pub host: String,
     pub id: String,
+    /// The `-object iommufd` the device uses; none: the type1 container.
+    #[serde(default)]
+    pub iommufd: Option<String>,
 }
 
 /// First KVM memslot used for BARs (RAM uses the slots below); 8 per device.
@@ -63,6 +69,14 @@ pub enum VfioSetError {
     Vfio(#[from] VfioError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    Iommufd(#[from] IommufdError),
+    #[error("cannot create the KVM VFIO device or add {what} to it")]
+    KvmVfio {
+        what: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("cannot plug {id} into the PCI bus")]
     Bus {
         id: String,
@@ -123,17 +137,28 @@ pub fn reboot_blocker(ids: &[String], guest_suspended: bool) -> Option<String> {
     })
 }
 
-struct Mapping {
-    iova: u64,
-    size: u64,
-    vaddr: u64,
-    state: DmaMappingState,
+pub(super) struct Mapping {
+    pub(super) iova: u64,
+    pub(super) size: u64,
+    pub(super) vaddr: u64,
+    /// The RAM block's fd (iommufd maps the file, not the address).
+    pub(super) fd: RawFd,
+    pub(super) state: DmaMappingState,
+}
+
+/// How the devices get their IOMMU.
+enum Backend {
+    Type1 {
+        container: Container,
+        features: CprFeatures,
+        groups: Vec<Group>,
+    },
+    Iommufd(IommufdBackend),
 }
 
 pub struct VfioSet {
-    container: Container,
-    features: CprFeatures,
-    groups: Vec<Group>,
+    backend: Backend,
+    /// Each device with its group (type1) or its device id in the iommufd.
     devices: Vec<(VfioDeviceConfig, u32, Arc<Mutex<VfioPciDevice>>)>,
     mappings: Vec<Mapping>,
     /// `prepare_update` ran and was not undone: host addresses invalid, irqfds detached.
@@ -153,7 +178,7 @@ pub(crate) fn ms(since: std::time::Instant) -> f64 {
 }
 
 /// The DMA mappings guest RAM needs, with the identity of the pages behind each.
-fn ram_mappings(ram: &GuestRam) -> Result<Vec<Mapping>, VfioSetError> {
+pub(super) fn ram_mappings(ram: &GuestRam) -> Result<Vec<Mapping>, VfioSetError> {
     ram.blocks()
         .iter()
         .map(|b| {
@@ -169,6 +194,7 @@ fn ram_mappings(ram: &GuestRam) -> Result<Vec<Mapping>, VfioSetError> {
                 iova: b.desc.guest_addr,
                 size: b.desc.size,
                 vaddr: b.host_addr(),
+                fd: std::os::fd::AsRawFd::as_raw_fd(file),
                 state: DmaMappingState {
                     iova: b.desc.guest_addr,
                     size: b.desc.size,
@@ -183,21 +209,63 @@ fn ram_mappings(ram: &GuestRam) -> Result<Vec<Mapping>, VfioSetError> {
 }
 
 impl VfioSet {
-    /// Opens the container and every device's group, sets the IOMMU, probes the live-update
-    /// features, maps all of guest RAM for DMA, then opens, resets and plugs each device.
+    /// Assigns the devices: through the type1 container, or through the iommufd they name
+    /// (all devices use the same; the command line checks it). The IOMMU first, then all
+    /// of guest RAM mapped for DMA, then each device opened, reset and plugged.
     pub fn open(
         configs: &[VfioDeviceConfig],
         ram: &GuestRam,
         router: &Arc<GsiRouter>,
         bus: &PciBus,
     ) -> Result<VfioSet, VfioSetError> {
+        let mappings = ram_mappings(ram)?;
+        let (backend, devs) = if let Some(obj) = configs.iter().find_map(|c| c.iommufd.clone()) {
+            let (b, devs) = IommufdBackend::open(&obj, configs, &mappings, router.vm())?;
+            (Backend::Iommufd(b), devs)
+        } else {
+            Self::open_type1(configs, &mappings)?
+        };
+        let mut set = VfioSet {
+            backend,
+            devices: Vec::new(),
+            mappings,
+            prepared: false,
+        };
+        let mut mmio_next = MMIO_WINDOW_START;
+        for (i, (c, key, dev)) in devs.into_iter().enumerate() {
+            let mut d = VfioPciDevice::new(
+                &c.host,
+                dev,
+                router.clone(),
+                BAR_SLOT_BASE + 8 * i as u32,
+                &mut mmio_next,
+                // PCI interrupts use IOAPIC pins 16..23 (GSIs 0..15 are ISA's).
+                16 + (i % 8) as u32,
+            )?;
+            d.set_id(&c.id);
+            let d = Arc::new(Mutex::new(d));
+            bus.add(d.clone()).map_err(|source| VfioSetError::Bus {
+                id: c.id.clone(),
+                source,
+            })?;
+            set.devices.push((c, key, d));
+        }
+        Ok(set)
+    }
+
+    /// The type1 container with every device's group, RAM mapped by host address.
+    #[allow(clippy::type_complexity)]
+    fn open_type1(
+        configs: &[VfioDeviceConfig],
+        mappings: &[Mapping],
+    ) -> Result<(Backend, Vec<(VfioDeviceConfig, u32, Device)>), VfioSetError> {
         let container = Container::open()?;
         let mut groups: Vec<Group> = Vec::new();
         let mut features = CprFeatures {
             update_vaddr: false,
             unmap_all: false,
         };
-        let mut devs = Vec::new();
+        let mut gids = Vec::new();
         for c in configs {
             let gid = group_of(&c.host)?;
             if !groups.iter().any(|g| g.id == gid) {
@@ -214,55 +282,48 @@ impl VfioSet {
                 }
                 groups.push(g);
             }
-            devs.push((c.clone(), gid));
+            gids.push(gid);
         }
-        let mappings = ram_mappings(ram)?;
-        for m in &mappings {
+        for m in mappings {
             container.map_dma(m.iova, m.size, m.vaddr)?;
         }
-        let mut set = VfioSet {
-            container,
-            features,
-            groups,
-            devices: Vec::new(),
-            mappings,
-            prepared: false,
-        };
-        let mut mmio_next = MMIO_WINDOW_START;
-        for (i, (c, gid)) in devs.into_iter().enumerate() {
-            let group = set
-                .groups
+        let mut devs = Vec::new();
+        for (c, gid) in configs.iter().zip(gids) {
+            let group = groups
                 .iter()
                 .find(|g| g.id == gid)
                 .ok_or(VfioError::NotViable { group: gid })?;
-            let dev = group.device(&c.host)?;
-            let mut d = VfioPciDevice::new(
-                &c.host,
-                dev,
-                router.clone(),
-                BAR_SLOT_BASE + 8 * i as u32,
-                &mut mmio_next,
-                // PCI interrupts use IOAPIC pins 16..23 (GSIs 0..15 are ISA's).
-                16 + (i % 8) as u32,
-            )?;
-            d.set_id(&c.id);
-            let d = Arc::new(Mutex::new(d));
-            bus.add(d.clone()).map_err(|source| VfioSetError::Bus {
-                id: c.id.clone(),
-                source,
-            })?;
-            set.devices.push((c, gid, d));
+            devs.push((c.clone(), gid, group.device(&c.host)?));
         }
-        Ok(set)
+        Ok((
+            Backend::Type1 {
+                container,
+                features,
+                groups,
+            },
+            devs,
+        ))
     }
 
-    pub fn features(&self) -> CprFeatures {
-        self.features
+    /// The type1 container's live-update features (None with iommufd).
+    pub fn features(&self) -> Option<CprFeatures> {
+        match &self.backend {
+            Backend::Type1 { features, .. } => Some(*features),
+            Backend::Iommufd(_) => None,
+        }
+    }
+
+    /// Whether the devices use iommufd (else the type1 container).
+    pub fn is_iommufd(&self) -> bool {
+        matches!(self.backend, Backend::Iommufd(_))
     }
 
     /// Why restart-mode live update cannot keep these devices, if it cannot.
     pub fn restart_blocker(&self) -> Option<String> {
-        restart_blocker(&self.ids(), self.features)
+        match &self.backend {
+            Backend::Type1 { features, .. } => restart_blocker(&self.ids(), *features),
+            Backend::Iommufd(b) => super::iommufd_set::restart_blocker(&self.ids(), b.features),
+        }
     }
 
     /// Why reboot mode cannot be used, if it cannot.
@@ -279,8 +340,9 @@ impl VfioSet {
     }
 
     /// cpr-save, VFIO part (vCPUs already stopped): detach irqfds so interrupts latch in
-    /// the eventfds, then invalidate the DMA mappings' host addresses. Device DMA into
-    /// guest RAM keeps working (the pages stay pinned and mapped in the IOMMU).
+    /// the eventfds, then (type1) invalidate the DMA mappings' host addresses. Device DMA
+    /// into guest RAM keeps working (the pages stay pinned and mapped in the IOMMU).
+    /// iommufd's file mappings have no host address: nothing to invalidate.
     pub fn prepare_update(&mut self) -> Result<(), VfioSetError> {
         let t = std::time::Instant::now();
         self.prepared = true;
@@ -288,57 +350,82 @@ impl VfioSet {
             lock(d).detach_irqfds()?;
         }
         let t_unmap = std::time::Instant::now();
-        if self.features.unmap_all {
-            self.container.unmap_vaddr_all()?;
-        } else {
-            for m in &self.mappings {
-                self.container.unmap_vaddr(m.iova, m.size)?;
+        match &self.backend {
+            Backend::Type1 {
+                container,
+                features,
+                ..
+            } => {
+                if features.unmap_all {
+                    container.unmap_vaddr_all()?;
+                } else {
+                    for m in &self.mappings {
+                        container.unmap_vaddr(m.iova, m.size)?;
+                    }
+                }
+                trace(format_args!(
+                    "cpr-save: irqfds detached and DMA vaddr invalidated ({} mappings) in {:.3} ms (unmap {:.3} ms)",
+                    self.mappings.len(),
+                    ms(t),
+                    ms(t_unmap)
+                ));
             }
+            Backend::Iommufd(_) => trace(format_args!(
+                "cpr-save: irqfds detached in {:.3} ms; {} iommufd file mappings stay as they are",
+                ms(t),
+                self.mappings.len()
+            )),
         }
-        trace(format_args!(
-            "cpr-save: irqfds detached and DMA vaddr invalidated ({} mappings) in {:.3} ms (unmap {:.3} ms)",
-            self.mappings.len(),
-            ms(t),
-            ms(t_unmap)
-        ));
         Ok(())
     }
 
     /// The update failed before exec (or exec failed): give the mappings back their
-    /// addresses in this process and re-attach the irqfds; latched interrupts get injected.
+    /// addresses in this process (type1) and re-attach the irqfds; latched interrupts get
+    /// injected.
     pub fn cancel_update(&mut self) -> Result<(), VfioSetError> {
         if !self.prepared {
             return Ok(());
         }
         let t = std::time::Instant::now();
         self.prepared = false;
-        for m in &self.mappings {
-            self.container.map_vaddr(m.iova, m.size, m.vaddr)?;
+        if let Backend::Type1 { container, .. } = &self.backend {
+            for m in &self.mappings {
+                container.map_vaddr(m.iova, m.size, m.vaddr)?;
+            }
         }
         for d in self.devices() {
             lock(d).attach_irqfds()?;
         }
-        trace(format_args!(
-            "update abandoned: DMA vaddr restored and irqfds attached in {:.3} ms",
-            ms(t)
-        ));
+        let what = match self.backend {
+            Backend::Type1 { .. } => "DMA vaddr restored and irqfds attached",
+            Backend::Iommufd(_) => "irqfds attached",
+        };
+        trace(format_args!("update abandoned: {what} in {:.3} ms", ms(t)));
         Ok(())
     }
 
-    /// The container section and one `vfio.pci` section per device (instance = id).
-    pub fn save(&self) -> (VfioContainerState, Vec<(String, VfioPciState)>) {
-        let state = VfioContainerState {
-            groups: self.groups.iter().map(|g| g.id).collect(),
-            devices: self
-                .devices
-                .iter()
-                .map(|(c, gid, _)| VfioDeviceRef {
-                    id: c.id.clone(),
-                    host: c.host.clone(),
-                    group: *gid,
-                })
-                .collect(),
-            mappings: self.mappings.iter().map(|m| m.state.clone()).collect(),
+    /// The back-end's section (`vfio.container` or `vfio.iommufd`) and one `vfio.pci`
+    /// section per device (instance = id).
+    pub fn save(&self) -> (VfioBackendState, Vec<(String, VfioPciState)>) {
+        let mappings = self.mappings.iter().map(|m| m.state.clone()).collect();
+        let state = match &self.backend {
+            Backend::Type1 { groups, .. } => VfioBackendState::Container(VfioContainerState {
+                groups: groups.iter().map(|g| g.id).collect(),
+                devices: self
+                    .devices
+                    .iter()
+                    .map(|(c, gid, _)| VfioDeviceRef {
+                        id: c.id.clone(),
+                        host: c.host.clone(),
+                        group: *gid,
+                    })
+                    .collect(),
+                mappings,
+            }),
+            Backend::Iommufd(b) => VfioBackendState::Iommufd(b.save(
+                self.devices.iter().map(|(c, devid, _)| (c, *devid)),
+                mappings,
+            )),
         };
         let devices = self
             .devices
@@ -348,12 +435,20 @@ impl VfioSet {
         (state, devices)
     }
 
-    /// Every fd the new process must inherit, named for the manifest: vfio-container,
-    /// vfio-group-N, vfio-device-ID, vfio-irq-ID-msi0 / -msixN.
+    /// Every fd the new process must inherit, named for the manifest: vfio-container and
+    /// vfio-group-N (type1) or vfio-iommufd, then vfio-device-ID, vfio-irq-ID-msi0 / -msixN.
     pub fn fds(&self) -> Vec<(String, RawFd)> {
-        let mut v = vec![("vfio-container".to_string(), self.container.fd())];
-        for g in &self.groups {
-            v.push((format!("vfio-group-{}", g.id), g.fd()));
+        let mut v = Vec::new();
+        match &self.backend {
+            Backend::Type1 {
+                container, groups, ..
+            } => {
+                v.push(("vfio-container".to_string(), container.fd()));
+                for g in groups {
+                    v.push((format!("vfio-group-{}", g.id), g.fd()));
+                }
+            }
+            Backend::Iommufd(b) => v.push((super::iommufd_set::IOMMUFD_FD.to_string(), b.fd())),
         }
         for d in self.devices() {
             v.extend(lock(d).fds());
@@ -361,11 +456,13 @@ impl VfioSet {
         v
     }
 
-    /// After exec: adopts the inherited fds (no reset, no SET_IRQS), checks each mapping's
-    /// new address maps the same file pages, moves the mappings there (MAP_DMA FLAG_VADDR),
-    /// then rebuilds each device in the new VM with its routes and irqfds.
+    /// After exec: adopts the inherited fds (no reset, no SET_IRQS). type1: checks each
+    /// mapping's new address maps the same file pages and moves the mappings there
+    /// (MAP_DMA FLAG_VADDR). iommufd: checks the same, and moves the pinned-page accounting
+    /// to this process (IOMMU_IOAS_CHANGE_PROCESS). Then rebuilds each device in the new VM
+    /// with its routes and irqfds.
     pub fn restore(
-        state: &VfioContainerState,
+        state: &VfioBackendState,
         devices: &[(String, VfioPciState)],
         take_fd: &mut dyn FnMut(&str) -> Option<OwnedFd>,
         ram: &GuestRam,
@@ -374,71 +471,77 @@ impl VfioSet {
     ) -> Result<VfioSet, VfioSetError> {
         let t = std::time::Instant::now();
         let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
-        let container = Container::from_fd(take("vfio-container".into())?);
-        let features = container.cpr_features()?;
-        let groups = state
-            .groups
-            .iter()
-            .map(|&id| Ok(Group::from_fd(id, take(format!("vfio-group-{id}"))?)))
-            .collect::<Result<Vec<_>, VfioSetError>>()?;
         let now = ram_mappings(ram)?;
+        let (saved_mappings, refs): (&[DmaMappingState], Vec<(String, String, u32)>) = match state {
+            VfioBackendState::Container(s) => (
+                &s.mappings,
+                s.devices
+                    .iter()
+                    .map(|r| (r.id.clone(), r.host.clone(), r.group))
+                    .collect(),
+            ),
+            VfioBackendState::Iommufd(s) => (
+                &s.mappings,
+                s.devices
+                    .iter()
+                    .map(|r| (r.id.clone(), r.host.clone(), r.devid))
+                    .collect(),
+            ),
+        };
         let mut mappings = Vec::new();
-        for saved in &state.mappings {
-            let given = now.iter().find(|m| m.iova == saved.iova);
-            let same = given.is_some_and(|g| {
-                g.state.size == saved.size
-                    && g.state.st_dev == saved.st_dev
-                    && g.state.st_ino == saved.st_ino
-                    && g.state.file_offset == saved.file_offset
-            });
-            let Some(g) = given.filter(|_| same) else {
-                let describe = |s: &DmaMappingState| {
-                    format!(
-                        "{} (dev {:#x} inode {} offset {:#x} size {:#x})",
-                        s.block, s.st_dev, s.st_ino, s.file_offset, s.size
-                    )
-                };
-                return Err(VfioSetError::NotSamePages {
-                    iova: saved.iova,
-                    saved: describe(saved),
-                    given: given.map_or("nothing".into(), |g| describe(&g.state)),
-                });
-            };
-            container.map_vaddr(g.iova, g.size, g.vaddr)?;
-            trace(format_args!(
-                "cpr-load: IOVA {:#x} size {:#x} ({}) re-mapped at vaddr {:#x}: same file pages checked",
-                g.iova, g.size, g.state.block, g.vaddr
-            ));
-            mappings.push(Mapping {
-                iova: g.iova,
-                size: g.size,
-                vaddr: g.vaddr,
-                state: g.state.clone(),
-            });
+        for saved in saved_mappings {
+            mappings.push(same_pages(saved, &now)?);
         }
+        let backend = match state {
+            VfioBackendState::Container(s) => {
+                let container = Container::from_fd(take("vfio-container".into())?);
+                let features = container.cpr_features()?;
+                let groups = s
+                    .groups
+                    .iter()
+                    .map(|&id| Ok(Group::from_fd(id, take(format!("vfio-group-{id}"))?)))
+                    .collect::<Result<Vec<_>, VfioSetError>>()?;
+                for g in &mappings {
+                    container.map_vaddr(g.iova, g.size, g.vaddr)?;
+                    trace(format_args!(
+                        "cpr-load: IOVA {:#x} size {:#x} ({}) re-mapped at vaddr {:#x}: same file pages checked",
+                        g.iova, g.size, g.state.block, g.vaddr
+                    ));
+                }
+                Backend::Type1 {
+                    container,
+                    features,
+                    groups,
+                }
+            }
+            VfioBackendState::Iommufd(s) => {
+                Backend::Iommufd(IommufdBackend::restore(s, &mut take, &mappings)?)
+            }
+        };
         let mut set = VfioSet {
-            container,
-            features,
-            groups,
+            backend,
             devices: Vec::new(),
             mappings,
             prepared: false,
         };
-        for (i, r) in state.devices.iter().enumerate() {
+        for (i, (id, host, key)) in refs.into_iter().enumerate() {
             let pci = devices
                 .iter()
-                .find(|(id, _)| *id == r.id)
+                .find(|(d, _)| *d == id)
                 .map(|(_, s)| s)
-                .ok_or_else(|| VfioSetError::MissingDevice { id: r.id.clone() })?;
+                .ok_or_else(|| VfioSetError::MissingDevice { id: id.clone() })?;
             let t_dev = std::time::Instant::now();
-            let dev = Device::from_fd(&r.host, take(format!("vfio-device-{}", r.id))?)?;
+            let dev = Device::from_fd(&host, take(format!("vfio-device-{id}"))?)?;
+            if let Backend::Iommufd(b) = &mut set.backend {
+                b.add_to_kvm(router.vm(), &id, dev.fd())?;
+            }
             let efds =
                 |kind: &str,
                  n: u32,
                  take: &mut dyn FnMut(String) -> Result<OwnedFd, VfioSetError>| {
                     (0..n)
                         .map(|v| {
-                            let fd = take(format!("vfio-irq-{}-{kind}{v}", r.id))?;
+                            let fd = take(format!("vfio-irq-{id}-{kind}{v}"))?;
                             // SAFETY: the fd is an eventfd the old process created (the
                             // manifest names it so) and we own it now.
                             Ok(unsafe {
@@ -472,34 +575,75 @@ impl VfioSet {
                 router.clone(),
                 BAR_SLOT_BASE + 8 * i as u32,
             )?;
-            d.set_id(&r.id);
+            d.set_id(&id);
             trace(format_args!(
                 "cpr-load: {} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause, delivered now: [{}]",
-                r.id,
-                r.host,
+                id,
+                host,
                 ms(t_dev),
                 d.latched_at_restore().join(" ")
             ));
             let d = Arc::new(Mutex::new(d));
             bus.add(d.clone()).map_err(|source| VfioSetError::Bus {
-                id: r.id.clone(),
+                id: id.clone(),
                 source,
             })?;
-            set.devices.push((
-                VfioDeviceConfig {
-                    host: r.host.clone(),
-                    id: r.id.clone(),
-                },
-                r.group,
-                d,
-            ));
+            let iommufd = match &set.backend {
+                Backend::Iommufd(b) => Some(b.object.clone()),
+                Backend::Type1 { .. } => None,
+            };
+            set.devices
+                .push((VfioDeviceConfig { host, id, iommufd }, key, d));
         }
         trace(format_args!("cpr-load: VFIO restored in {:.3} ms", ms(t)));
         Ok(set)
     }
 
-    /// The raw container fd (tests and diagnostics).
+    /// The raw container fd, or the iommufd (tests and diagnostics).
     pub fn container_fd(&self) -> RawFd {
-        self.container.fd()
+        match &self.backend {
+            Backend::Type1 { container, .. } => container.fd(),
+            Backend::Iommufd(b) => b.fd(),
+        }
     }
+}
+
+/// The saved mapping at its IOVA must be backed by the same file pages in this process (the
+/// kernel does not check it for type1; for iommufd it catches a new process whose RAM is not
+/// the memfd the device DMAs into).
+fn same_pages(saved: &DmaMappingState, now: &[Mapping]) -> Result<Mapping, VfioSetError> {
+    let given = now.iter().find(|m| m.iova == saved.iova);
+    let same = given.is_some_and(|g| {
+        g.state.size == saved.size
+            && g.state.st_dev == saved.st_dev
+            && g.state.st_ino == saved.st_ino
+            && g.state.file_offset == saved.file_offset
+    });
+    let Some(g) = given.filter(|_| same) else {
+        let describe = |s: &DmaMappingState| {
+            format!(
+                "{} (dev {:#x} inode {} offset {:#x} size {:#x})",
+                s.block, s.st_dev, s.st_ino, s.file_offset, s.size
+            )
+        };
+        return Err(VfioSetError::NotSamePages {
+            iova: saved.iova,
+            saved: describe(saved),
+            given: given.map_or("nothing".into(), |g| describe(&g.state)),
+        });
+    };
+    Ok(Mapping {
+        iova: g.iova,
+        size: g.size,
+        vaddr: g.vaddr,
+        fd: g.fd,
+        state: g.state.clone(),
+    })
+}
+
+/// The back-end section of a saved set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VfioBackendState {
+    Container(VfioContainerState),
+    Iommufd(VfioIommufdState),
 }
