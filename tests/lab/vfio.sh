@@ -14,7 +14,10 @@
 #      the guest must reach, 40), LAB_UPDATE (number of live updates in the middle, 1),
 #      LAB_EXEC_FAIL (1: also make one cpr-exec fail and check the guest carries on),
 #      LAB_BASELINE (1: afterwards the same live update of a guest without devices, for the
-#      pause without VFIO in the same lab).
+#      pause without VFIO in the same lab), LAB_TRANSFER (number of chained cpr-transfers to
+#      successors started with -incoming, after the restart-mode updates, 0),
+#      LAB_TRANSFER_KILL (transfer steps, e.g. "ready restored", at each of which a successor
+#      stops itself and is killed before "go": the guest must go on in the old process).
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -64,6 +67,8 @@ cp "$HERE/vfio-l1-init" "$R1/init"
     printf 'LAB_UPDATE=%q\n' "${LAB_UPDATE:-1}"
     printf 'LAB_EXEC_FAIL=%q\n' "${LAB_EXEC_FAIL:-0}"
     printf 'LAB_BASELINE=%q\n' "${LAB_BASELINE:-0}"
+    printf 'LAB_TRANSFER=%q\n' "${LAB_TRANSFER:-0}"
+    printf 'LAB_TRANSFER_KILL=%q\n' "${LAB_TRANSFER_KILL:-}"
 } > "$R1/lab.env"
 (cd "$R1" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd-vfio.gz"
 

@@ -78,6 +78,8 @@ pub enum TransferError {
     Protocol(u32),
     #[error("the hello message is malformed: {0}")]
     BadHello(&'static str),
+    #[error("the state message is malformed: {0}")]
+    BadState(&'static str),
     #[error("the running vmm has another machine than this command line:\n{0}")]
     OtherMachine(String),
     #[error("the state image is unreadable")]
@@ -106,6 +108,17 @@ fn failpoint(step: &str) {
         unsafe { libc::raise(libc::SIGSTOP) };
     }
 }
+
+/// Interrupt eventfds of assigned devices (`vfio-irq-ID-...`): sent with the state.
+fn is_vfio_irq(name: &str) -> bool {
+    name.starts_with("vfio-irq-")
+}
+
+fn vfio_err(e: crate::vfio::VfioSetError) -> CprError {
+    CprError::Machine(crate::machine::MachineError::Vfio(e))
+}
+
+use crate::vfio::set::vmlck;
 
 /// `unix:PATH` → PATH.
 pub fn parse_uri(uri: &str) -> Result<PathBuf, TransferError> {
@@ -156,7 +169,8 @@ pub fn transfer(
         Vm::Incoming(_) => return Err(CprError::Incoming),
     };
     let mut found = blockers::blockers(Mode::Transfer, m.ram());
-    // The state image carries no VFIO sections: a transfer would leave the devices behind.
+    // Assigned devices move with the guest when the container can move its DMA mappings
+    // to another process (VFIO_UPDATE_VADDR), as in restart mode.
     found.extend(blockers::vfio(Mode::Transfer, m.vfio(), false));
     if !found.is_empty() {
         let list = found.iter().map(|b| b.to_string()).collect::<Vec<_>>();
@@ -182,8 +196,15 @@ pub fn transfer(
     ch.check_peer_uid().map_err(TransferError::from)?;
     let mut t = TransferTiming::default();
 
-    // 1. hello: the hand-over and every manifest fd, while the guest runs.
-    let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    // 1. hello: the hand-over and every manifest fd, while the guest runs. VFIO container,
+    // groups and devices go now; interrupt eventfds go with the state (the guest may
+    // reprogram its vectors until it pauses).
+    let mut manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    manifest.extend(
+        fds::vfio_manifest(m.vfio())?
+            .into_iter()
+            .filter(|e| !is_vfio_irq(&e.name)),
+    );
     let (reply_kind, reply_id) = reply_fields(reply);
     let exec_state = ExecState {
         image: uri.to_string(),
@@ -203,7 +224,8 @@ pub fn transfer(
             numbers.push(e.fd);
         }
     }
-    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest)?;
+    let container = m.vfio().map(|v| v.container_state());
+    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest, container.as_ref())?;
     // The schema of the state this binary writes: the new process checks compatibility now,
     // while the guest runs, instead of inside the pause.
     let schema = serde_json::to_vec(&image::reader_schema()).unwrap_or_default();
@@ -216,39 +238,74 @@ pub fn transfer(
     payload.extend_from_slice(&(schema.len() as u32).to_le_bytes());
     payload.extend_from_slice(&schema);
     payload.extend_from_slice(&bytes);
-    t.hello_sent = now_ns();
-    ch.send(Kind::Hello, &payload, &numbers)
-        .map_err(TransferError::from)?;
 
-    // 2. ready: the new VM is built. Until here the guest never stopped.
-    ch.set_timeout(PREPARE_TIMEOUT).map_err(|e| {
-        TransferError::Channel(ChannelError::Recv {
-            what: "ready",
-            source: e,
-        })
-    })?;
-    let ready = ch.recv(Kind::Ready).map_err(TransferError::from)?;
-    t.ready_received = now_ns();
-    let _ = ch.set_timeout(step_timeout());
-    let peer_version = String::from_utf8_lossy(&ready.payload).into_owned();
-
-    // 3. state, 4. restored: the pause starts.
-    let boost = Boost::realtime();
-    t.stop_requested = now_ns();
-    m.pause()?;
-    t.vcpus_stopped = now_ns();
+    let mut boost = None;
+    let mut peer_version = String::new();
     let outcome = (|| -> Result<(), CprError> {
+        // The successor maps the DMA mappings at its own addresses while building its VM:
+        // this process lets go of them first (device DMA goes on into the pinned pages).
+        // From here any failure gives them back (`cancel_update` below).
+        if let Some(v) = m.vfio_mut() {
+            let t0 = std::time::Instant::now();
+            v.release_dma().map_err(vfio_err)?;
+            crate::vfio::set::trace(format_args!(
+                "cpr-transfer: DMA vaddr released by pid {} in {:.3} ms (guest running); VmLck {}",
+                std::process::id(),
+                crate::vfio::set::ms(t0),
+                vmlck()
+            ));
+        }
+        t.hello_sent = now_ns();
+        ch.send(Kind::Hello, &payload, &numbers)
+            .map_err(TransferError::from)?;
+
+        // 2. ready: the new VM is built. Until here the guest never stopped.
+        ch.set_timeout(PREPARE_TIMEOUT).map_err(|e| {
+            TransferError::Channel(ChannelError::Recv {
+                what: "ready",
+                source: e,
+            })
+        })?;
+        let ready = ch.recv(Kind::Ready).map_err(TransferError::from)?;
+        t.ready_received = now_ns();
+        let _ = ch.set_timeout(step_timeout());
+        peer_version = String::from_utf8_lossy(&ready.payload).into_owned();
+        if m.vfio().is_some() {
+            crate::vfio::set::trace(format_args!(
+                "cpr-transfer: successor ready with the DMA mappings; VmLck of pid {} now {}",
+                std::process::id(),
+                vmlck()
+            ));
+        }
+
+        // 3. state, 4. restored: the pause starts.
+        boost = Some(Boost::realtime());
+        t.stop_requested = now_ns();
+        m.pause()?;
+        t.vcpus_stopped = now_ns();
+        // Interrupts latch in the eventfds from here; the successor attaches them at `go`.
+        if let Some(v) = m.vfio_mut() {
+            v.detach_irqfds().map_err(vfio_err)?;
+        }
         let state = m.save_state()?;
+        let vfio = m.vfio().map(|v| v.save());
+        let irqs: Vec<cpr_format::FdEntry> = fds::vfio_manifest(m.vfio())?
+            .into_iter()
+            .filter(|e| is_vfio_irq(&e.name))
+            .collect();
         let img = image::to_bytes(
             image::header(&host.config, Mode::Transfer),
             &state,
             resume_after,
+            &irqs,
+            vfio.as_ref(),
         )
         .map_err(TransferError::Encode)?;
         t.state_saved = now_ns();
         let mut msg = t.to_bytes();
         msg.extend_from_slice(&img);
-        ch.send(Kind::State, &msg, &[])
+        let irq_fds: Vec<RawFd> = irqs.iter().map(|e| e.fd).collect();
+        ch.send(Kind::State, &msg, &irq_fds)
             .map_err(TransferError::from)?;
         ch.recv(Kind::Restored).map_err(TransferError::from)?;
         // 5. go: past this write the guest belongs to the new process.
@@ -260,6 +317,11 @@ pub fn transfer(
     if let Err(e) = outcome {
         ch.refuse(&crate::error_chain(&e));
         drop(ch);
+        // DMA mappings back at this process's addresses, irqfds attached (latched
+        // interrupts injected), then the vCPUs.
+        if let Some(v) = m.vfio_mut() {
+            v.cancel_update().map_err(vfio_err)?;
+        }
         if resume_after {
             m.resume()?;
         }
@@ -272,6 +334,13 @@ pub fn transfer(
     match ch.recv(Kind::Running) {
         Ok(msg) => {
             let theirs = TransferTiming::from_bytes(&msg.payload).unwrap_or(t);
+            if m.vfio().is_some() {
+                crate::vfio::set::trace(format_args!(
+                    "cpr-transfer: done; pid {} exits with VmLck {}",
+                    std::process::id(),
+                    vmlck()
+                ));
+            }
             eprintln!(
                 "vmm: cpr-transfer to {uri} done (new vmm version {peer_version}); exiting\n{}",
                 theirs.describe()
@@ -417,6 +486,26 @@ fn receive(
         return Err(TransferError::OtherMachine(lines.join("\n")).into());
     }
     let mut adopted = adopt_from(config, bytes, 0, Some(map))?;
+    // Assigned devices: the old process released the DMA mappings' host addresses before
+    // hello; map them at this process's addresses of the same pages now, while the guest
+    // runs (device DMA goes on into the pinned pages meanwhile).
+    let container = handed
+        .section::<crate::vfio::set::VfioContainerState>(super::ONE)
+        .map_err(|e| CprError::Handover(Box::new(e)))?;
+    if let (Some(cs), Vm::Incoming(inc)) = (container, &mut adopted.vm) {
+        let ram = inc.machine.as_ref().ok_or(CprError::NotIncoming)?.ram();
+        let t0 = std::time::Instant::now();
+        let fds = &mut inc.vfio_fds;
+        let taken = crate::vfio::VfioSet::adopt_container(&cs, &mut |n| fds.remove(n), ram)
+            .map_err(vfio_err)?;
+        crate::vfio::set::trace(format_args!(
+            "cpr-transfer: {} DMA mappings taken over by pid {} in {:.3} ms, before the pause",
+            cs.mappings.len(),
+            std::process::id(),
+            crate::vfio::set::ms(t0)
+        ));
+        inc.vfio_adopted = Some(taken);
+    }
     t.machine_ready = now_ns();
     failpoint("ready");
     ch.send(Kind::Ready, crate::version::version().as_bytes(), &[])
@@ -438,13 +527,39 @@ fn receive(
         .map_err(TransferError::StateImage)?;
     check_state(&img, &announced, config)?;
     let (machine_state, resume_after) = image::machine_state(&img)?;
-    let prepared = match &mut adopted.vm {
-        Vm::Incoming(inc) => inc.machine.take(),
-        Vm::Active(_) => None,
-    }
-    .ok_or(CprError::NotIncoming)?;
+    let (prepared, mut vfio_fds, vfio_adopted) = match &mut adopted.vm {
+        Vm::Incoming(inc) => (
+            inc.machine.take(),
+            std::mem::take(&mut inc.vfio_fds),
+            inc.vfio_adopted.take(),
+        ),
+        Vm::Active(_) => (None, BTreeMap::new(), None),
+    };
+    let prepared = prepared.ok_or(CprError::NotIncoming)?;
     let serial: crate::machine::SerialOutput = Box::new(adopted.frontends.serial_output());
-    let machine = prepared.restore(&machine_state, serial, host.machine_events.clone())?;
+    let mut machine = prepared.restore(&machine_state, serial, host.machine_events.clone())?;
+    if let Some((container, devices)) = image::vfio_state(&img)? {
+        let taken = vfio_adopted.ok_or(TransferError::BadState(
+            "VFIO devices, but hello carried no VFIO container",
+        ))?;
+        // The interrupt eventfds came with this message, in the order of its fd manifest.
+        let entries = img.fd_manifest();
+        if entries.len() != state.fds.len() {
+            return Err(TransferError::BadState(
+                "the descriptor count differs from the state image's fd manifest",
+            )
+            .into());
+        }
+        for (e, fd) in entries.iter().zip(state.fds) {
+            let mine = cpr_format::FdEntry {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                ..e.clone()
+            };
+            fds::verify_inherited(&mine)?;
+            vfio_fds.insert(e.name.clone(), fd);
+        }
+        machine.restore_vfio_adopted(taken, &container, &devices, &mut |n| vfio_fds.remove(n))?;
+    }
     adopted.vm = Vm::Active(machine);
     t.state_restored = now_ns();
     failpoint("restored");
@@ -499,6 +614,18 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
     ch.recv(Kind::Go).map_err(TransferError::from)?;
     t.go_received = now_ns();
     if let Vm::Active(m) = &mut adopted.vm {
+        // The guest is ours: KVM injects what the eventfds latched during the pause, once.
+        if let Some(v) = m.vfio_mut() {
+            let t0 = std::time::Instant::now();
+            match v.attach_irqfds() {
+                Ok(()) => crate::vfio::set::trace(format_args!(
+                    "cpr-transfer: irqfds attached after go in {:.3} ms",
+                    crate::vfio::set::ms(t0)
+                )),
+                // Past `go` there is no going back: run the guest and say what failed.
+                Err(e) => eprintln!("vmm: {}", crate::error_chain(&e)),
+            }
+        }
         if resume_after {
             m.resume()?;
         }
@@ -578,7 +705,7 @@ mod tests {
             reply_id: None,
         };
         let status = super::super::CprStatus::default();
-        let bytes = handover(&f, &host, &status, exec, manifest.clone()).unwrap();
+        let bytes = handover(&f, &host, &status, exec, manifest.clone(), None).unwrap();
         // Another memfd of the same size under the sender's number.
         let other = GuestRam::new(&memfd, config.mem_size).unwrap();
         let file = other.blocks()[0]

@@ -338,7 +338,8 @@ impl VfioPciDevice {
 
     /// Adopts an inherited device fd and its eventfds after a live update: no reset, no
     /// SET_IRQS (the device still signals these eventfds); routes, memslots and irqfds are
-    /// rebuilt in the new VM, irqfds last so latched interrupts are injected once.
+    /// rebuilt in the new VM, irqfds last so latched interrupts are injected once
+    /// (`hold_irqfds`: not yet, at `attach_irqfds`).
     pub fn restore(
         dev: Device,
         state: &VfioPciState,
@@ -347,6 +348,7 @@ impl VfioPciDevice {
         intx: Option<(EventFd, EventFd)>,
         router: Arc<GsiRouter>,
         slot_base: u32,
+        hold_irqfds: bool,
     ) -> Result<VfioPciDevice, DeviceError> {
         let id = dev.bdf.clone();
         let restore_err = |what: String| DeviceError::Restore {
@@ -365,6 +367,7 @@ impl VfioPciDevice {
         }
         let (config, regions) = Self::open_regions(&id, &dev)?;
         let mut d = Self::build(&id, dev, model, config, regions, router, slot_base)?;
+        d.irqfds_held = hold_irqfds;
         let vectors = |fds: Vec<EventFd>, gsis: &[u32], router: &GsiRouter| {
             fds.into_iter()
                 .zip(gsis)

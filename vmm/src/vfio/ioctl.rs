@@ -78,6 +78,16 @@ pub enum VfioError {
     },
 }
 
+impl VfioError {
+    /// The errno of a failed ioctl (None for other errors).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            VfioError::Ioctl { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
 fn ioctl_err(
     ioctl: &'static str,
     what: impl Into<String>,
@@ -266,15 +276,15 @@ impl Container {
         Ok(())
     }
 
-    /// Invalidates the host address of every mapping in one call (needs VFIO_UNMAP_ALL).
-    pub fn unmap_vaddr_all(&self) -> Result<(), VfioError> {
+    /// Invalidates the host address of every mapping in one call (needs VFIO_UNMAP_ALL);
+    /// returns the bytes the kernel invalidated.
+    pub fn unmap_vaddr_all(&self) -> Result<u64, VfioError> {
         self.unmap(
             0,
             0,
             VFIO_DMA_UNMAP_FLAG_VADDR | VFIO_DMA_UNMAP_FLAG_ALL,
             "VFIO_IOMMU_UNMAP_DMA(VADDR|ALL)",
-        )?;
-        Ok(())
+        )
     }
 }
 

@@ -89,6 +89,12 @@ pub enum VfioSetError {
     MissingFd { name: String },
     #[error("saved VFIO state has no vfio.pci section for device {id}")]
     MissingDevice { id: String },
+    #[error(
+        "VFIO_IOMMU_UNMAP_DMA(VADDR) invalidated {done:#x} of the {total:#x} bytes of DMA \
+         mappings (this kernel lets only their owner do it), so they cannot move to another \
+         process"
+    )]
+    PartialRelease { done: u64, total: u64 },
 }
 
 /// Restart mode moves the DMA mappings to the new process with VFIO_UPDATE_VADDR (and
@@ -136,19 +142,46 @@ pub struct VfioSet {
     groups: Vec<Group>,
     devices: Vec<(VfioDeviceConfig, u32, Arc<Mutex<VfioPciDevice>>)>,
     mappings: Vec<Mapping>,
-    /// `prepare_update` ran and was not undone: host addresses invalid, irqfds detached.
-    prepared: bool,
+    /// A live update invalidated this process's DMA host addresses (`release_dma`) and
+    /// nothing gave them back yet: another process may own the mappings now.
+    vaddr_released: bool,
+    /// A live update detached the irqfds (`detach_irqfds`): interrupts latch.
+    irqfds_held: bool,
+}
+
+/// The container side of assigned devices, adopted by a new process before the devices
+/// (transfer mode: while the guest still runs in the old process): container and group
+/// fds, and every DMA mapping moved to this process's addresses of the same pages.
+pub struct AdoptedContainer {
+    container: Container,
+    features: CprFeatures,
+    groups: Vec<Group>,
+    mappings: Vec<Mapping>,
+}
+
+/// `VmLck` of /proc/self/status (pages the kernel accounts as locked to this process: VFIO
+/// charges pinned DMA pages to the mapping's owner), for the trace.
+pub fn locked_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmLck:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// For the trace: `VmLck` or "?".
+pub fn vmlck() -> String {
+    locked_kib().map_or("?".into(), |k| format!("{k} kB"))
 }
 
 /// `VMM_VFIO_TRACE=1` prints the VFIO steps of a live update with their durations to stderr
 /// (the lab test shows them next to the pause).
-pub(crate) fn trace(what: std::fmt::Arguments<'_>) {
+pub fn trace(what: std::fmt::Arguments<'_>) {
     if std::env::var_os("VMM_VFIO_TRACE").is_some_and(|v| v == "1") {
         eprintln!("vmm: vfio: {what}");
     }
 }
 
-pub(crate) fn ms(since: std::time::Instant) -> f64 {
+/// Milliseconds since `since`, for the trace.
+pub fn ms(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
@@ -226,7 +259,8 @@ impl VfioSet {
             groups,
             devices: Vec::new(),
             mappings,
-            prepared: false,
+            vaddr_released: false,
+            irqfds_held: false,
         };
         let mut mmio_next = MMIO_WINDOW_START;
         for (i, (c, gid)) in devs.into_iter().enumerate() {
@@ -283,18 +317,9 @@ impl VfioSet {
     /// guest RAM keeps working (the pages stay pinned and mapped in the IOMMU).
     pub fn prepare_update(&mut self) -> Result<(), VfioSetError> {
         let t = std::time::Instant::now();
-        self.prepared = true;
-        for d in self.devices() {
-            lock(d).detach_irqfds()?;
-        }
+        self.detach_irqfds()?;
         let t_unmap = std::time::Instant::now();
-        if self.features.unmap_all {
-            self.container.unmap_vaddr_all()?;
-        } else {
-            for m in &self.mappings {
-                self.container.unmap_vaddr(m.iova, m.size)?;
-            }
-        }
+        self.release_dma()?;
         trace(format_args!(
             "cpr-save: irqfds detached and DMA vaddr invalidated ({} mappings) in {:.3} ms (unmap {:.3} ms)",
             self.mappings.len(),
@@ -304,30 +329,112 @@ impl VfioSet {
         Ok(())
     }
 
-    /// The update failed before exec (or exec failed): give the mappings back their
-    /// addresses in this process and re-attach the irqfds; latched interrupts get injected.
-    pub fn cancel_update(&mut self) -> Result<(), VfioSetError> {
-        if !self.prepared {
-            return Ok(());
+    /// Invalidates this process's host address of every DMA mapping (UNMAP_DMA with
+    /// FLAG_VADDR), so that another process image or another process may give them its
+    /// own. The IOMMU mappings and the pinned pages stay: device DMA goes on. Refused if the
+    /// kernel invalidated less than all of guest RAM (kernels before 6.0 skip mappings
+    /// another process made, silently).
+    pub fn release_dma(&mut self) -> Result<(), VfioSetError> {
+        self.vaddr_released = true;
+        let total: u64 = self.mappings.iter().map(|m| m.size).sum();
+        let done = if self.features.unmap_all {
+            self.container.unmap_vaddr_all()?
+        } else {
+            for m in &self.mappings {
+                self.container.unmap_vaddr(m.iova, m.size)?;
+            }
+            total
+        };
+        if done != total {
+            return Err(VfioSetError::PartialRelease { done, total });
         }
-        let t = std::time::Instant::now();
-        self.prepared = false;
+        Ok(())
+    }
+
+    /// Gives every DMA mapping back this process's host address. If another process took
+    /// them over meanwhile (a transfer-mode successor that then failed or died), its
+    /// address is invalidated first (the kernel lets any holder of the container do that);
+    /// mapping at our address makes this process the owner again (locked-page accounting
+    /// included).
+    pub fn reclaim_dma(&mut self) -> Result<(), VfioSetError> {
         for m in &self.mappings {
-            self.container.map_vaddr(m.iova, m.size, m.vaddr)?;
+            match self.container.map_vaddr(m.iova, m.size, m.vaddr) {
+                Ok(()) => {}
+                // EINVAL: the mapping's address is valid, i.e. the successor's.
+                Err(e) if e.errno() == Some(libc::EINVAL) => {
+                    self.container.unmap_vaddr(m.iova, m.size)?;
+                    self.container.map_vaddr(m.iova, m.size, m.vaddr)?;
+                    trace(format_args!(
+                        "IOVA {:#x}: taken back from the successor (its vaddr invalidated first)",
+                        m.iova
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        self.vaddr_released = false;
+        trace(format_args!(
+            "DMA vaddr reclaimed by this process; VmLck {}",
+            vmlck()
+        ));
+        Ok(())
+    }
+
+    /// Stops KVM injection for every device: interrupts latch in the eventfds.
+    pub fn detach_irqfds(&mut self) -> Result<(), VfioSetError> {
+        self.irqfds_held = true;
+        for d in self.devices() {
+            lock(d).detach_irqfds()?;
+        }
+        Ok(())
+    }
+
+    /// Attaches every device's irqfds (KVM injects what the eventfds latched, once).
+    pub fn attach_irqfds(&mut self) -> Result<(), VfioSetError> {
         for d in self.devices() {
             lock(d).attach_irqfds()?;
         }
-        trace(format_args!(
-            "update abandoned: DMA vaddr restored and irqfds attached in {:.3} ms",
-            ms(t)
-        ));
+        self.irqfds_held = false;
+        Ok(())
+    }
+
+    /// The update was abandoned (before exec, a failed exec, or a transfer that did not
+    /// reach `go`): give the mappings back their addresses in this process and re-attach
+    /// the irqfds; latched interrupts get injected.
+    pub fn cancel_update(&mut self) -> Result<(), VfioSetError> {
+        let t = std::time::Instant::now();
+        let was = (self.vaddr_released, self.irqfds_held);
+        if self.vaddr_released {
+            self.reclaim_dma()?;
+        }
+        if self.irqfds_held {
+            self.attach_irqfds()?;
+        }
+        if was != (false, false) {
+            trace(format_args!(
+                "update abandoned: DMA vaddr restored and irqfds attached in {:.3} ms",
+                ms(t)
+            ));
+        }
         Ok(())
     }
 
     /// The container section and one `vfio.pci` section per device (instance = id).
     pub fn save(&self) -> (VfioContainerState, Vec<(String, VfioPciState)>) {
-        let state = VfioContainerState {
+        let state = self.container_state();
+        let devices = self
+            .devices
+            .iter()
+            .map(|(c, _, d)| (c.id.clone(), lock(d).save()))
+            .collect();
+        (state, devices)
+    }
+
+    /// The container section alone: groups, devices, DMA mappings (a transfer sends it at
+    /// hello, before the pause, so the successor can take the mappings over while the
+    /// guest runs).
+    pub fn container_state(&self) -> VfioContainerState {
+        VfioContainerState {
             groups: self.groups.iter().map(|g| g.id).collect(),
             devices: self
                 .devices
@@ -339,13 +446,7 @@ impl VfioSet {
                 })
                 .collect(),
             mappings: self.mappings.iter().map(|m| m.state.clone()).collect(),
-        };
-        let devices = self
-            .devices
-            .iter()
-            .map(|(c, _, d)| (c.id.clone(), lock(d).save()))
-            .collect();
-        (state, devices)
+        }
     }
 
     /// Every fd the new process must inherit, named for the manifest: vfio-container,
@@ -373,6 +474,22 @@ impl VfioSet {
         bus: &PciBus,
     ) -> Result<VfioSet, VfioSetError> {
         let t = std::time::Instant::now();
+        let adopted = Self::adopt_container(state, take_fd, ram)?;
+        let set = Self::restore_devices(adopted, state, devices, take_fd, router, bus, false)?;
+        trace(format_args!("cpr-load: VFIO restored in {:.3} ms", ms(t)));
+        Ok(set)
+    }
+
+    /// The first half of [`VfioSet::restore`]: container and group fds, and every DMA
+    /// mapping given this process's address of the same file pages (checked: dev, inode,
+    /// offset, size). The mappings' host addresses must have been invalidated by their
+    /// previous owner; mapping them here makes this process their owner (the kernel moves
+    /// the locked-page accounting to it).
+    pub fn adopt_container(
+        state: &VfioContainerState,
+        take_fd: &mut dyn FnMut(&str) -> Option<OwnedFd>,
+        ram: &GuestRam,
+    ) -> Result<AdoptedContainer, VfioSetError> {
         let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
         let container = Container::from_fd(take("vfio-container".into())?);
         let features = container.cpr_features()?;
@@ -382,6 +499,7 @@ impl VfioSet {
             .map(|&id| Ok(Group::from_fd(id, take(format!("vfio-group-{id}"))?)))
             .collect::<Result<Vec<_>, VfioSetError>>()?;
         let now = ram_mappings(ram)?;
+        let locked_before = vmlck();
         let mut mappings = Vec::new();
         for saved in &state.mappings {
             let given = now.iter().find(|m| m.iova == saved.iova);
@@ -406,8 +524,12 @@ impl VfioSet {
             };
             container.map_vaddr(g.iova, g.size, g.vaddr)?;
             trace(format_args!(
-                "cpr-load: IOVA {:#x} size {:#x} ({}) re-mapped at vaddr {:#x}: same file pages checked",
-                g.iova, g.size, g.state.block, g.vaddr
+                "IOVA {:#x} size {:#x} ({}) re-mapped at vaddr {:#x} by pid {}: same file pages checked",
+                g.iova,
+                g.size,
+                g.state.block,
+                g.vaddr,
+                std::process::id()
             ));
             mappings.push(Mapping {
                 iova: g.iova,
@@ -416,13 +538,42 @@ impl VfioSet {
                 state: g.state.clone(),
             });
         }
-        let mut set = VfioSet {
+        trace(format_args!(
+            "VmLck of pid {} before MAP_DMA(VADDR) {locked_before}, after {}",
+            std::process::id(),
+            vmlck()
+        ));
+        Ok(AdoptedContainer {
             container,
             features,
             groups,
-            devices: Vec::new(),
             mappings,
-            prepared: false,
+        })
+    }
+
+    /// The second half of [`VfioSet::restore`]: each device adopted from its fd (no reset,
+    /// no SET_IRQS) with its interrupt eventfds, BAR memslots and MSI routes in this VM.
+    /// `hold_irqfds`: leave the irqfds detached (interrupts keep latching) until
+    /// [`VfioSet::attach_irqfds`]: a transfer-mode successor attaches them only once the
+    /// guest is its own, so an interrupt is never consumed by a VM that may not run.
+    pub fn restore_devices(
+        adopted: AdoptedContainer,
+        state: &VfioContainerState,
+        devices: &[(String, VfioPciState)],
+        take_fd: &mut dyn FnMut(&str) -> Option<OwnedFd>,
+        router: &Arc<GsiRouter>,
+        bus: &PciBus,
+        hold_irqfds: bool,
+    ) -> Result<VfioSet, VfioSetError> {
+        let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
+        let mut set = VfioSet {
+            container: adopted.container,
+            features: adopted.features,
+            groups: adopted.groups,
+            devices: Vec::new(),
+            mappings: adopted.mappings,
+            vaddr_released: false,
+            irqfds_held: hold_irqfds,
         };
         for (i, r) in state.devices.iter().enumerate() {
             let pci = devices
@@ -471,13 +622,15 @@ impl VfioSet {
                 intx,
                 router.clone(),
                 BAR_SLOT_BASE + 8 * i as u32,
+                hold_irqfds,
             )?;
             d.set_id(&r.id);
             trace(format_args!(
-                "cpr-load: {} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause, delivered now: [{}]",
+                "{} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause{}: [{}]",
                 r.id,
                 r.host,
                 ms(t_dev),
+                if hold_irqfds { ", delivered when the irqfds attach" } else { ", delivered now" },
                 d.latched_at_restore().join(" ")
             ));
             let d = Arc::new(Mutex::new(d));
@@ -494,7 +647,6 @@ impl VfioSet {
                 d,
             ));
         }
-        trace(format_args!("cpr-load: VFIO restored in {:.3} ms", ms(t)));
         Ok(set)
     }
 
