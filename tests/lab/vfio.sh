@@ -17,7 +17,9 @@
 #      pause without VFIO in the same lab), LAB_TRANSFER (number of chained cpr-transfers to
 #      successors started with -incoming, after the restart-mode updates, 0),
 #      LAB_TRANSFER_KILL (transfer steps, e.g. "ready restored", at each of which a successor
-#      stops itself and is killed before "go": the guest must go on in the old process).
+#      stops itself and is killed before "go": the guest must go on in the old process),
+#      LAB_INTX (1: then fixtures/guests/vfio-intx, whose edu interrupts stay on INTx, through
+#      a restart-mode update and, with LAB_TRANSFER, a transfer).
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +62,7 @@ cp "$MODS"/virt/lib/irqbypass.ko "$MODS"/arch/x86/kvm/kvm.ko "$MODS"/arch/x86/kv
    "$MODS"/drivers/vfio/pci/vfio-pci-core.ko "$MODS"/drivers/vfio/pci/vfio-pci.ko "$R1/lib/modules/"
 cp "$VMM" "$R1/vmm"
 cp "$GUEST" "$R1/vfio-guest"
+cp "$ROOT/fixtures/guests/vfio-intx" "$R1/vfio-intx-guest"
 cp "$ROOT/fixtures/guests/counter" "$R1/counter-guest"
 cp "$HERE/vfio-l1-init" "$R1/init"
 {
@@ -69,6 +72,7 @@ cp "$HERE/vfio-l1-init" "$R1/init"
     printf 'LAB_BASELINE=%q\n' "${LAB_BASELINE:-0}"
     printf 'LAB_TRANSFER=%q\n' "${LAB_TRANSFER:-0}"
     printf 'LAB_TRANSFER_KILL=%q\n' "${LAB_TRANSFER_KILL:-}"
+    printf 'LAB_INTX=%q\n' "${LAB_INTX:-0}"
 } > "$R1/lab.env"
 (cd "$R1" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd-vfio.gz"
 

@@ -10,8 +10,10 @@
 //! (SIGKILL) at `ready` (it already took the DMA mappings over) and at `restored` (devices
 //! restored, guest paused), each time the guest must carry on in the old process; then two
 //! chained cpr-transfers to successor processes, after which the old process has exited and
-//! the guest DMAs and interrupts in the new one. Last, the same restart update and transfer
-//! of a guest without devices give the pauses without VFIO.
+//! the guest DMAs and interrupts in the new one. Then `fixtures/guests/vfio-intx`, whose edu
+//! DMA completions arrive on INTx (level-triggered IOAPIC pin, resample irqfd), goes through
+//! a restart-mode update and a transfer. Last, the same restart update and transfer of a
+//! guest without devices give the pauses without VFIO.
 //!
 //! Needs what `tests/lab/REQUIREMENTS` lists; fails (never skips) without it.
 //! `LAB_VMM_BIN=/path/to/static/vmm` skips the static build.
@@ -32,6 +34,7 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_live_updates() {
             ("LAB_EXEC_FAIL", "1"),
             ("LAB_TRANSFER", "2"),
             ("LAB_TRANSFER_KILL", "ready restored"),
+            ("LAB_INTX", "1"),
             ("VFIO_ITERS", "50"),
         ],
     );
@@ -70,6 +73,13 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_live_updates() {
         stdout.lines().any(|l| l.contains("successor ready with the DMA mappings")
             && l.ends_with("now 0 kB")),
         "the old process kept its locked pages after the successor's MAP_DMA(VADDR):\n{stdout}"
+    );
+    // edu on INTx (level, resample) through a restart-mode update and a transfer; the
+    // guest checks one INTx per DMA completion, and check_counts the totals.
+    assert!(
+        has("INTx active: after the live update the guest reached iteration")
+            && has("INTx active: after the transfer the guest reached iteration"),
+        "no live update with INTx active:\n{stdout}"
     );
     assert!(
         has("baseline transfer without VFIO"),

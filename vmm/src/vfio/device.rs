@@ -407,7 +407,8 @@ impl VfioPciDevice {
         Ok(d)
     }
 
-    /// Vectors whose eventfd holds an interrupt not yet injected (read and re-armed).
+    /// Vectors (and INTx) whose eventfd holds an interrupt not yet injected (read and
+    /// re-armed).
     fn latched(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (kind, vecs) in [("msi", &self.msi), ("msix", &self.msix)] {
@@ -417,6 +418,15 @@ impl VfioPciDevice {
                         let _ = x.efd.write(1);
                         out.push(format!("{kind}{i}"));
                     }
+                }
+            }
+        }
+        // VFIO masks INTx when it signals, so nothing is added between read and re-arm.
+        if let Some(x) = &self.intx {
+            if let Ok(n) = x.trigger.read() {
+                if n > 0 {
+                    let _ = x.trigger.write(1);
+                    out.push("intx".into());
                 }
             }
         }
