@@ -136,6 +136,14 @@ pub struct VfioPciDevice {
     pub intx: Option<Intx>,
 }
 
+/// The interrupt eventfds a live update hands over with a device: MSI and MSI-X vectors in
+/// order, and INTx's trigger and resample eventfds if INTx was wired.
+pub struct AdoptedIrqs {
+    pub msi: Vec<EventFd>,
+    pub msix: Vec<EventFd>,
+    pub intx: Option<(EventFd, EventFd)>,
+}
+
 /// INTx wired to KVM: VFIO signals `trigger` and masks the line; KVM signals `resample`
 /// when the guest EOIs the level interrupt, which makes VFIO unmask it.
 pub struct Intx {
@@ -343,13 +351,12 @@ impl VfioPciDevice {
     pub fn restore(
         dev: Device,
         state: &VfioPciState,
-        msi: Vec<EventFd>,
-        msix: Vec<EventFd>,
-        intx: Option<(EventFd, EventFd)>,
+        irqs: AdoptedIrqs,
         router: Arc<GsiRouter>,
         slot_base: u32,
         hold_irqfds: bool,
     ) -> Result<VfioPciDevice, DeviceError> {
+        let AdoptedIrqs { msi, msix, intx } = irqs;
         let id = dev.bdf.clone();
         let restore_err = |what: String| DeviceError::Restore {
             id: id.clone(),

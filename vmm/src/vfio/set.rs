@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{DeviceError, VfioPciDevice};
+use super::device::{AdoptedIrqs, DeviceError, VfioPciDevice};
 use super::ioctl::{group_of, Container, CprFeatures, Device, Group, VfioError};
 use super::state::VfioPciState;
 use crate::machine::memory::GuestRam;
@@ -617,9 +617,7 @@ impl VfioSet {
             let mut d = VfioPciDevice::restore(
                 dev,
                 pci,
-                msi,
-                msix,
-                intx,
+                AdoptedIrqs { msi, msix, intx },
                 router.clone(),
                 BAR_SLOT_BASE + 8 * i as u32,
                 hold_irqfds,
