@@ -42,6 +42,7 @@ pub mod schema;
 pub mod timing;
 pub mod transfer;
 pub mod transfer_timing;
+mod transfer_vfio;
 
 pub use incoming::{adopt, load, Vm};
 

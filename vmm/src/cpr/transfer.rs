@@ -38,7 +38,10 @@ use super::channel::{Channel, ChannelError, Kind};
 use super::incoming::{adopt_from, Adopted};
 use super::timing::now_ns;
 use super::transfer_timing::TransferTiming;
-use super::{blockers, fds, handover, image, reply_fields, CprError, ExecState, Host, Phase, Vm};
+use super::{
+    blockers, fds, handover, image, reply_fields, transfer_vfio, CprError, ExecState, Host, Phase,
+    Vm,
+};
 use crate::cli::VmmConfig;
 use crate::event_loop::Frontends;
 use crate::machine::RunState;
@@ -108,17 +111,6 @@ fn failpoint(step: &str) {
         unsafe { libc::raise(libc::SIGSTOP) };
     }
 }
-
-/// Interrupt eventfds of assigned devices (`vfio-irq-ID-...`): sent with the state.
-fn is_vfio_irq(name: &str) -> bool {
-    name.starts_with("vfio-irq-")
-}
-
-fn vfio_err(e: crate::vfio::VfioSetError) -> CprError {
-    CprError::Machine(crate::machine::MachineError::Vfio(e))
-}
-
-use crate::vfio::set::vmlck;
 
 /// `unix:PATH` → PATH.
 pub fn parse_uri(uri: &str) -> Result<PathBuf, TransferError> {
@@ -200,11 +192,7 @@ pub fn transfer(
     // groups and devices go now; interrupt eventfds go with the state (the guest may
     // reprogram its vectors until it pauses).
     let mut manifest = fds::manifest(m.ram(), &f.chardevs)?;
-    manifest.extend(
-        fds::vfio_manifest(m.vfio())?
-            .into_iter()
-            .filter(|e| !is_vfio_irq(&e.name)),
-    );
+    manifest.extend(transfer_vfio::hello_fds(m)?);
     let (reply_kind, reply_id) = reply_fields(reply);
     let exec_state = ExecState {
         image: uri.to_string(),
@@ -245,16 +233,7 @@ pub fn transfer(
         // The successor maps the DMA mappings at its own addresses while building its VM:
         // this process lets go of them first (device DMA goes on into the pinned pages).
         // From here any failure gives them back (`cancel_update` below).
-        if let Some(v) = m.vfio_mut() {
-            let t0 = std::time::Instant::now();
-            v.release_dma().map_err(vfio_err)?;
-            crate::vfio::set::trace(format_args!(
-                "cpr-transfer: DMA vaddr released by pid {} in {:.3} ms (guest running); VmLck {}",
-                std::process::id(),
-                crate::vfio::set::ms(t0),
-                vmlck()
-            ));
-        }
+        transfer_vfio::release(m)?;
         t.hello_sent = now_ns();
         ch.send(Kind::Hello, &payload, &numbers)
             .map_err(TransferError::from)?;
@@ -270,13 +249,7 @@ pub fn transfer(
         t.ready_received = now_ns();
         let _ = ch.set_timeout(step_timeout());
         peer_version = String::from_utf8_lossy(&ready.payload).into_owned();
-        if m.vfio().is_some() {
-            crate::vfio::set::trace(format_args!(
-                "cpr-transfer: successor ready with the DMA mappings; VmLck of pid {} now {}",
-                std::process::id(),
-                vmlck()
-            ));
-        }
+        transfer_vfio::trace_locked(m, "successor ready with the DMA mappings");
 
         // 3. state, 4. restored: the pause starts.
         boost = Some(Boost::realtime());
@@ -284,15 +257,10 @@ pub fn transfer(
         m.pause()?;
         t.vcpus_stopped = now_ns();
         // Interrupts latch in the eventfds from here; the successor attaches them at `go`.
-        if let Some(v) = m.vfio_mut() {
-            v.detach_irqfds().map_err(vfio_err)?;
-        }
+        transfer_vfio::detach(m)?;
         let state = m.save_state()?;
         let vfio = m.vfio().map(|v| v.save());
-        let irqs: Vec<cpr_format::FdEntry> = fds::vfio_manifest(m.vfio())?
-            .into_iter()
-            .filter(|e| is_vfio_irq(&e.name))
-            .collect();
+        let irqs = transfer_vfio::state_fds(m)?;
         let img = image::to_bytes(
             image::header(&host.config, Mode::Transfer),
             &state,
@@ -319,9 +287,7 @@ pub fn transfer(
         drop(ch);
         // DMA mappings back at this process's addresses, irqfds attached (latched
         // interrupts injected), then the vCPUs.
-        if let Some(v) = m.vfio_mut() {
-            v.cancel_update().map_err(vfio_err)?;
-        }
+        transfer_vfio::cancel(m)?;
         if resume_after {
             m.resume()?;
         }
@@ -334,13 +300,7 @@ pub fn transfer(
     match ch.recv(Kind::Running) {
         Ok(msg) => {
             let theirs = TransferTiming::from_bytes(&msg.payload).unwrap_or(t);
-            if m.vfio().is_some() {
-                crate::vfio::set::trace(format_args!(
-                    "cpr-transfer: done; pid {} exits with VmLck {}",
-                    std::process::id(),
-                    vmlck()
-                ));
-            }
+            transfer_vfio::trace_locked(m, "done, this process exits");
             eprintln!(
                 "vmm: cpr-transfer to {uri} done (new vmm version {peer_version}); exiting\n{}",
                 theirs.describe()
@@ -486,26 +446,8 @@ fn receive(
         return Err(TransferError::OtherMachine(lines.join("\n")).into());
     }
     let mut adopted = adopt_from(config, bytes, 0, Some(map))?;
-    // Assigned devices: the old process released the DMA mappings' host addresses before
-    // hello; map them at this process's addresses of the same pages now, while the guest
-    // runs (device DMA goes on into the pinned pages meanwhile).
-    let container = handed
-        .section::<crate::vfio::set::VfioContainerState>(super::ONE)
-        .map_err(|e| CprError::Handover(Box::new(e)))?;
-    if let (Some(cs), Vm::Incoming(inc)) = (container, &mut adopted.vm) {
-        let ram = inc.machine.as_ref().ok_or(CprError::NotIncoming)?.ram();
-        let t0 = std::time::Instant::now();
-        let fds = &mut inc.vfio_fds;
-        let taken = crate::vfio::VfioSet::adopt_container(&cs, &mut |n| fds.remove(n), ram)
-            .map_err(vfio_err)?;
-        crate::vfio::set::trace(format_args!(
-            "cpr-transfer: {} DMA mappings taken over by pid {} in {:.3} ms, before the pause",
-            cs.mappings.len(),
-            std::process::id(),
-            crate::vfio::set::ms(t0)
-        ));
-        inc.vfio_adopted = Some(taken);
-    }
+    // Assigned devices: the DMA mappings move to this process now, while the guest runs.
+    transfer_vfio::take_over(&handed, &mut adopted.vm)?;
     t.machine_ready = now_ns();
     failpoint("ready");
     ch.send(Kind::Ready, crate::version::version().as_bytes(), &[])
@@ -527,7 +469,7 @@ fn receive(
         .map_err(TransferError::StateImage)?;
     check_state(&img, &announced, config)?;
     let (machine_state, resume_after) = image::machine_state(&img)?;
-    let (prepared, mut vfio_fds, vfio_adopted) = match &mut adopted.vm {
+    let (prepared, vfio_fds, vfio_adopted) = match &mut adopted.vm {
         Vm::Incoming(inc) => (
             inc.machine.take(),
             std::mem::take(&mut inc.vfio_fds),
@@ -538,28 +480,7 @@ fn receive(
     let prepared = prepared.ok_or(CprError::NotIncoming)?;
     let serial: crate::machine::SerialOutput = Box::new(adopted.frontends.serial_output());
     let mut machine = prepared.restore(&machine_state, serial, host.machine_events.clone())?;
-    if let Some((container, devices)) = image::vfio_state(&img)? {
-        let taken = vfio_adopted.ok_or(TransferError::BadState(
-            "VFIO devices, but hello carried no VFIO container",
-        ))?;
-        // The interrupt eventfds came with this message, in the order of its fd manifest.
-        let entries = img.fd_manifest();
-        if entries.len() != state.fds.len() {
-            return Err(TransferError::BadState(
-                "the descriptor count differs from the state image's fd manifest",
-            )
-            .into());
-        }
-        for (e, fd) in entries.iter().zip(state.fds) {
-            let mine = cpr_format::FdEntry {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-                ..e.clone()
-            };
-            fds::verify_inherited(&mine)?;
-            vfio_fds.insert(e.name.clone(), fd);
-        }
-        machine.restore_vfio_adopted(taken, &container, &devices, &mut |n| vfio_fds.remove(n))?;
-    }
+    transfer_vfio::restore(&img, state.fds, vfio_fds, vfio_adopted, &mut machine)?;
     adopted.vm = Vm::Active(machine);
     t.state_restored = now_ns();
     failpoint("restored");
@@ -614,18 +535,7 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
     ch.recv(Kind::Go).map_err(TransferError::from)?;
     t.go_received = now_ns();
     if let Vm::Active(m) = &mut adopted.vm {
-        // The guest is ours: KVM injects what the eventfds latched during the pause, once.
-        if let Some(v) = m.vfio_mut() {
-            let t0 = std::time::Instant::now();
-            match v.attach_irqfds() {
-                Ok(()) => crate::vfio::set::trace(format_args!(
-                    "cpr-transfer: irqfds attached after go in {:.3} ms",
-                    crate::vfio::set::ms(t0)
-                )),
-                // Past `go` there is no going back: run the guest and say what failed.
-                Err(e) => eprintln!("vmm: {}", crate::error_chain(&e)),
-            }
-        }
+        transfer_vfio::attach_after_go(m);
         if resume_after {
             m.resume()?;
         }
