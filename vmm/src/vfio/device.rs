@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::ioctl::{Device, Region, VfioError};
+use super::ioctl::{Device, OpenedDevice, Region, VfioError};
 use super::model::{BarArea, DeviceConfig, VfioPciModel};
 use super::state::VfioPciState;
 use crate::pci::config::{BarKind, CONFIG_SIZE};
@@ -160,19 +160,6 @@ impl VfioPciDevice {
         }
     }
 
-    fn open_regions(id: &str, dev: &Device) -> Result<(Region, [Region; 6]), DeviceError> {
-        let e = |source| DeviceError::Vfio {
-            id: id.to_string(),
-            source,
-        };
-        let config = dev.region(VFIO_PCI_CONFIG_REGION_INDEX).map_err(e)?;
-        let mut regions = [Region::default(); 6];
-        for (i, r) in regions.iter_mut().enumerate() {
-            *r = dev.region(i as u32).map_err(e)?;
-        }
-        Ok((config, regions))
-    }
-
     fn build(
         id: &str,
         dev: Device,
@@ -252,7 +239,11 @@ impl VfioPciDevice {
         if dev.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
             dev.reset().map_err(e)?;
         }
-        let (config, regions) = Self::open_regions(id, &dev)?;
+        let OpenedDevice {
+            dev,
+            config,
+            bars: regions,
+        } = dev.open_regions().map_err(e)?;
         let mut cfg = [0u8; CONFIG_SIZE];
         dev.read_at(&config, 0, &mut cfg).map_err(e)?;
         let sizes = regions.map(|r| r.size);
@@ -349,14 +340,20 @@ impl VfioPciDevice {
     /// rebuilt in the new VM, irqfds last so latched interrupts are injected once
     /// (`hold_irqfds`: not yet, at `attach_irqfds`).
     pub fn restore(
-        dev: Device,
+        opened: OpenedDevice,
         state: &VfioPciState,
         irqs: AdoptedIrqs,
         router: Arc<GsiRouter>,
         slot_base: u32,
         hold_irqfds: bool,
     ) -> Result<VfioPciDevice, DeviceError> {
+        let t_model = std::time::Instant::now();
         let AdoptedIrqs { msi, msix, intx } = irqs;
+        let OpenedDevice {
+            dev,
+            config,
+            bars: regions,
+        } = opened;
         let id = dev.bdf.clone();
         let restore_err = |what: String| DeviceError::Restore {
             id: id.clone(),
@@ -372,7 +369,6 @@ impl VfioPciDevice {
                 state.msix_gsis.len()
             )));
         }
-        let (config, regions) = Self::open_regions(&id, &dev)?;
         let mut d = Self::build(&id, dev, model, config, regions, router, slot_base)?;
         d.irqfds_held = hold_irqfds;
         let vectors = |fds: Vec<EventFd>, gsis: &[u32], router: &GsiRouter| {
@@ -404,11 +400,13 @@ impl VfioPciDevice {
         d.latched_at_restore = d.latched();
         d.update_vectors()?;
         super::set::trace(format_args!(
-            "cpr-load: {}: BAR memslots {:.3} ms, {} MSI + {} MSI-X routes and irqfds {:.3} ms",
+            "{}: model and BAR mmaps {:.3} ms, BAR memslots {:.3} ms, {} MSI + {} MSI-X routes{} {:.3} ms",
             d.dev.bdf,
+            (t - t_model).as_secs_f64() * 1e3,
             (t_vec - t).as_secs_f64() * 1e3,
             d.msi.len(),
             d.msix.len(),
+            if hold_irqfds { "" } else { " and irqfds" },
             super::set::ms(t_vec)
         ));
         Ok(d)

@@ -14,7 +14,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_VADDR, VFIO_DMA_MAP_FLAG_WRITE,
     VFIO_DMA_UNMAP_FLAG_ALL, VFIO_DMA_UNMAP_FLAG_VADDR, VFIO_GROUP_FLAGS_VIABLE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_IRQ_SET_DATA_NONE, VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR,
 };
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO ioctls carry no size or direction bits.
@@ -387,6 +387,13 @@ pub struct Device {
     pub num_irqs: u32,
 }
 
+/// A device with its region table read.
+pub struct OpenedDevice {
+    pub dev: Device,
+    pub config: Region,
+    pub bars: [Region; 6],
+}
+
 impl Device {
     /// Wraps a device fd (fresh or inherited) and reads its info.
     pub fn from_fd(bdf: &str, fd: OwnedFd) -> Result<Device, VfioError> {
@@ -409,6 +416,21 @@ impl Device {
 
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    /// Reads the config region's and BARs 0-5's info (a live update does this before the
+    /// pause in transfer mode: none of it depends on guest state).
+    pub fn open_regions(self) -> Result<OpenedDevice, VfioError> {
+        let config = self.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let mut bars = [Region::default(); 6];
+        for (i, r) in bars.iter_mut().enumerate() {
+            *r = self.region(i as u32)?;
+        }
+        Ok(OpenedDevice {
+            dev: self,
+            config,
+            bars,
+        })
     }
 
     pub fn region(&self, index: u32) -> Result<Region, VfioError> {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{AdoptedIrqs, DeviceError, VfioPciDevice};
-use super::ioctl::{group_of, Container, CprFeatures, Device, Group, VfioError};
+use super::ioctl::{group_of, Container, CprFeatures, Device, Group, OpenedDevice, VfioError};
 use super::state::VfioPciState;
 use crate::machine::memory::GuestRam;
 use crate::pci::{lock, GsiRouter, PciBus, PciError, MMIO_WINDOW_START};
@@ -157,6 +157,8 @@ pub struct AdoptedContainer {
     features: CprFeatures,
     groups: Vec<Group>,
     mappings: Vec<Mapping>,
+    /// Device fds with their region tables read, by device id.
+    devices: Vec<(String, OpenedDevice)>,
 }
 
 /// `VmLck` of /proc/self/status (pages the kernel accounts as locked to this process: VFIO
@@ -543,11 +545,27 @@ impl VfioSet {
             std::process::id(),
             vmlck()
         ));
+        // The device fds and region tables do not depend on guest state either.
+        let t = std::time::Instant::now();
+        let devices = state
+            .devices
+            .iter()
+            .map(|r| {
+                let dev = Device::from_fd(&r.host, take(format!("vfio-device-{}", r.id))?)?;
+                Ok((r.id.clone(), dev.open_regions()?))
+            })
+            .collect::<Result<Vec<_>, VfioSetError>>()?;
+        trace(format_args!(
+            "{} device fds and region tables read in {:.3} ms",
+            devices.len(),
+            ms(t)
+        ));
         Ok(AdoptedContainer {
             container,
             features,
             groups,
             mappings,
+            devices,
         })
     }
 
@@ -557,7 +575,7 @@ impl VfioSet {
     /// [`VfioSet::attach_irqfds`]: a transfer-mode successor attaches them only once the
     /// guest is its own, so an interrupt is never consumed by a VM that may not run.
     pub fn restore_devices(
-        adopted: AdoptedContainer,
+        mut adopted: AdoptedContainer,
         state: &VfioContainerState,
         devices: &[(String, VfioPciState)],
         take_fd: &mut dyn FnMut(&str) -> Option<OwnedFd>,
@@ -566,6 +584,7 @@ impl VfioSet {
         hold_irqfds: bool,
     ) -> Result<VfioSet, VfioSetError> {
         let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
+        let mut opened = std::mem::take(&mut adopted.devices);
         let mut set = VfioSet {
             container: adopted.container,
             features: adopted.features,
@@ -582,7 +601,13 @@ impl VfioSet {
                 .map(|(_, s)| s)
                 .ok_or_else(|| VfioSetError::MissingDevice { id: r.id.clone() })?;
             let t_dev = std::time::Instant::now();
-            let dev = Device::from_fd(&r.host, take(format!("vfio-device-{}", r.id))?)?;
+            let i_open = opened
+                .iter()
+                .position(|(id, _)| *id == r.id)
+                .ok_or_else(|| VfioSetError::MissingFd {
+                    name: format!("vfio-device-{}", r.id),
+                })?;
+            let dev = opened.swap_remove(i_open).1;
             let efds =
                 |kind: &str,
                  n: u32,
