@@ -407,14 +407,18 @@ fn handover(
     status: &CprStatus,
     exec: ExecState,
     manifest: Vec<cpr_format::FdEntry>,
-    vfio: Option<&crate::vfio::set::VfioContainerState>,
+    vfio: Option<&image::VfioSaved>,
 ) -> Result<Vec<u8>, CprError> {
     let err = |e| CprError::Handover(Box::new(e));
     let mut w = ImageWriter::new(image::header(&host.config, Mode::Restart));
     w.add_section(ONE, &exec).map_err(err)?;
-    // Transfer mode: the successor takes the DMA mappings over before the pause.
-    if let Some(v) = vfio {
-        w.add_section(ONE, v).map_err(err)?;
+    // Transfer mode: the successor takes the DMA mappings over and maps the BARs before
+    // the pause (the device sections are a preview: the state at the pause decides).
+    if let Some((container, devices)) = vfio {
+        w.add_section(ONE, container).map_err(err)?;
+        for (id, d) in devices {
+            w.add_section(id, d).map_err(err)?;
+        }
     }
     w.add_section(ONE, &status.stamps).map_err(err)?;
     for (c, fe) in f.chardevs.iter().zip(&f.frontends) {

@@ -212,8 +212,8 @@ pub fn transfer(
             numbers.push(e.fd);
         }
     }
-    let container = m.vfio().map(|v| v.container_state());
-    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest, container.as_ref())?;
+    let preview = m.vfio().map(|v| v.save());
+    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest, preview.as_ref())?;
     // The schema of the state this binary writes: the new process checks compatibility now,
     // while the guest runs, instead of inside the pause.
     let schema = serde_json::to_vec(&image::reader_schema()).unwrap_or_default();

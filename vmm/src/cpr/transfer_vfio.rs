@@ -11,7 +11,7 @@ use cpr_format::{FdEntry, Image};
 
 use super::{fds, CprError, Vm};
 use crate::machine::{Machine, MachineError};
-use crate::vfio::set::{ms, trace, vmlck, AdoptedContainer, VfioContainerState};
+use crate::vfio::set::{ms, trace, vmlck, AdoptedContainer};
 use crate::vfio::{VfioSet, VfioSetError};
 
 use super::transfer::TransferError;
@@ -82,23 +82,33 @@ pub(super) fn trace_locked(m: &Machine, when: &str) {
 }
 
 /// Successor, building its VM (guest running in the old process): takes the container
-/// and groups and maps every DMA mapping at this process's address of the same pages.
+/// and groups and maps every DMA mapping at this process's address of the same pages. It
+/// also maps each device's BARs in its VM from the preview of the device state hello
+/// carries (no device write, no interrupt touched).
 pub(super) fn take_over(handed: &Image, vm: &mut Vm) -> Result<(), CprError> {
-    let container = handed
-        .section::<VfioContainerState>(super::ONE)
-        .map_err(|e| CprError::Handover(Box::new(e)))?;
-    let (Some(cs), Vm::Incoming(inc)) = (container, vm) else {
+    let preview = super::image::vfio_state(handed)?;
+    let (Some((cs, devices)), Vm::Incoming(inc)) = (preview, vm) else {
         return Ok(());
     };
-    let ram = inc.machine.as_ref().ok_or(CprError::NotIncoming)?.ram();
+    let machine = inc.machine.as_ref().ok_or(CprError::NotIncoming)?;
     let t0 = std::time::Instant::now();
     let fds = &mut inc.vfio_fds;
-    let taken = VfioSet::adopt_container(&cs, &mut |n| fds.remove(n), ram).map_err(vfio_err)?;
+    let mut taken =
+        VfioSet::adopt_container(&cs, &mut |n| fds.remove(n), machine.ram()).map_err(vfio_err)?;
     trace(format_args!(
         "cpr-transfer: {} DMA mappings taken over by pid {} in {:.3} ms, before the pause",
         cs.mappings.len(),
         std::process::id(),
         ms(t0)
+    ));
+    let t1 = std::time::Instant::now();
+    taken
+        .prepare_devices(&cs, &devices, machine.gsi_router())
+        .map_err(vfio_err)?;
+    trace(format_args!(
+        "cpr-transfer: BARs of {} devices mapped in this VM in {:.3} ms, before the pause",
+        devices.len(),
+        ms(t1)
     ));
     inc.vfio_adopted = Some(taken);
     Ok(())

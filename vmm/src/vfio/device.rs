@@ -18,11 +18,13 @@ use vfio_bindings::bindings::vfio::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::ioctl::{Device, OpenedDevice, Region, VfioError};
+
+mod cpr;
 use super::model::{BarArea, DeviceConfig, VfioPciModel};
-use super::state::VfioPciState;
 use crate::pci::config::{BarKind, CONFIG_SIZE};
 use crate::pci::irq::{GsiRouter, IrqError};
 use crate::pci::PciDevice;
+pub use cpr::AdoptedIrqs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -134,14 +136,6 @@ pub struct VfioPciDevice {
     /// IOAPIC pin (GSI) INTx is wired to, if the function has an interrupt pin.
     intx_gsi: Option<u32>,
     pub intx: Option<Intx>,
-}
-
-/// The interrupt eventfds a live update hands over with a device: MSI and MSI-X vectors in
-/// order, and INTx's trigger and resample eventfds if INTx was wired.
-pub struct AdoptedIrqs {
-    pub msi: Vec<EventFd>,
-    pub msix: Vec<EventFd>,
-    pub intx: Option<(EventFd, EventFd)>,
 }
 
 /// INTx wired to KVM: VFIO signals `trigger` and masks the line; KVM signals `resample`
@@ -333,115 +327,6 @@ impl VfioPciDevice {
         })?;
         x.attached = want;
         Ok(())
-    }
-
-    /// Adopts an inherited device fd and its eventfds after a live update: no reset, no
-    /// SET_IRQS (the device still signals these eventfds); routes, memslots and irqfds are
-    /// rebuilt in the new VM, irqfds last so latched interrupts are injected once
-    /// (`hold_irqfds`: not yet, at `attach_irqfds`).
-    pub fn restore(
-        opened: OpenedDevice,
-        state: &VfioPciState,
-        irqs: AdoptedIrqs,
-        router: Arc<GsiRouter>,
-        slot_base: u32,
-        hold_irqfds: bool,
-    ) -> Result<VfioPciDevice, DeviceError> {
-        let t_model = std::time::Instant::now();
-        let AdoptedIrqs { msi, msix, intx } = irqs;
-        let OpenedDevice {
-            dev,
-            config,
-            bars: regions,
-        } = opened;
-        let id = dev.bdf.clone();
-        let restore_err = |what: String| DeviceError::Restore {
-            id: id.clone(),
-            what,
-        };
-        let model = VfioPciModel::restore(state).map_err(|e| restore_err(e.to_string()))?;
-        if msi.len() != state.msi_gsis.len() || msix.len() != state.msix_gsis.len() {
-            return Err(restore_err(format!(
-                "{} MSI and {} MSI-X eventfds given, state routes {} and {}",
-                msi.len(),
-                msix.len(),
-                state.msi_gsis.len(),
-                state.msix_gsis.len()
-            )));
-        }
-        let mut d = Self::build(&id, dev, model, config, regions, router, slot_base)?;
-        d.irqfds_held = hold_irqfds;
-        let vectors = |fds: Vec<EventFd>, gsis: &[u32], router: &GsiRouter| {
-            fds.into_iter()
-                .zip(gsis)
-                .map(|(efd, &gsi)| {
-                    router.claim(gsi);
-                    Vector {
-                        efd,
-                        gsi,
-                        attached: false,
-                    }
-                })
-                .collect::<Vec<_>>()
-        };
-        d.msi = vectors(msi, &state.msi_gsis, &d.router);
-        d.msix = vectors(msix, &state.msix_gsis, &d.router);
-        if state.intx.pin != 0 && state.intx.gsi != 0 {
-            d.intx_gsi = Some(state.intx.gsi);
-        }
-        d.intx = intx.map(|(trigger, resample)| Intx {
-            trigger,
-            resample,
-            attached: false,
-        });
-        let t = std::time::Instant::now();
-        d.update_bars()?;
-        let t_vec = std::time::Instant::now();
-        d.latched_at_restore = d.latched();
-        d.update_vectors()?;
-        super::set::trace(format_args!(
-            "{}: model and BAR mmaps {:.3} ms, BAR memslots {:.3} ms, {} MSI + {} MSI-X routes{} {:.3} ms",
-            d.dev.bdf,
-            (t - t_model).as_secs_f64() * 1e3,
-            (t_vec - t).as_secs_f64() * 1e3,
-            d.msi.len(),
-            d.msix.len(),
-            if hold_irqfds { "" } else { " and irqfds" },
-            super::set::ms(t_vec)
-        ));
-        Ok(d)
-    }
-
-    /// Vectors (and INTx) whose eventfd holds an interrupt not yet injected (read and
-    /// re-armed).
-    fn latched(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (kind, vecs) in [("msi", &self.msi), ("msix", &self.msix)] {
-            for (i, x) in vecs.iter().enumerate() {
-                if let Ok(n) = x.efd.read() {
-                    if n > 0 {
-                        let _ = x.efd.write(1);
-                        out.push(format!("{kind}{i}"));
-                    }
-                }
-            }
-        }
-        // VFIO masks INTx when it signals, so nothing is added between read and re-arm.
-        if let Some(x) = &self.intx {
-            if let Ok(n) = x.trigger.read() {
-                if n > 0 {
-                    let _ = x.trigger.write(1);
-                    out.push("intx".into());
-                }
-            }
-        }
-        out
-    }
-
-    /// Vectors that had an interrupt latched when the device was adopted after exec:
-    /// raised during the pause, delivered once when their irqfd attached.
-    pub fn latched_at_restore(&self) -> &[String] {
-        &self.latched_at_restore
     }
 
     pub fn set_id(&mut self, id: &str) {
@@ -666,62 +551,6 @@ impl VfioPciDevice {
             // The guest has no way to receive an error from a config or MMIO write.
             eprintln!("vmm: {}", crate_error_chain(&e));
         }
-    }
-
-    /// Live update: stop KVM injection; interrupts latch in the eventfds from now on.
-    pub fn detach_irqfds(&mut self) -> Result<(), DeviceError> {
-        self.irqfds_held = true;
-        for v in 0..self.msi.len() as u16 {
-            self.set_attached(false, v, false)?;
-        }
-        for v in 0..self.msix.len() as u16 {
-            self.set_attached(true, v, false)?;
-        }
-        self.set_intx_attached(false)
-    }
-
-    /// Undoes `detach_irqfds` (a failed update resumes in this process).
-    pub fn attach_irqfds(&mut self) -> Result<(), DeviceError> {
-        self.irqfds_held = false;
-        self.update_vectors()
-    }
-
-    /// The device's live-update state: the guest's full config view, BARs, MSI-X table and
-    /// PBA, the GSIs and eventfd counts.
-    pub fn save(&mut self) -> VfioPciState {
-        self.refresh_pending();
-        let mut view = [0u8; CONFIG_SIZE];
-        for off in (0..CONFIG_SIZE).step_by(4) {
-            self.model
-                .config_read(&self.phys(), off as u16, &mut view[off..off + 4]);
-        }
-        let mut s = self.model.save(&self.dev.bdf, view);
-        s.msi_gsis = self.msi.iter().map(|v| v.gsi).collect();
-        s.msix_gsis = self.msix.iter().map(|v| v.gsi).collect();
-        s.msi_vectors = self.msi.len() as u32;
-        s.msix_vectors = self.msix.len() as u32;
-        s.intx.enabled = self.intx.is_some();
-        s.intx.gsi = self.intx_gsi.unwrap_or(0);
-        s
-    }
-
-    /// (name, fd) of the device fd and every interrupt eventfd, for the fd manifest.
-    pub fn fds(&self) -> Vec<(String, RawFd)> {
-        let mut v = vec![(format!("vfio-device-{}", self.id), self.dev.fd())];
-        for (i, x) in self.msi.iter().enumerate() {
-            v.push((format!("vfio-irq-{}-msi{i}", self.id), x.efd.as_raw_fd()));
-        }
-        for (i, x) in self.msix.iter().enumerate() {
-            v.push((format!("vfio-irq-{}-msix{i}", self.id), x.efd.as_raw_fd()));
-        }
-        if let Some(x) = &self.intx {
-            v.push((format!("vfio-irq-{}-intx", self.id), x.trigger.as_raw_fd()));
-            v.push((
-                format!("vfio-irq-{}-intx-resample", self.id),
-                x.resample.as_raw_fd(),
-            ));
-        }
-        v
     }
 }
 

@@ -159,6 +159,39 @@ pub struct AdoptedContainer {
     mappings: Vec<Mapping>,
     /// Device fds with their region tables read, by device id.
     devices: Vec<(String, OpenedDevice)>,
+    /// Devices whose BARs are already mapped in this VM ([`AdoptedContainer::prepare_devices`]).
+    prepared: Vec<(String, VfioPciDevice)>,
+}
+
+impl AdoptedContainer {
+    /// Transfer mode, before the pause: each device's model, BAR mmaps and memslots in this
+    /// VM from `previews` (its `vfio.pci` state as the running guest has it now). Nothing is
+    /// written to the device and no interrupt is touched; the final state at the pause
+    /// moves a BAR the guest moved meanwhile.
+    pub fn prepare_devices(
+        &mut self,
+        state: &VfioContainerState,
+        previews: &[(String, VfioPciState)],
+        router: &Arc<GsiRouter>,
+    ) -> Result<(), VfioSetError> {
+        for (i, r) in state.devices.iter().enumerate() {
+            let (Some(pos), Some((_, preview))) = (
+                self.devices.iter().position(|(id, _)| *id == r.id),
+                previews.iter().find(|(id, _)| *id == r.id),
+            ) else {
+                continue;
+            };
+            let opened = self.devices.swap_remove(pos).1;
+            let d = VfioPciDevice::prepare_restore(
+                opened,
+                preview,
+                router.clone(),
+                BAR_SLOT_BASE + 8 * i as u32,
+            )?;
+            self.prepared.push((r.id.clone(), d));
+        }
+        Ok(())
+    }
 }
 
 /// `VmLck` of /proc/self/status (pages the kernel accounts as locked to this process: VFIO
@@ -423,12 +456,18 @@ impl VfioSet {
 
     /// The container section and one `vfio.pci` section per device (instance = id).
     pub fn save(&self) -> (VfioContainerState, Vec<(String, VfioPciState)>) {
+        let t = std::time::Instant::now();
         let state = self.container_state();
-        let devices = self
+        let devices: Vec<_> = self
             .devices
             .iter()
             .map(|(c, _, d)| (c.id.clone(), lock(d).save()))
             .collect();
+        trace(format_args!(
+            "vfio.pci state of {} devices read in {:.3} ms",
+            devices.len(),
+            ms(t)
+        ));
         (state, devices)
     }
 
@@ -566,6 +605,7 @@ impl VfioSet {
             groups,
             mappings,
             devices,
+            prepared: Vec::new(),
         })
     }
 
@@ -585,6 +625,7 @@ impl VfioSet {
     ) -> Result<VfioSet, VfioSetError> {
         let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
         let mut opened = std::mem::take(&mut adopted.devices);
+        let mut prepared = std::mem::take(&mut adopted.prepared);
         let mut set = VfioSet {
             container: adopted.container,
             features: adopted.features,
@@ -601,13 +642,6 @@ impl VfioSet {
                 .map(|(_, s)| s)
                 .ok_or_else(|| VfioSetError::MissingDevice { id: r.id.clone() })?;
             let t_dev = std::time::Instant::now();
-            let i_open = opened
-                .iter()
-                .position(|(id, _)| *id == r.id)
-                .ok_or_else(|| VfioSetError::MissingFd {
-                    name: format!("vfio-device-{}", r.id),
-                })?;
-            let dev = opened.swap_remove(i_open).1;
             let efds =
                 |kind: &str,
                  n: u32,
@@ -639,14 +673,30 @@ impl VfioSet {
             } else {
                 None
             };
-            let mut d = VfioPciDevice::restore(
-                dev,
-                pci,
-                AdoptedIrqs { msi, msix, intx },
-                router.clone(),
-                BAR_SLOT_BASE + 8 * i as u32,
-                hold_irqfds,
-            )?;
+            let irqs = AdoptedIrqs { msi, msix, intx };
+            let mut d = match prepared.iter().position(|(id, _)| *id == r.id) {
+                Some(p) => {
+                    let mut d = prepared.swap_remove(p).1;
+                    d.finish_restore(pci, irqs, hold_irqfds)?;
+                    d
+                }
+                None => {
+                    let p = opened
+                        .iter()
+                        .position(|(id, _)| *id == r.id)
+                        .ok_or_else(|| VfioSetError::MissingFd {
+                            name: format!("vfio-device-{}", r.id),
+                        })?;
+                    VfioPciDevice::restore(
+                        opened.swap_remove(p).1,
+                        pci,
+                        irqs,
+                        router.clone(),
+                        BAR_SLOT_BASE + 8 * i as u32,
+                        hold_irqfds,
+                    )?
+                }
+            };
             d.set_id(&r.id);
             trace(format_args!(
                 "{} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause{}: [{}]",
