@@ -37,7 +37,7 @@ pub struct Incoming {
     /// Inherited VFIO fds by manifest name, adopted at cpr-load (transfer: at the state).
     pub(super) vfio_fds: BTreeMap<String, OwnedFd>,
     /// Transfer mode: the container and DMA mappings, taken over before the pause.
-    pub(super) vfio_adopted: Option<crate::vfio::set::AdoptedContainer>,
+    pub(super) vfio_adopted: Option<Box<crate::vfio::set::AdoptedContainer>>,
     stamps: Timestamps,
 }
 

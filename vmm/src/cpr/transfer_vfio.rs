@@ -110,7 +110,7 @@ pub(super) fn take_over(handed: &Image, vm: &mut Vm) -> Result<(), CprError> {
         devices.len(),
         ms(t1)
     ));
-    inc.vfio_adopted = Some(taken);
+    inc.vfio_adopted = Some(Box::new(taken));
     Ok(())
 }
 
@@ -121,7 +121,7 @@ pub(super) fn restore(
     img: &Image,
     received: Vec<OwnedFd>,
     mut vfio_fds: BTreeMap<String, OwnedFd>,
-    taken: Option<AdoptedContainer>,
+    taken: Option<Box<AdoptedContainer>>,
     machine: &mut Machine,
 ) -> Result<(), CprError> {
     let Some((container, devices)) = super::image::vfio_state(img)? else {
@@ -145,7 +145,7 @@ pub(super) fn restore(
         fds::verify_inherited(&mine)?;
         vfio_fds.insert(e.name.clone(), fd);
     }
-    machine.restore_vfio_adopted(taken, &container, &devices, &mut |n| vfio_fds.remove(n))?;
+    machine.restore_vfio_adopted(*taken, &container, &devices, &mut |n| vfio_fds.remove(n))?;
     Ok(())
 }
 
