@@ -10,12 +10,16 @@
 //!    SCM_RIGHTS. The new process checks the machine matches its command line and every
 //!    descriptor's identity, maps the RAM at its own addresses, creates its KVM VM with
 //!    memslots (RAM first, then irqchip and PIT) and vCPUs. It does not touch the chardevs.
+//!    Assigned devices (`transfer_vfio.rs`): the old process has released the DMA
+//!    mappings' host addresses; the new one maps them at its own and maps the BARs.
 //! 2. **ready** (new → old). Only now does the old process pause the vCPUs.
-//! 3. **state** (old → new): the old process's stamps and the vCPU/device state image.
+//! 3. **state** (old → new): the old process's stamps and the vCPU/device state image, with
+//!    the assigned devices' interrupt eventfds (their irqfds detached: interrupts latch).
 //! 4. **restored** (new → old): the state is set in the new VM, whose vCPUs do not run.
 //! 5. **go** (old → new): ownership passes. From the moment `go` is written the old process
 //!    never resumes the guest (state postmigrate); before it, the new process never runs it.
-//! 6. **running** (new → old, with the new stamps): the new process resumed the guest, and
+//! 6. **running** (new → old, with the new stamps): the new process attached the devices'
+//!    irqfds (latched interrupts are injected once) and resumed the guest, and
 //!    answers the monitor command that started the transfer. The old process prints the
 //!    breakdown and exits: its mappings are torn down after the guest runs again.
 //!
@@ -286,8 +290,12 @@ pub fn transfer(
         ch.refuse(&crate::error_chain(&e));
         drop(ch);
         // DMA mappings back at this process's addresses, irqfds attached (latched
-        // interrupts injected), then the vCPUs.
-        transfer_vfio::cancel(m)?;
+        // interrupts injected), then the vCPUs. If that fails the guest stays paused and
+        // the answer names the failure; why the transfer stopped goes to stderr.
+        if let Err(undo) = transfer_vfio::cancel(m) {
+            eprintln!("vmm: cpr-transfer stopped: {}", crate::error_chain(&e));
+            return Err(undo);
+        }
         if resume_after {
             m.resume()?;
         }
