@@ -133,6 +133,8 @@ pub struct VfioPciDevice {
     /// During a live update irqfds stay detached whatever the guest programs.
     irqfds_held: bool,
     latched_at_restore: Vec<String>,
+    /// GSIs routed from a transfer's preview state before the pause (`prepare_restore`).
+    preview_gsis: Vec<u32>,
     /// IOAPIC pin (GSI) INTx is wired to, if the function has an interrupt pin.
     intx_gsi: Option<u32>,
     pub intx: Option<Intx>,
@@ -177,6 +179,7 @@ impl VfioPciDevice {
             slot_base,
             irqfds_held: false,
             latched_at_restore: Vec::new(),
+            preview_gsis: Vec::new(),
             intx_gsi: None,
             intx: None,
         };
@@ -487,14 +490,8 @@ impl VfioPciDevice {
         }
         // Every route in one KVM_SET_GSI_ROUTING, then the irqfds (routes first: an irqfd
         // attached to a GSI without a route would inject nothing).
-        let mut routes = Vec::new();
-        if let Some(v) = self.msi.first() {
-            routes.push((v.gsi, self.model.msi.map(|c| c.message(&self.model.cfg))));
-        }
-        for (i, x) in self.msix.iter().enumerate() {
-            let entry = self.model.msix_table.entries.get(i).copied();
-            routes.push((x.gsi, entry.map(|e| e.message())));
-        }
+        let msix: Vec<u32> = self.msix.iter().map(|v| v.gsi).collect();
+        let routes = msi_routes(&self.model, self.msi.first().map(|v| v.gsi), &msix);
         self.router
             .set_many(&routes)
             .map_err(|source| DeviceError::Irq {
@@ -552,6 +549,24 @@ impl VfioPciDevice {
             eprintln!("vmm: {}", crate_error_chain(&e));
         }
     }
+}
+
+/// The KVM MSI routes of `model` for its MSI vector's GSI and its MSI-X vectors' GSIs, in
+/// order (`None`: the route is cleared).
+fn msi_routes(
+    model: &VfioPciModel,
+    msi: Option<u32>,
+    msix: &[u32],
+) -> Vec<(u32, Option<crate::pci::MsiMessage>)> {
+    let mut routes = Vec::new();
+    if let Some(gsi) = msi {
+        routes.push((gsi, model.msi.map(|c| c.message(&model.cfg))));
+    }
+    for (i, &gsi) in msix.iter().enumerate() {
+        let entry = model.msix_table.entries.get(i).copied();
+        routes.push((gsi, entry.map(|e| e.message())));
+    }
+    routes
 }
 
 fn crate_error_chain(e: &dyn std::error::Error) -> String {

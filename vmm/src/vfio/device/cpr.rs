@@ -82,11 +82,24 @@ impl VfioPciDevice {
         let mut d = Self::build(&id, dev, model, config, regions, router, slot_base)?;
         let t_slots = std::time::Instant::now();
         d.update_bars()?;
+        // The routes too (one KVM_SET_GSI_ROUTING, which waits for an SRCU grace period):
+        // finishing with the same state then leaves the table alone.
+        let t_routes = std::time::Instant::now();
+        let routes = super::msi_routes(&d.model, state.msi_gsis.first().copied(), &state.msix_gsis);
+        d.router
+            .set_many(&routes)
+            .map_err(|source| DeviceError::Irq {
+                id: d.id.clone(),
+                source,
+            })?;
+        d.preview_gsis = routes.iter().map(|(gsi, _)| *gsi).collect();
         trace(format_args!(
-            "{}: model and BAR mmaps {:.3} ms, BAR memslots {:.3} ms",
+            "{}: model and BAR mmaps {:.3} ms, BAR memslots {:.3} ms, {} routes {:.3} ms",
             d.dev.bdf,
             (t_slots - t).as_secs_f64() * 1e3,
-            ms(t_slots)
+            (t_routes - t_slots).as_secs_f64() * 1e3,
+            routes.len(),
+            ms(t_routes)
         ));
         Ok(d)
     }
@@ -140,6 +153,19 @@ impl VfioPciDevice {
             resample,
             attached: false,
         });
+        // A vector the preview routed and the final state no longer has (unless another
+        // device's final state took its GSI).
+        let stale: Vec<_> = std::mem::take(&mut self.preview_gsis)
+            .into_iter()
+            .filter(|&g| !self.router.claimed(g))
+            .map(|g| (g, None))
+            .collect();
+        self.router
+            .set_many(&stale)
+            .map_err(|source| DeviceError::Irq {
+                id: self.id.clone(),
+                source,
+            })?;
         self.update_bars()?;
         let t_vec = std::time::Instant::now();
         self.latched_at_restore = self.latched();
