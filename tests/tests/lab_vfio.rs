@@ -7,8 +7,9 @@
 //! every interrupt count equals the iteration count. In one boot: one cpr-exec fails on
 //! purpose (the guest must carry on), cpr-save / cpr-exec / cpr-load run three times in the
 //! middle of the loop; then cpr-transfer to a successor that stops itself and is killed
-//! (SIGKILL) at `ready` (it already took the DMA mappings over) and at `restored` (devices
-//! restored, guest paused), each time the guest must carry on in the old process; then two
+//! (SIGKILL) at `hello` (before it touched the DMA mappings), at `ready` (it already took
+//! them over) and at `restored` (devices restored, guest paused), each time the guest must
+//! carry on in the old process; then two
 //! chained cpr-transfers to successor processes, after which the old process has exited and
 //! the guest DMAs and interrupts in the new one. Then `fixtures/guests/vfio-intx`, whose edu
 //! DMA completions arrive on INTx (level-triggered IOAPIC pin, resample irqfd), goes through
@@ -33,7 +34,7 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_live_updates() {
             ("LAB_BASELINE", "1"),
             ("LAB_EXEC_FAIL", "1"),
             ("LAB_TRANSFER", "2"),
-            ("LAB_TRANSFER_KILL", "ready restored"),
+            ("LAB_TRANSFER_KILL", "hello ready restored"),
             ("LAB_INTX", "1"),
             ("VFIO_ITERS", "50"),
         ],
@@ -47,7 +48,7 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_live_updates() {
         has("live update 3 done"),
         "no live update happened:\n{stdout}"
     );
-    for step in ["ready", "restored"] {
+    for step in ["hello", "ready", "restored"] {
         assert!(
             has(&format!(
                 "successor killed at '{step}': cpr-transfer answered: Error"
