@@ -19,7 +19,9 @@
 #      LAB_TRANSFER_KILL (transfer steps, e.g. "ready restored", at each of which a successor
 #      stops itself and is killed before "go": the guest must go on in the old process),
 #      LAB_INTX (1: then fixtures/guests/vfio-intx, whose edu interrupts stay on INTx, through
-#      a restart-mode update and, with LAB_TRANSFER, a transfer).
+#      a restart-mode update and, with LAB_TRANSFER, a transfer), LAB_MEMLOCK (1: then the vfio
+#      guest in unprivileged vmms: a successor whose RLIMIT_MEMLOCK is below guest RAM must be
+#      refused before the pause, one with room must take the guest).
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -73,6 +75,7 @@ cp "$HERE/vfio-l1-init" "$R1/init"
     printf 'LAB_TRANSFER=%q\n' "${LAB_TRANSFER:-0}"
     printf 'LAB_TRANSFER_KILL=%q\n' "${LAB_TRANSFER_KILL:-}"
     printf 'LAB_INTX=%q\n' "${LAB_INTX:-0}"
+    printf 'LAB_MEMLOCK=%q\n' "${LAB_MEMLOCK:-0}"
 } > "$R1/lab.env"
 (cd "$R1" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd-vfio.gz"
 

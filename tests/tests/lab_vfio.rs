@@ -13,8 +13,11 @@
 //! chained cpr-transfers to successor processes, after which the old process has exited and
 //! the guest DMAs and interrupts in the new one. Then `fixtures/guests/vfio-intx`, whose edu
 //! DMA completions arrive on INTx (level-triggered IOAPIC pin, resample irqfd), goes through
-//! a restart-mode update and a transfer. Last, the same restart update and transfer of a
-//! guest without devices give the pauses without VFIO.
+//! a restart-mode update and a transfer. Then unprivileged vmms (user `lab`, no
+//! capabilities): a successor whose RLIMIT_MEMLOCK (16 MiB) is below guest RAM is refused by
+//! the kernel when it maps the DMA mappings, before the pause, and the guest goes on in the
+//! old process; a successor with room (128 MiB) takes it. Last, the same restart update and
+//! transfer of a guest without devices give the pauses without VFIO.
 //!
 //! Needs what `tests/lab/REQUIREMENTS` lists; fails (never skips) without it.
 //! `LAB_VMM_BIN=/path/to/static/vmm` skips the static build.
@@ -36,6 +39,7 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_live_updates() {
             ("LAB_TRANSFER", "2"),
             ("LAB_TRANSFER_KILL", "hello ready restored"),
             ("LAB_INTX", "1"),
+            ("LAB_MEMLOCK", "1"),
             ("VFIO_ITERS", "50"),
         ],
     );
@@ -81,6 +85,18 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_live_updates() {
         has("INTx active: after the live update the guest reached iteration")
             && has("INTx active: after the transfer the guest reached iteration"),
         "no live update with INTx active:\n{stdout}"
+    );
+    // Unprivileged vmms: the kernel refuses a successor whose RLIMIT_MEMLOCK is below
+    // guest RAM at MAP_DMA(VADDR), before the pause; the guest goes on in the old process.
+    assert!(
+        has("unprivileged successor, RLIMIT_MEMLOCK 16 MiB: cpr-transfer answered: Error")
+            && has("(RLIMIT_MEMLOCK) unless it has CAP_IPC_LOCK")
+            && has("after the refused transfer the guest went on in the old process"),
+        "a successor over its locked-memory limit was not refused with the reason:\n{stdout}"
+    );
+    assert!(
+        has("after the unprivileged transfer the guest reached iteration"),
+        "no unprivileged transfer:\n{stdout}"
     );
     assert!(
         has("baseline transfer without VFIO"),

@@ -95,6 +95,44 @@ pub enum VfioSetError {
          process"
     )]
     PartialRelease { done: u64, total: u64 },
+    #[error(
+        "the kernel charges the {mib} MiB of pinned guest RAM of a DMA mapping to the \
+         process that maps it, and this one may lock {limit} (RLIMIT_MEMLOCK) unless it has \
+         CAP_IPC_LOCK"
+    )]
+    MemlockLimit {
+        limit: String,
+        mib: u64,
+        #[source]
+        source: VfioError,
+    },
+}
+
+/// An ENOMEM from `MAP_DMA(VADDR)`: the new owner's locked-memory limit is too small for
+/// the pinned pages the kernel moves to it. Says so, with the limit; other errors pass.
+fn memlock_hint(e: VfioError, size: u64) -> VfioSetError {
+    if e.errno() != Some(libc::ENOMEM) {
+        return e.into();
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit we own.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0 {
+        if lim.rlim_cur == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} KiB", lim.rlim_cur / 1024)
+        }
+    } else {
+        "an unknown amount".to_string()
+    };
+    VfioSetError::MemlockLimit {
+        limit,
+        mib: size >> 20,
+        source: e,
+    }
 }
 
 /// Restart mode moves the DMA mappings to the new process with VFIO_UPDATE_VADDR (and
@@ -563,7 +601,9 @@ impl VfioSet {
                     given: given.map_or("nothing".into(), |g| describe(&g.state)),
                 });
             };
-            container.map_vaddr(g.iova, g.size, g.vaddr)?;
+            container
+                .map_vaddr(g.iova, g.size, g.vaddr)
+                .map_err(|e| memlock_hint(e, g.size))?;
             trace(format_args!(
                 "IOVA {:#x} size {:#x} ({}) re-mapped at vaddr {:#x} by pid {}: same file pages checked",
                 g.iova,
