@@ -64,19 +64,27 @@ fn chardev_blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
 }
 
 /// Why assigned devices block `mode`, as far as the command line tells: transfer mode
-/// takes none. (Restart and reboot depend on the host container and on S3, which only
-/// cpr-save can check.)
+/// takes no device assigned through iommufd. (The rest depends on the host's container or
+/// iommufd and on S3, which only cpr-save / cpr-transfer can check.)
 fn vfio_blocker(c: &VmmConfig, mode: Mode) -> Option<String> {
     if mode != Mode::Transfer {
         return None;
     }
-    let ids: Vec<String> = c.vfio.iter().map(|d| d.id.clone()).collect();
-    super::blockers::vfio_transfer_blocker(&ids)
+    let ids: Vec<String> = c
+        .vfio
+        .iter()
+        .filter(|d| d.iommufd.is_some())
+        .map(|d| d.id.clone())
+        .collect();
+    crate::vfio::iommufd_set::transfer_blocker(&ids)
 }
 
 /// Everything that blocks `mode` for this configuration (reboot: with RAM in the image
 /// when it cannot stay in place). Chardevs block reboot only: transfer mode hands their
-/// descriptors over, as restart mode does across exec.
+/// descriptors over, as restart mode does across exec. Devices assigned through the type1
+/// container block no mode from the command line alone: restart and transfer depend on
+/// the host container's features, reboot on the guest being in S3, which only cpr-save /
+/// cpr-transfer check; through iommufd they block transfer mode.
 pub fn blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
     let mut out: Vec<String> = ram_blocker(c, mode, false).into_iter().collect();
     out.extend(chardev_blockers(c, mode));
@@ -165,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn transfer_is_blocked_by_anonymous_ram_and_by_any_vfio_device() {
+    fn transfer_is_blocked_by_anonymous_ram_not_by_vfio_devices() {
         let c = config(&["-m", "64M"]);
         assert_eq!(
             blockers(&c, Mode::Transfer),
@@ -184,22 +192,27 @@ mod tests {
             "-device",
             "vfio-pci,host=0000:00:04.0,id=edu0",
         ]);
-        assert_eq!(
-            blockers(&c, Mode::Transfer),
-            vec![
-                "VFIO device(s) edu0: transfer mode does not hand devices over yet; use restart \
-                 mode"
-                    .to_string()
-            ]
-        );
-        assert_eq!(to_json(&c)["transfer"].as_array().map(Vec::len), Some(1));
-        assert!(describe(&c).ends_with(
-            "transfer: blocked by\n  VFIO device(s) edu0: transfer mode does not hand devices \
-             over yet; use restart mode\n"
-        ));
-        let c = config(&["-machine", "memfd-alloc=on", "-chardev", "pty,id=p0"]);
         assert!(blockers(&c, Mode::Transfer).is_empty());
+        assert_eq!(to_json(&c)["transfer"].as_array().map(Vec::len), Some(0));
         assert!(describe(&c).ends_with("transfer: no blockers\n"));
+    }
+
+    #[test]
+    fn transfer_is_blocked_by_devices_assigned_through_iommufd() {
+        let c = config(&[
+            "-machine",
+            "memfd-alloc=on",
+            "-object",
+            "iommufd,id=iommufd0",
+            "-device",
+            "vfio-pci,host=0000:00:04.0,id=edu0,iommufd=iommufd0",
+        ]);
+        let want = "VFIO device(s) edu0: transfer mode with iommufd-assigned devices is not \
+                    supported yet; use restart mode, or the type1 container (drop iommufd=)";
+        assert_eq!(blockers(&c, Mode::Transfer), vec![want.to_string()]);
+        assert!(blockers(&c, Mode::Restart).is_empty());
+        assert_eq!(to_json(&c)["transfer"].as_array().map(Vec::len), Some(1));
+        assert!(describe(&c).ends_with(&format!("transfer: blocked by\n  {want}\n")));
     }
 
     #[test]

@@ -78,6 +78,18 @@ pub fn restart_blocker(ids: &[String], f: IommufdFeatures) -> Option<String> {
     })
 }
 
+/// Transfer mode does not take iommufd-assigned devices (yet): what `query-cpr-blockers`
+/// says for a command line with `iommufd=` and what cpr-transfer refuses, before the
+/// guest pauses.
+pub fn transfer_blocker(ids: &[String]) -> Option<String> {
+    (!ids.is_empty()).then(|| {
+        format!(
+            "VFIO device(s) {}: transfer mode with iommufd-assigned devices is not supported              yet; use restart mode, or the type1 container (drop iommufd=)",
+            ids.join(", ")
+        )
+    })
+}
+
 pub(super) struct IommufdBackend {
     /// The `-object iommufd` id.
     pub(super) object: String,
@@ -220,10 +232,11 @@ impl IommufdBackend {
         }
     }
 
-    /// After exec: adopts the inherited iommufd (its IOAS still maps guest RAM by file,
-    /// and the devices are still bound and attached) and moves the pinned-page accounting
-    /// to this process. The caller has checked the mappings are this process's RAM.
-    pub(super) fn restore(
+    /// After exec, or in a transfer-mode successor before the pause: adopts the inherited
+    /// iommufd (its IOAS still maps guest RAM by file, and the devices are still bound and
+    /// attached) and moves the pinned-page accounting to this process. The caller has
+    /// checked the mappings are this process's RAM.
+    pub(super) fn adopt(
         s: &VfioIommufdState,
         take: &mut dyn FnMut(String) -> Result<OwnedFd, VfioSetError>,
         mappings: &[Mapping],
@@ -232,8 +245,9 @@ impl IommufdBackend {
         let t = std::time::Instant::now();
         iommufd.change_process()?;
         trace(format_args!(
-            "cpr-load: IOMMU_IOAS_CHANGE_PROCESS moved the pinned pages of {} file mappings (same file pages checked) in {:.3} ms",
+            "IOMMU_IOAS_CHANGE_PROCESS moved the pinned pages of {} file mappings (same file pages checked) to pid {} in {:.3} ms",
             mappings.len(),
+            std::process::id(),
             super::set::ms(t)
         ));
         Ok(IommufdBackend {
@@ -247,5 +261,12 @@ impl IommufdBackend {
             cdevs: s.devices.iter().map(|d| d.cdev.clone()).collect(),
             kvm_vfio: None,
         })
+    }
+
+    /// A transfer that did not reach `go`: the pinned-page accounting back to this
+    /// process (a successor may have taken it; if none did, nothing moves).
+    pub(super) fn reclaim(&self) -> Result<(), VfioSetError> {
+        self.iommufd.change_process()?;
+        Ok(())
     }
 }
