@@ -84,7 +84,8 @@ pub fn restart_blocker(ids: &[String], f: IommufdFeatures) -> Option<String> {
 pub fn transfer_blocker(ids: &[String]) -> Option<String> {
     (!ids.is_empty()).then(|| {
         format!(
-            "VFIO device(s) {}: transfer mode with iommufd-assigned devices is not supported              yet; use restart mode, or the type1 container (drop iommufd=)",
+            "VFIO device(s) {}: transfer mode with iommufd-assigned devices is not supported \
+             yet; use restart mode, or the type1 container (drop iommufd=)",
             ids.join(", ")
         )
     })
