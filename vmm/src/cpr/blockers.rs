@@ -38,16 +38,14 @@ pub fn blockers(mode: Mode, ram: &GuestRam) -> Vec<Blocker> {
 }
 
 /// What VFIO devices block: restart and transfer mode need the container's VADDR features
-/// (the DMA mappings move to another process image or another process) or iommufd's
-/// MAP_FILE and CHANGE_PROCESS (restart mode; transfer mode takes no iommufd yet), reboot
-/// mode a suspended guest.
+/// or iommufd's MAP_FILE and CHANGE_PROCESS (the DMA mappings move to another process image
+/// or another process), reboot mode a suspended guest.
 pub fn vfio(mode: Mode, set: Option<&crate::vfio::VfioSet>, suspended: bool) -> Vec<Blocker> {
     let Some(set) = set else {
         return Vec::new();
     };
     let reason = match mode {
-        Mode::Restart => set.restart_blocker(),
-        Mode::Transfer => set.transfer_blocker(),
+        Mode::Restart | Mode::Transfer => set.restart_blocker(),
         Mode::Reboot => set.reboot_blocker(suspended),
     };
     reason.into_iter().map(Blocker).collect()

@@ -63,32 +63,15 @@ fn chardev_blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
     out
 }
 
-/// Why assigned devices block `mode`, as far as the command line tells: transfer mode
-/// takes no device assigned through iommufd. (The rest depends on the host's container or
-/// iommufd and on S3, which only cpr-save / cpr-transfer can check.)
-fn vfio_blocker(c: &VmmConfig, mode: Mode) -> Option<String> {
-    if mode != Mode::Transfer {
-        return None;
-    }
-    let ids: Vec<String> = c
-        .vfio
-        .iter()
-        .filter(|d| d.iommufd.is_some())
-        .map(|d| d.id.clone())
-        .collect();
-    crate::vfio::iommufd_set::transfer_blocker(&ids)
-}
-
 /// Everything that blocks `mode` for this configuration (reboot: with RAM in the image
 /// when it cannot stay in place). Chardevs block reboot only: transfer mode hands their
-/// descriptors over, as restart mode does across exec. Devices assigned through the type1
-/// container block no mode from the command line alone: restart and transfer depend on
-/// the host container's features, reboot on the guest being in S3, which only cpr-save /
-/// cpr-transfer check; through iommufd they block transfer mode.
+/// descriptors over, as restart mode does across exec. Assigned devices block no mode
+/// from the command line alone: restart and transfer depend on the host container's or
+/// iommufd's features, reboot on the guest being in S3, which only cpr-save / cpr-transfer
+/// check.
 pub fn blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
     let mut out: Vec<String> = ram_blocker(c, mode, false).into_iter().collect();
     out.extend(chardev_blockers(c, mode));
-    out.extend(vfio_blocker(c, mode));
     out
 }
 
@@ -198,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn transfer_is_blocked_by_devices_assigned_through_iommufd() {
+    fn devices_assigned_through_iommufd_block_no_mode_from_the_command_line() {
         let c = config(&[
             "-machine",
             "memfd-alloc=on",
@@ -207,12 +190,9 @@ mod tests {
             "-device",
             "vfio-pci,host=0000:00:04.0,id=edu0,iommufd=iommufd0",
         ]);
-        let want = "VFIO device(s) edu0: transfer mode with iommufd-assigned devices is not \
-                    supported yet; use restart mode, or the type1 container (drop iommufd=)";
-        assert_eq!(blockers(&c, Mode::Transfer), vec![want.to_string()]);
+        assert!(blockers(&c, Mode::Transfer).is_empty());
         assert!(blockers(&c, Mode::Restart).is_empty());
-        assert_eq!(to_json(&c)["transfer"].as_array().map(Vec::len), Some(1));
-        assert!(describe(&c).ends_with(&format!("transfer: blocked by\n  {want}\n")));
+        assert!(describe(&c).ends_with("transfer: no blockers\n"));
     }
 
     #[test]

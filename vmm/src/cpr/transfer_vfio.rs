@@ -1,8 +1,10 @@
-//! The VFIO steps of a transfer (`transfer.rs`), both sides. Container, groups and devices
-//! go at hello with the `vfio.container` section, after the old process has released the DMA
-//! mappings' host addresses; the successor takes the mappings over while the guest runs. The
-//! interrupt eventfds go with the state (the guest may reprogram its vectors until it
-//! pauses); the successor attaches irqfds only after `go`. See docs/VFIO.md.
+//! The VFIO steps of a transfer (`transfer.rs`), both sides. Container and groups (or the
+//! iommufd) and devices go at hello with the `vfio.container` (`vfio.iommufd`) section,
+//! after the old process has released the DMA mappings' host addresses (type1); the
+//! successor takes the mappings over while the guest runs (type1 `MAP_DMA(VADDR)`, iommufd
+//! `IOMMU_IOAS_CHANGE_PROCESS`). The interrupt eventfds go with the state (the guest may
+//! reprogram its vectors until it pauses); the successor attaches irqfds only after `go`.
+//! See docs/VFIO.md.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,7 +13,7 @@ use cpr_format::{FdEntry, Image};
 
 use super::{fds, CprError, Vm};
 use crate::machine::{Machine, MachineError};
-use crate::vfio::set::{ms, trace, vmlck, AdoptedContainer};
+use crate::vfio::set::{ms, trace, vmlck, vmpin, AdoptedContainer};
 use crate::vfio::{VfioSet, VfioSetError};
 
 use super::transfer::TransferError;
@@ -37,18 +39,28 @@ pub(super) fn state_fds(m: &Machine) -> Result<Vec<FdEntry>, CprError> {
     Ok(all.into_iter().filter(is_irq).collect())
 }
 
-/// Old process, just before hello: invalidate this process's DMA host addresses so the
-/// successor can map its own (device DMA goes on into the pinned pages).
+/// Old process, just before hello: let the successor take the DMA mappings (type1:
+/// invalidate this process's host addresses so it can map its own; iommufd: nothing to
+/// invalidate, it takes them with IOMMU_IOAS_CHANGE_PROCESS). Device DMA goes on into the
+/// pinned pages.
 pub(super) fn release(m: &mut Machine) -> Result<(), CprError> {
     if let Some(v) = m.vfio_mut() {
         let t0 = std::time::Instant::now();
         v.release_dma().map_err(vfio_err)?;
-        trace(format_args!(
-            "cpr-transfer: DMA vaddr released by pid {} in {:.3} ms (guest running); VmLck {}",
-            std::process::id(),
-            ms(t0),
-            vmlck()
-        ));
+        if v.is_iommufd() {
+            trace(format_args!(
+                "cpr-transfer: iommufd file mappings left for the successor to take (guest running); VmPin of pid {} {}",
+                std::process::id(),
+                vmpin()
+            ));
+        } else {
+            trace(format_args!(
+                "cpr-transfer: DMA vaddr released by pid {} in {:.3} ms (guest running); VmLck {}",
+                std::process::id(),
+                ms(t0),
+                vmlck()
+            ));
+        }
     }
     Ok(())
 }
@@ -70,13 +82,18 @@ pub(super) fn cancel(m: &mut Machine) -> Result<(), CprError> {
     }
 }
 
-/// Old process, for the trace: where the locked-page accounting stands.
+/// Old process, for the trace: where the pinned-page accounting stands (type1 charges
+/// the mappings' owner's VmLck, iommufd its VmPin).
 pub(super) fn trace_locked(m: &Machine, when: &str) {
-    if m.vfio().is_some() {
+    if let Some(v) = m.vfio() {
+        let (what, kb) = if v.is_iommufd() {
+            ("VmPin", vmpin())
+        } else {
+            ("VmLck", vmlck())
+        };
         trace(format_args!(
-            "cpr-transfer: {when}; VmLck of pid {} now {}",
+            "cpr-transfer: {when}; {what} of pid {} now {kb}",
             std::process::id(),
-            vmlck()
         ));
     }
 }

@@ -3,10 +3,11 @@
 //! IOVA = guest physical address, each device's cdev bound to it and attached, and a KVM
 //! VFIO device that knows every device fd.
 //!
-//! Live update (restart mode): RAM is mapped with IOMMU_IOAS_MAP_FILE, so the mappings do
-//! not depend on the old process's address space and nothing is unmapped or re-mapped; the
-//! new process adopts the iommufd and device fds and calls IOMMU_IOAS_CHANGE_PROCESS to take
-//! over the pinned-page accounting. A kernel without either ioctl still assigns devices
+//! Live update (restart and transfer mode): RAM is mapped with IOMMU_IOAS_MAP_FILE, so the
+//! mappings do not depend on the old process's address space and nothing is unmapped or
+//! re-mapped; the new process (image) adopts the iommufd and device fds and calls
+//! IOMMU_IOAS_CHANGE_PROCESS to take over the pinned-page accounting (a transfer-mode
+//! successor before the pause; a failed transfer gives it back the same way). A kernel without either ioctl still assigns devices
 //! (RAM mapped by address with IOMMU_IOAS_MAP) but blocks restart mode, naming what it lacks.
 
 use std::os::fd::{OwnedFd, RawFd};
@@ -74,19 +75,6 @@ pub fn restart_blocker(ids: &[String], f: IommufdFeatures) -> Option<String> {
              the type1 container (drop iommufd=)",
             ids.join(", "),
             missing.join(" and ")
-        )
-    })
-}
-
-/// Transfer mode does not take iommufd-assigned devices (yet): what `query-cpr-blockers`
-/// says for a command line with `iommufd=` and what cpr-transfer refuses, before the
-/// guest pauses.
-pub fn transfer_blocker(ids: &[String]) -> Option<String> {
-    (!ids.is_empty()).then(|| {
-        format!(
-            "VFIO device(s) {}: transfer mode with iommufd-assigned devices is not supported \
-             yet; use restart mode, or the type1 container (drop iommufd=)",
-            ids.join(", ")
         )
     })
 }

@@ -20,7 +20,7 @@ use super::type1_set::Type1Backend;
 use crate::machine::memory::GuestRam;
 use crate::pci::{lock, GsiRouter, PciBus, PciError, MMIO_WINDOW_START};
 
-pub use super::type1_set::{locked_kib, restart_blocker, vmlck, VfioContainerState, VfioDeviceRef};
+pub use super::type1_set::{restart_blocker, vmlck, vmpin, VfioContainerState, VfioDeviceRef};
 
 /// `-device vfio-pci,host=BDF[,id=ID][,iommufd=OBJ]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -338,14 +338,6 @@ impl VfioSet {
         }
     }
 
-    /// Why transfer mode cannot move the devices to another process, if it cannot.
-    pub fn transfer_blocker(&self) -> Option<String> {
-        match &self.backend {
-            Backend::Type1(b) => restart_blocker(&self.ids(), b.features),
-            Backend::Iommufd(_) => super::iommufd_set::transfer_blocker(&self.ids()),
-        }
-    }
-
     /// Why reboot mode cannot be used, if it cannot.
     pub fn reboot_blocker(&self, guest_suspended: bool) -> Option<String> {
         reboot_blocker(&self.ids(), guest_suspended)
@@ -404,19 +396,22 @@ impl VfioSet {
     /// The locked-page accounting comes back with them.
     pub fn reclaim_dma(&mut self) -> Result<(), VfioSetError> {
         match &self.backend {
-            Backend::Type1(b) => b.reclaim(&self.mappings)?,
-            Backend::Iommufd(b) => b.reclaim()?,
+            Backend::Type1(b) => {
+                b.reclaim(&self.mappings)?;
+                trace(format_args!(
+                    "DMA vaddr reclaimed by this process; VmLck {}",
+                    vmlck()
+                ));
+            }
+            Backend::Iommufd(b) => {
+                b.reclaim()?;
+                trace(format_args!(
+                    "DMA mappings reclaimed by this process (IOMMU_IOAS_CHANGE_PROCESS); VmPin {}",
+                    vmpin()
+                ));
+            }
         }
         self.dma_released = false;
-        trace(format_args!(
-            "DMA {} reclaimed by this process; VmLck {}",
-            if self.is_iommufd() {
-                "mappings"
-            } else {
-                "vaddr"
-            },
-            vmlck()
-        ));
         Ok(())
     }
 

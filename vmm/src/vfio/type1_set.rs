@@ -81,17 +81,26 @@ fn memlock_hint(e: VfioError, size: u64) -> VfioSetError {
     }
 }
 
-/// `VmLck` of /proc/self/status (pages the kernel accounts as locked to this process: VFIO
-/// charges pinned DMA pages to the mapping's owner), for the trace.
-pub fn locked_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmLck:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+/// For the trace: `VmLck` of /proc/self/status (pages the kernel accounts as locked to this
+/// process: type1 charges pinned DMA pages to the mapping's owner), or "?".
+pub fn vmlck() -> String {
+    status_kb("VmLck:")
 }
 
-/// For the trace: `VmLck` or "?".
-pub fn vmlck() -> String {
-    locked_kib().map_or("?".into(), |k| format!("{k} kB"))
+/// For the trace: `VmPin` (pages pinned and charged to this process: iommufd's accounting)
+/// or "?".
+pub fn vmpin() -> String {
+    status_kb("VmPin:")
+}
+
+fn status_kb(key: &str) -> String {
+    let kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(key))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        });
+    kib.map_or("?".into(), |k| format!("{k} kB"))
 }
 
 pub(super) struct Type1Backend {
