@@ -7,8 +7,9 @@
 //! mappings do not depend on the old process's address space and nothing is unmapped or
 //! re-mapped; the new process (image) adopts the iommufd and device fds and calls
 //! IOMMU_IOAS_CHANGE_PROCESS to take over the pinned-page accounting (a transfer-mode
-//! successor before the pause; a failed transfer gives it back the same way). A kernel without either ioctl still assigns devices
-//! (RAM mapped by address with IOMMU_IOAS_MAP) but blocks restart mode, naming what it lacks.
+//! successor before the pause; a failed transfer gives it back the same way). A kernel
+//! without either ioctl still assigns devices (RAM mapped by address with IOMMU_IOAS_MAP)
+//! but blocks both modes, naming what it lacks.
 
 use std::os::fd::{OwnedFd, RawFd};
 
