@@ -13,7 +13,9 @@
 # Env: LAB_WORK (default ${TMPDIR:-/tmp}/cpr-lab; the kernel is built and cached in
 #      LAB_WORK/kernel), LAB_TIMEOUT (300 s), VFIO_ITERS (40), LAB_UPDATE (1),
 #      LAB_EXEC_FAIL (0/1, as in vfio.sh), LAB_BACKEND (iommufd; type1: the same run through
-#      the type1 container on this kernel, locked memory checked instead of pinned)
+#      the type1 container on this kernel, locked memory checked instead of pinned),
+#      LAB_TRANSFER (cpr-transfers to successor processes, 0), LAB_TRANSFER_KILL (steps at
+#      which a successor stops and is killed before the transfers, e.g. "hello ready")
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -56,6 +58,8 @@ cp "$HERE/iommufd-l1-init" "$R1/init"
     printf 'LAB_UPDATE=%q\n' "${LAB_UPDATE:-1}"
     printf 'LAB_EXEC_FAIL=%q\n' "${LAB_EXEC_FAIL:-0}"
     printf 'LAB_BACKEND=%q\n' "${LAB_BACKEND:-iommufd}"
+    printf 'LAB_TRANSFER=%q\n' "${LAB_TRANSFER:-0}"
+    printf 'LAB_TRANSFER_KILL=%q\n' "${LAB_TRANSFER_KILL:-}"
 } > "$R1/lab.env"
 (cd "$R1" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd-iommufd.gz"
 

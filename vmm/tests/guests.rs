@@ -5,7 +5,14 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const GUESTS: &[&str] = &[
-    "counter", "ticker", "memcheck", "echo", "suspend", "exit", "vfio",
+    "counter",
+    "ticker",
+    "memcheck",
+    "echo",
+    "suspend",
+    "exit",
+    "vfio",
+    "vfio-intx",
 ];
 
 #[test]

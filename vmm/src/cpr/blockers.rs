@@ -37,29 +37,18 @@ pub fn blockers(mode: Mode, ram: &GuestRam) -> Vec<Blocker> {
     out
 }
 
-/// What VFIO devices block: restart mode needs the container's VADDR features, reboot mode
-/// a suspended guest, transfer mode is not supported with them.
+/// What VFIO devices block: restart and transfer mode need the container's VADDR features
+/// or iommufd's MAP_FILE and CHANGE_PROCESS (the DMA mappings move to another process image
+/// or another process), reboot mode a suspended guest.
 pub fn vfio(mode: Mode, set: Option<&crate::vfio::VfioSet>, suspended: bool) -> Vec<Blocker> {
     let Some(set) = set else {
         return Vec::new();
     };
     let reason = match mode {
-        Mode::Restart => set.restart_blocker(),
+        Mode::Restart | Mode::Transfer => set.restart_blocker(),
         Mode::Reboot => set.reboot_blocker(suspended),
-        Mode::Transfer => vfio_transfer_blocker(&set.ids()),
     };
     reason.into_iter().map(Blocker).collect()
-}
-
-/// Why assigned devices block transfer mode (any device does): also what
-/// `query-cpr-blockers` says for a command line with `-device vfio-pci`.
-pub fn vfio_transfer_blocker(ids: &[String]) -> Option<String> {
-    (!ids.is_empty()).then(|| {
-        format!(
-            "VFIO device(s) {}: transfer mode does not hand devices over yet; use restart mode",
-            ids.join(", ")
-        )
-    })
 }
 
 #[cfg(test)]

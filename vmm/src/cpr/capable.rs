@@ -63,24 +63,15 @@ fn chardev_blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
     out
 }
 
-/// Why assigned devices block `mode`, as far as the command line tells: transfer mode
-/// takes none. (Restart and reboot depend on the host container and on S3, which only
-/// cpr-save can check.)
-fn vfio_blocker(c: &VmmConfig, mode: Mode) -> Option<String> {
-    if mode != Mode::Transfer {
-        return None;
-    }
-    let ids: Vec<String> = c.vfio.iter().map(|d| d.id.clone()).collect();
-    super::blockers::vfio_transfer_blocker(&ids)
-}
-
 /// Everything that blocks `mode` for this configuration (reboot: with RAM in the image
 /// when it cannot stay in place). Chardevs block reboot only: transfer mode hands their
-/// descriptors over, as restart mode does across exec.
+/// descriptors over, as restart mode does across exec. Assigned devices block no mode
+/// from the command line alone: restart and transfer depend on the host container's or
+/// iommufd's features, reboot on the guest being in S3, which only cpr-save / cpr-transfer
+/// check.
 pub fn blockers(c: &VmmConfig, mode: Mode) -> Vec<String> {
     let mut out: Vec<String> = ram_blocker(c, mode, false).into_iter().collect();
     out.extend(chardev_blockers(c, mode));
-    out.extend(vfio_blocker(c, mode));
     out
 }
 
@@ -165,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn transfer_is_blocked_by_anonymous_ram_and_by_any_vfio_device() {
+    fn transfer_is_blocked_by_anonymous_ram_not_by_vfio_devices() {
         let c = config(&["-m", "64M"]);
         assert_eq!(
             blockers(&c, Mode::Transfer),
@@ -184,21 +175,23 @@ mod tests {
             "-device",
             "vfio-pci,host=0000:00:04.0,id=edu0",
         ]);
-        assert_eq!(
-            blockers(&c, Mode::Transfer),
-            vec![
-                "VFIO device(s) edu0: transfer mode does not hand devices over yet; use restart \
-                 mode"
-                    .to_string()
-            ]
-        );
-        assert_eq!(to_json(&c)["transfer"].as_array().map(Vec::len), Some(1));
-        assert!(describe(&c).ends_with(
-            "transfer: blocked by\n  VFIO device(s) edu0: transfer mode does not hand devices \
-             over yet; use restart mode\n"
-        ));
-        let c = config(&["-machine", "memfd-alloc=on", "-chardev", "pty,id=p0"]);
         assert!(blockers(&c, Mode::Transfer).is_empty());
+        assert_eq!(to_json(&c)["transfer"].as_array().map(Vec::len), Some(0));
+        assert!(describe(&c).ends_with("transfer: no blockers\n"));
+    }
+
+    #[test]
+    fn devices_assigned_through_iommufd_block_no_mode_from_the_command_line() {
+        let c = config(&[
+            "-machine",
+            "memfd-alloc=on",
+            "-object",
+            "iommufd,id=iommufd0",
+            "-device",
+            "vfio-pci,host=0000:00:04.0,id=edu0,iommufd=iommufd0",
+        ]);
+        assert!(blockers(&c, Mode::Transfer).is_empty());
+        assert!(blockers(&c, Mode::Restart).is_empty());
         assert!(describe(&c).ends_with("transfer: no blockers\n"));
     }
 

@@ -68,6 +68,18 @@ pub type VfioSaved = (
     Vec<(String, crate::vfio::VfioPciState)>,
 );
 
+/// Writes the VFIO sections: the back-end's and one `vfio.pci` per device.
+pub fn add_vfio(w: &mut ImageWriter, (backend, devices): &VfioSaved) -> cpr_format::Result<()> {
+    match backend {
+        crate::vfio::VfioBackendState::Container(c) => w.add_section(ONE, c)?,
+        crate::vfio::VfioBackendState::Iommufd(i) => w.add_section(ONE, i)?,
+    };
+    for (id, d) in devices {
+        w.add_section(id, d)?;
+    }
+    Ok(())
+}
+
 /// The VFIO sections of an image, if it has assigned devices.
 pub fn vfio_state(img: &Image) -> Result<Option<VfioSaved>, ImageError> {
     let p = img
@@ -249,13 +261,15 @@ pub fn write(
 }
 
 /// The image of a stopped machine as bytes (transfer mode sends it over the cpr channel;
-/// its fds travel separately, with SCM_RIGHTS).
+/// the fds of `manifest` travel separately, with SCM_RIGHTS, in manifest order).
 pub fn to_bytes(
     header: Header,
     state: &MachineState,
     running: bool,
+    manifest: &[FdEntry],
+    vfio: Option<&VfioSaved>,
 ) -> Result<Vec<u8>, cpr_format::Error> {
-    build(header, state, running, &[], None)?.to_bytes()
+    build(header, state, running, manifest, vfio)?.to_bytes()
 }
 
 /// The image of [`write`], not yet written: reboot mode adds its RAM sections and regions.
@@ -300,14 +314,8 @@ fn build(
     if let Some(rtc) = &state.rtc {
         w.add_section(ONE, rtc)?;
     }
-    if let Some((backend, devices)) = vfio {
-        match backend {
-            crate::vfio::VfioBackendState::Container(c) => w.add_section(ONE, c)?,
-            crate::vfio::VfioBackendState::Iommufd(i) => w.add_section(ONE, i)?,
-        };
-        for (id, d) in devices {
-            w.add_section(id, d)?;
-        }
+    if let Some(vfio) = vfio {
+        add_vfio(&mut w, vfio)?;
     }
     for e in manifest {
         w.add_fd(e.clone())?;
@@ -518,7 +526,8 @@ mod tests {
     }
 
     fn through_bytes(c: &VmmConfig, state: &MachineState) -> MachineState {
-        let bytes = to_bytes(header(c, Mode::Restart), state, true).expect("image serialises");
+        let bytes =
+            to_bytes(header(c, Mode::Restart), state, true, &[], None).expect("image serialises");
         let img = Image::from_bytes(&bytes).expect("image parses");
         machine_state(&img).expect("image loads").0
     }
@@ -537,7 +546,7 @@ mod tests {
         // An image written before the RTC was saved has no such section: it still loads,
         // and the compatibility check does not refuse it.
         state.rtc = None;
-        let bytes = to_bytes(header(&c, Mode::Restart), &state, true).unwrap();
+        let bytes = to_bytes(header(&c, Mode::Restart), &state, true, &[], None).unwrap();
         let img = Image::from_bytes(&bytes).unwrap();
         assert!(img.schema().get("rtc.mc146818").is_none());
         assert!(cpr_format::compat::check(img.schema(), &reader_schema()).is_compatible());

@@ -34,8 +34,10 @@ pub struct Incoming {
     pub(super) machine: Option<IncomingMachine>,
     /// The inherited RAM fds: they outlive any VM built over them.
     ram_fds: Vec<RamBlockFd>,
-    /// Inherited VFIO fds by manifest name, adopted at cpr-load.
-    vfio_fds: BTreeMap<String, OwnedFd>,
+    /// Inherited VFIO fds by manifest name, adopted at cpr-load (transfer: at the state).
+    pub(super) vfio_fds: BTreeMap<String, OwnedFd>,
+    /// Transfer mode: the container and DMA mappings, taken over before the pause.
+    pub(super) vfio_adopted: Option<Box<crate::vfio::set::AdoptedContainer>>,
     stamps: Timestamps,
 }
 
@@ -270,7 +272,8 @@ pub(super) fn adopt_from(
     // VFIO: container, groups, devices and interrupt eventfds wait for cpr-load. They
     // must not be closed: closing the device fd would reset it and drop its DMA pins.
     let mut vfio_fds = BTreeMap::new();
-    for e in img.fd_manifest() {
+    // (`manifest`: received fds are under their numbers in this process.)
+    for e in &manifest {
         if e.name.starts_with("vfio-") {
             if let Some(fd) = owned.remove(&e.fd) {
                 vfio_fds.insert(e.name.clone(), fd);
@@ -351,6 +354,7 @@ pub(super) fn adopt_from(
             machine: Some(machine),
             ram_fds,
             vfio_fds,
+            vfio_adopted: None,
             stamps,
         }),
         status,

@@ -43,6 +43,7 @@ pub mod schema;
 pub mod timing;
 pub mod transfer;
 pub mod transfer_timing;
+mod transfer_vfio;
 
 pub use incoming::{adopt, load, Vm};
 
@@ -407,10 +408,16 @@ fn handover(
     status: &CprStatus,
     exec: ExecState,
     manifest: Vec<cpr_format::FdEntry>,
+    vfio: Option<&image::VfioSaved>,
 ) -> Result<Vec<u8>, CprError> {
     let err = |e| CprError::Handover(Box::new(e));
     let mut w = ImageWriter::new(image::header(&host.config, Mode::Restart));
     w.add_section(ONE, &exec).map_err(err)?;
+    // Transfer mode: the successor takes the DMA mappings over and maps the BARs before
+    // the pause (the device sections are a preview: the state at the pause decides).
+    if let Some(vfio) = vfio {
+        image::add_vfio(&mut w, vfio).map_err(err)?;
+    }
     w.add_section(ONE, &status.stamps).map_err(err)?;
     for (c, fe) in f.chardevs.iter().zip(&f.frontends) {
         w.add_section(&c.spec.id, &c.save()).map_err(err)?;
@@ -511,7 +518,7 @@ fn exec_attempt(
         reply_id,
     };
     let mut keep: Vec<(String, RawFd)> = manifest.iter().map(|e| (e.name.clone(), e.fd)).collect();
-    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest)?;
+    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest, None)?;
     let hfile = fds::handover_memfd(&bytes)?;
     keep.push(("handover".into(), hfile.as_raw_fd()));
     let mut env: Vec<std::ffi::CString> = std::env::vars_os()

@@ -27,7 +27,9 @@ pub fn rehearse(
 ) -> Option<Image> {
     let state = machine.save_state().ok()?;
     let header = image::header(&host.config, Mode::Transfer);
-    let bytes = image::to_bytes(header, &state, true).ok()?;
+    // No fds or devices: with assigned devices the real image's schema differs, and its
+    // parse simply does not reuse the rehearsal's.
+    let bytes = image::to_bytes(header, &state, true, &[], None).ok()?;
     let img = Image::from_bytes(&bytes).ok()?;
     if !check(&img) {
         return None;

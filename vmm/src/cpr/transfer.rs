@@ -10,12 +10,16 @@
 //!    SCM_RIGHTS. The new process checks the machine matches its command line and every
 //!    descriptor's identity, maps the RAM at its own addresses, creates its KVM VM with
 //!    memslots (RAM first, then irqchip and PIT) and vCPUs. It does not touch the chardevs.
+//!    Assigned devices (`transfer_vfio.rs`): the old process has released the DMA
+//!    mappings' host addresses; the new one maps them at its own and maps the BARs.
 //! 2. **ready** (new → old). Only now does the old process pause the vCPUs.
-//! 3. **state** (old → new): the old process's stamps and the vCPU/device state image.
+//! 3. **state** (old → new): the old process's stamps and the vCPU/device state image, with
+//!    the assigned devices' interrupt eventfds (their irqfds detached: interrupts latch).
 //! 4. **restored** (new → old): the state is set in the new VM, whose vCPUs do not run.
 //! 5. **go** (old → new): ownership passes. From the moment `go` is written the old process
 //!    never resumes the guest (state postmigrate); before it, the new process never runs it.
-//! 6. **running** (new → old, with the new stamps): the new process resumed the guest, and
+//! 6. **running** (new → old, with the new stamps): the new process attached the devices'
+//!    irqfds (latched interrupts are injected once) and resumed the guest, and
 //!    answers the monitor command that started the transfer. The old process prints the
 //!    breakdown and exits: its mappings are torn down after the guest runs again.
 //!
@@ -38,7 +42,10 @@ use super::channel::{Channel, ChannelError, Kind};
 use super::incoming::{adopt_from, Adopted};
 use super::timing::now_ns;
 use super::transfer_timing::TransferTiming;
-use super::{blockers, fds, handover, image, reply_fields, CprError, ExecState, Host, Phase, Vm};
+use super::{
+    blockers, fds, handover, image, reply_fields, transfer_vfio, CprError, ExecState, Host, Phase,
+    Vm,
+};
 use crate::cli::VmmConfig;
 use crate::event_loop::Frontends;
 use crate::machine::RunState;
@@ -82,6 +89,8 @@ pub enum TransferError {
     Protocol(u32),
     #[error("the hello message is malformed: {0}")]
     BadHello(&'static str),
+    #[error("the state message is malformed: {0}")]
+    BadState(&'static str),
     #[error("the running vmm has another machine than this command line:\n{0}")]
     OtherMachine(String),
     #[error("the state image is unreadable")]
@@ -160,7 +169,8 @@ pub fn transfer(
         Vm::Incoming(_) => return Err(CprError::Incoming),
     };
     let mut found = blockers::blockers(Mode::Transfer, m.ram());
-    // The state image carries no VFIO sections: a transfer would leave the devices behind.
+    // Assigned devices move with the guest when the container can move its DMA mappings
+    // to another process (VFIO_UPDATE_VADDR), as in restart mode.
     found.extend(blockers::vfio(Mode::Transfer, m.vfio(), false));
     if !found.is_empty() {
         let list = found.iter().map(|b| b.to_string()).collect::<Vec<_>>();
@@ -186,8 +196,11 @@ pub fn transfer(
     ch.check_peer_uid().map_err(TransferError::from)?;
     let mut t = TransferTiming::default();
 
-    // 1. hello: the hand-over and every manifest fd, while the guest runs.
-    let manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    // 1. hello: the hand-over and every manifest fd, while the guest runs. VFIO container,
+    // groups and devices go now; interrupt eventfds go with the state (the guest may
+    // reprogram its vectors until it pauses).
+    let mut manifest = fds::manifest(m.ram(), &f.chardevs)?;
+    manifest.extend(transfer_vfio::hello_fds(m)?);
     let (reply_kind, reply_id) = reply_fields(reply);
     let exec_state = ExecState {
         image: uri.to_string(),
@@ -207,7 +220,8 @@ pub fn transfer(
             numbers.push(e.fd);
         }
     }
-    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest)?;
+    let preview = m.vfio().map(|v| v.save());
+    let bytes = handover(f, host, &ctl.cpr, exec_state, manifest, preview.as_ref())?;
     // The schema of the state this binary writes: the new process checks compatibility now,
     // while the guest runs, instead of inside the pause.
     let schema = serde_json::to_vec(&image::reader_schema()).unwrap_or_default();
@@ -220,39 +234,54 @@ pub fn transfer(
     payload.extend_from_slice(&(schema.len() as u32).to_le_bytes());
     payload.extend_from_slice(&schema);
     payload.extend_from_slice(&bytes);
-    t.hello_sent = now_ns();
-    ch.send(Kind::Hello, &payload, &numbers)
-        .map_err(TransferError::from)?;
 
-    // 2. ready: the new VM is built. Until here the guest never stopped.
-    ch.set_timeout(PREPARE_TIMEOUT).map_err(|e| {
-        TransferError::Channel(ChannelError::Recv {
-            what: "ready",
-            source: e,
-        })
-    })?;
-    let ready = ch.recv(Kind::Ready).map_err(TransferError::from)?;
-    t.ready_received = now_ns();
-    let _ = ch.set_timeout(step_timeout());
-    let peer_version = String::from_utf8_lossy(&ready.payload).into_owned();
-
-    // 3. state, 4. restored: the pause starts.
-    let boost = Boost::realtime();
-    t.stop_requested = now_ns();
-    m.pause()?;
-    t.vcpus_stopped = now_ns();
+    let mut boost = None;
+    let mut peer_version = String::new();
     let outcome = (|| -> Result<(), CprError> {
+        // The successor maps the DMA mappings at its own addresses while building its VM:
+        // this process lets go of them first (device DMA goes on into the pinned pages).
+        // From here any failure gives them back (`cancel_update` below).
+        transfer_vfio::release(m)?;
+        t.hello_sent = now_ns();
+        ch.send(Kind::Hello, &payload, &numbers)
+            .map_err(TransferError::from)?;
+
+        // 2. ready: the new VM is built. Until here the guest never stopped.
+        ch.set_timeout(PREPARE_TIMEOUT).map_err(|e| {
+            TransferError::Channel(ChannelError::Recv {
+                what: "ready",
+                source: e,
+            })
+        })?;
+        let ready = ch.recv(Kind::Ready).map_err(TransferError::from)?;
+        t.ready_received = now_ns();
+        let _ = ch.set_timeout(step_timeout());
+        peer_version = String::from_utf8_lossy(&ready.payload).into_owned();
+        transfer_vfio::trace_locked(m, "successor ready with the DMA mappings");
+
+        // 3. state, 4. restored: the pause starts.
+        boost = Some(Boost::realtime());
+        t.stop_requested = now_ns();
+        m.pause()?;
+        t.vcpus_stopped = now_ns();
+        // Interrupts latch in the eventfds from here; the successor attaches them at `go`.
+        transfer_vfio::detach(m)?;
         let state = m.save_state()?;
+        let vfio = m.vfio().map(|v| v.save());
+        let irqs = transfer_vfio::state_fds(m)?;
         let img = image::to_bytes(
             image::header(&host.config, Mode::Transfer),
             &state,
             resume_after,
+            &irqs,
+            vfio.as_ref(),
         )
         .map_err(TransferError::Encode)?;
         t.state_saved = now_ns();
         let mut msg = t.to_bytes();
         msg.extend_from_slice(&img);
-        ch.send(Kind::State, &msg, &[])
+        let irq_fds: Vec<RawFd> = irqs.iter().map(|e| e.fd).collect();
+        ch.send(Kind::State, &msg, &irq_fds)
             .map_err(TransferError::from)?;
         ch.recv_spinning(Kind::Restored, PAUSE_SPIN)
             .map_err(TransferError::from)?;
@@ -265,6 +294,13 @@ pub fn transfer(
     if let Err(e) = outcome {
         ch.refuse(&crate::error_chain(&e));
         drop(ch);
+        // DMA mappings back at this process's addresses, irqfds attached (latched
+        // interrupts injected), then the vCPUs. If that fails the guest stays paused and
+        // the answer names the failure; why the transfer stopped goes to stderr.
+        if let Err(undo) = transfer_vfio::cancel(m) {
+            eprintln!("vmm: cpr-transfer stopped: {}", crate::error_chain(&e));
+            return Err(undo);
+        }
         if resume_after {
             m.resume()?;
         }
@@ -277,6 +313,7 @@ pub fn transfer(
     match ch.recv(Kind::Running) {
         Ok(msg) => {
             let theirs = TransferTiming::from_bytes(&msg.payload).unwrap_or(t);
+            transfer_vfio::trace_locked(m, "done, this process exits");
             eprintln!(
                 "vmm: cpr-transfer to {uri} done (new vmm version {peer_version}); exiting\n{}",
                 theirs.describe()
@@ -448,6 +485,8 @@ fn receive(
         return Err(TransferError::OtherMachine(lines.join("\n")).into());
     }
     let mut adopted = adopt_from(config, bytes, 0, Some(map))?;
+    // Assigned devices: the DMA mappings move to this process now, while the guest runs.
+    transfer_vfio::take_over(&handed, &mut adopted.vm)?;
     let rehearsed = match &adopted.vm {
         Vm::Incoming(inc) => inc.machine.as_ref().and_then(|m| {
             super::rehearse::rehearse(m, host, |img| {
@@ -487,13 +526,18 @@ fn receive(
         .is_some_and(|r| r.schema_bytes() == img.schema_bytes());
     check_state(&img, &announced, config, schema_checked)?;
     let (machine_state, resume_after) = image::machine_state(&img)?;
-    let prepared = match &mut adopted.vm {
-        Vm::Incoming(inc) => inc.machine.take(),
-        Vm::Active(_) => None,
-    }
-    .ok_or(CprError::NotIncoming)?;
+    let (prepared, vfio_fds, vfio_adopted) = match &mut adopted.vm {
+        Vm::Incoming(inc) => (
+            inc.machine.take(),
+            std::mem::take(&mut inc.vfio_fds),
+            inc.vfio_adopted.take(),
+        ),
+        Vm::Active(_) => (None, BTreeMap::new(), None),
+    };
+    let prepared = prepared.ok_or(CprError::NotIncoming)?;
     let serial: crate::machine::SerialOutput = Box::new(adopted.frontends.serial_output());
-    let machine = prepared.restore(&machine_state, serial, host.machine_events.clone())?;
+    let mut machine = prepared.restore(&machine_state, serial, host.machine_events.clone())?;
+    transfer_vfio::restore(&img, state.fds, vfio_fds, vfio_adopted, &mut machine)?;
     adopted.vm = Vm::Active(machine);
     t.state_restored = now_ns();
     failpoint("restored");
@@ -549,8 +593,16 @@ pub fn incoming(config: &VmmConfig, host: &Host, path: &Path) -> Result<Adopted,
         .map_err(TransferError::from)?;
     t.go_received = now_ns();
     t.first_vcpu_running = match &mut adopted.vm {
-        Vm::Active(m) if resume_after => super::timing::resume_stamped(m)?,
-        _ => now_ns(),
+        Vm::Active(m) => {
+            // Irqfds only after go: attaching injects what the eventfds latched.
+            transfer_vfio::attach_after_go(m);
+            if resume_after {
+                super::timing::resume_stamped(m)?
+            } else {
+                now_ns()
+            }
+        }
+        Vm::Incoming(_) => now_ns(),
     };
     // 6. running: best effort, the guest is ours whatever the old process does now.
     let _ = ch.send(Kind::Running, &t.to_bytes(), &[]);
@@ -626,7 +678,7 @@ mod tests {
             reply_id: None,
         };
         let status = super::super::CprStatus::default();
-        let bytes = handover(&f, &host, &status, exec, manifest.clone()).unwrap();
+        let bytes = handover(&f, &host, &status, exec, manifest.clone(), None).unwrap();
         // Another memfd of the same size under the sender's number.
         let other = GuestRam::new(&memfd, config.mem_size).unwrap();
         let file = other.blocks()[0]

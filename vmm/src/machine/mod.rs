@@ -496,6 +496,30 @@ impl Machine {
         Ok(())
     }
 
+    /// Transfer mode, in the successor: the assigned devices over a container adopted
+    /// before the pause ([`crate::vfio::set::VfioSet::adopt`]), irqfds held until
+    /// the guest is ours (`vfio_mut().attach_irqfds()`).
+    pub fn restore_vfio_adopted(
+        &mut self,
+        adopted: crate::vfio::set::AdoptedContainer,
+        state: &crate::vfio::VfioBackendState,
+        devices: &[(String, crate::vfio::VfioPciState)],
+        take_fd: &mut dyn FnMut(&str) -> Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), MachineError> {
+        let set = crate::vfio::VfioSet::restore_devices(
+            adopted,
+            state,
+            devices,
+            take_fd,
+            &self.gsi_router,
+            &self.shared.devices.pci,
+            true,
+        )
+        .map_err(MachineError::Vfio)?;
+        self.vfio = Some(set);
+        Ok(())
+    }
+
     /// The assigned devices, if any (live update: blockers, save, fds).
     pub fn vfio(&self) -> Option<&crate::vfio::VfioSet> {
         self.vfio.as_ref()

@@ -173,6 +173,11 @@ impl IncomingMachine {
         self.machine.save_state()
     }
 
+    /// The VM's MSI routing (assigned devices prepared before their state arrives).
+    pub fn gsi_router(&self) -> &std::sync::Arc<crate::pci::GsiRouter> {
+        &self.machine.gsi_router
+    }
+
     /// Checks that `state` fits this VM (RAM layout, vCPU count) without consuming it.
     pub fn check(&self, state: &MachineState) -> Result<(), MachineError> {
         check_layout(&self.machine.ram, state)?;

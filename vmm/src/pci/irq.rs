@@ -106,6 +106,11 @@ impl GsiRouter {
         }
     }
 
+    /// Whether a device holds `gsi` (claimed or allocated).
+    pub fn claimed(&self, gsi: u32) -> bool {
+        super::lock(&self.routes).allocated.contains(&gsi)
+    }
+
     pub fn release(&self, gsi: u32) {
         let mut r = super::lock(&self.routes);
         r.allocated.retain(|g| *g != gsi);

@@ -12,17 +12,19 @@ use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::ioctl::{Device, Region, VfioError};
+use super::ioctl::{Device, OpenedDevice, Region, VfioError};
+
+mod cpr;
 use super::model::{BarArea, DeviceConfig, VfioPciModel};
-use super::state::VfioPciState;
 use crate::pci::config::{BarKind, CONFIG_SIZE};
 use crate::pci::irq::{GsiRouter, IrqError};
 use crate::pci::PciDevice;
+pub use cpr::AdoptedIrqs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -131,6 +133,8 @@ pub struct VfioPciDevice {
     /// During a live update irqfds stay detached whatever the guest programs.
     irqfds_held: bool,
     latched_at_restore: Vec<String>,
+    /// GSIs routed from a transfer's preview state before the pause (`prepare_restore`).
+    preview_gsis: Vec<u32>,
     /// IOAPIC pin (GSI) INTx is wired to, if the function has an interrupt pin.
     intx_gsi: Option<u32>,
     pub intx: Option<Intx>,
@@ -150,19 +154,6 @@ impl VfioPciDevice {
             id: self.id.clone(),
             source,
         }
-    }
-
-    fn open_regions(id: &str, dev: &Device) -> Result<(Region, [Region; 6]), DeviceError> {
-        let e = |source| DeviceError::Vfio {
-            id: id.to_string(),
-            source,
-        };
-        let config = dev.region(VFIO_PCI_CONFIG_REGION_INDEX).map_err(e)?;
-        let mut regions = [Region::default(); 6];
-        for (i, r) in regions.iter_mut().enumerate() {
-            *r = dev.region(i as u32).map_err(e)?;
-        }
-        Ok((config, regions))
     }
 
     fn build(
@@ -188,6 +179,7 @@ impl VfioPciDevice {
             slot_base,
             irqfds_held: false,
             latched_at_restore: Vec::new(),
+            preview_gsis: Vec::new(),
             intx_gsi: None,
             intx: None,
         };
@@ -244,7 +236,11 @@ impl VfioPciDevice {
         if dev.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
             dev.reset().map_err(e)?;
         }
-        let (config, regions) = Self::open_regions(id, &dev)?;
+        let OpenedDevice {
+            dev,
+            config,
+            bars: regions,
+        } = dev.open_regions().map_err(e)?;
         let mut cfg = [0u8; CONFIG_SIZE];
         dev.read_at(&config, 0, &mut cfg).map_err(e)?;
         let sizes = regions.map(|r| r.size);
@@ -334,96 +330,6 @@ impl VfioPciDevice {
         })?;
         x.attached = want;
         Ok(())
-    }
-
-    /// Adopts an inherited device fd and its eventfds after a live update: no reset, no
-    /// SET_IRQS (the device still signals these eventfds); routes, memslots and irqfds are
-    /// rebuilt in the new VM, irqfds last so latched interrupts are injected once.
-    pub fn restore(
-        dev: Device,
-        state: &VfioPciState,
-        msi: Vec<EventFd>,
-        msix: Vec<EventFd>,
-        intx: Option<(EventFd, EventFd)>,
-        router: Arc<GsiRouter>,
-        slot_base: u32,
-    ) -> Result<VfioPciDevice, DeviceError> {
-        let id = dev.bdf.clone();
-        let restore_err = |what: String| DeviceError::Restore {
-            id: id.clone(),
-            what,
-        };
-        let model = VfioPciModel::restore(state).map_err(|e| restore_err(e.to_string()))?;
-        if msi.len() != state.msi_gsis.len() || msix.len() != state.msix_gsis.len() {
-            return Err(restore_err(format!(
-                "{} MSI and {} MSI-X eventfds given, state routes {} and {}",
-                msi.len(),
-                msix.len(),
-                state.msi_gsis.len(),
-                state.msix_gsis.len()
-            )));
-        }
-        let (config, regions) = Self::open_regions(&id, &dev)?;
-        let mut d = Self::build(&id, dev, model, config, regions, router, slot_base)?;
-        let vectors = |fds: Vec<EventFd>, gsis: &[u32], router: &GsiRouter| {
-            fds.into_iter()
-                .zip(gsis)
-                .map(|(efd, &gsi)| {
-                    router.claim(gsi);
-                    Vector {
-                        efd,
-                        gsi,
-                        attached: false,
-                    }
-                })
-                .collect::<Vec<_>>()
-        };
-        d.msi = vectors(msi, &state.msi_gsis, &d.router);
-        d.msix = vectors(msix, &state.msix_gsis, &d.router);
-        if state.intx.pin != 0 && state.intx.gsi != 0 {
-            d.intx_gsi = Some(state.intx.gsi);
-        }
-        d.intx = intx.map(|(trigger, resample)| Intx {
-            trigger,
-            resample,
-            attached: false,
-        });
-        let t = std::time::Instant::now();
-        d.update_bars()?;
-        let t_vec = std::time::Instant::now();
-        d.latched_at_restore = d.latched();
-        d.update_vectors()?;
-        super::set::trace(format_args!(
-            "cpr-load: {}: BAR memslots {:.3} ms, {} MSI + {} MSI-X routes and irqfds {:.3} ms",
-            d.dev.bdf,
-            (t_vec - t).as_secs_f64() * 1e3,
-            d.msi.len(),
-            d.msix.len(),
-            super::set::ms(t_vec)
-        ));
-        Ok(d)
-    }
-
-    /// Vectors whose eventfd holds an interrupt not yet injected (read and re-armed).
-    fn latched(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (kind, vecs) in [("msi", &self.msi), ("msix", &self.msix)] {
-            for (i, x) in vecs.iter().enumerate() {
-                if let Ok(n) = x.efd.read() {
-                    if n > 0 {
-                        let _ = x.efd.write(1);
-                        out.push(format!("{kind}{i}"));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Vectors that had an interrupt latched when the device was adopted after exec:
-    /// raised during the pause, delivered once when their irqfd attached.
-    pub fn latched_at_restore(&self) -> &[String] {
-        &self.latched_at_restore
     }
 
     pub fn set_id(&mut self, id: &str) {
@@ -584,14 +490,8 @@ impl VfioPciDevice {
         }
         // Every route in one KVM_SET_GSI_ROUTING, then the irqfds (routes first: an irqfd
         // attached to a GSI without a route would inject nothing).
-        let mut routes = Vec::new();
-        if let Some(v) = self.msi.first() {
-            routes.push((v.gsi, self.model.msi.map(|c| c.message(&self.model.cfg))));
-        }
-        for (i, x) in self.msix.iter().enumerate() {
-            let entry = self.model.msix_table.entries.get(i).copied();
-            routes.push((x.gsi, entry.map(|e| e.message())));
-        }
+        let msix: Vec<u32> = self.msix.iter().map(|v| v.gsi).collect();
+        let routes = msi_routes(&self.model, self.msi.first().map(|v| v.gsi), &msix);
         self.router
             .set_many(&routes)
             .map_err(|source| DeviceError::Irq {
@@ -649,62 +549,24 @@ impl VfioPciDevice {
             eprintln!("vmm: {}", crate_error_chain(&e));
         }
     }
+}
 
-    /// Live update: stop KVM injection; interrupts latch in the eventfds from now on.
-    pub fn detach_irqfds(&mut self) -> Result<(), DeviceError> {
-        self.irqfds_held = true;
-        for v in 0..self.msi.len() as u16 {
-            self.set_attached(false, v, false)?;
-        }
-        for v in 0..self.msix.len() as u16 {
-            self.set_attached(true, v, false)?;
-        }
-        self.set_intx_attached(false)
+/// The KVM MSI routes of `model` for its MSI vector's GSI and its MSI-X vectors' GSIs, in
+/// order (`None`: the route is cleared).
+fn msi_routes(
+    model: &VfioPciModel,
+    msi: Option<u32>,
+    msix: &[u32],
+) -> Vec<(u32, Option<crate::pci::MsiMessage>)> {
+    let mut routes = Vec::new();
+    if let Some(gsi) = msi {
+        routes.push((gsi, model.msi.map(|c| c.message(&model.cfg))));
     }
-
-    /// Undoes `detach_irqfds` (a failed update resumes in this process).
-    pub fn attach_irqfds(&mut self) -> Result<(), DeviceError> {
-        self.irqfds_held = false;
-        self.update_vectors()
+    for (i, &gsi) in msix.iter().enumerate() {
+        let entry = model.msix_table.entries.get(i).copied();
+        routes.push((gsi, entry.map(|e| e.message())));
     }
-
-    /// The device's live-update state: the guest's full config view, BARs, MSI-X table and
-    /// PBA, the GSIs and eventfd counts.
-    pub fn save(&mut self) -> VfioPciState {
-        self.refresh_pending();
-        let mut view = [0u8; CONFIG_SIZE];
-        for off in (0..CONFIG_SIZE).step_by(4) {
-            self.model
-                .config_read(&self.phys(), off as u16, &mut view[off..off + 4]);
-        }
-        let mut s = self.model.save(&self.dev.bdf, view);
-        s.msi_gsis = self.msi.iter().map(|v| v.gsi).collect();
-        s.msix_gsis = self.msix.iter().map(|v| v.gsi).collect();
-        s.msi_vectors = self.msi.len() as u32;
-        s.msix_vectors = self.msix.len() as u32;
-        s.intx.enabled = self.intx.is_some();
-        s.intx.gsi = self.intx_gsi.unwrap_or(0);
-        s
-    }
-
-    /// (name, fd) of the device fd and every interrupt eventfd, for the fd manifest.
-    pub fn fds(&self) -> Vec<(String, RawFd)> {
-        let mut v = vec![(format!("vfio-device-{}", self.id), self.dev.fd())];
-        for (i, x) in self.msi.iter().enumerate() {
-            v.push((format!("vfio-irq-{}-msi{i}", self.id), x.efd.as_raw_fd()));
-        }
-        for (i, x) in self.msix.iter().enumerate() {
-            v.push((format!("vfio-irq-{}-msix{i}", self.id), x.efd.as_raw_fd()));
-        }
-        if let Some(x) = &self.intx {
-            v.push((format!("vfio-irq-{}-intx", self.id), x.trigger.as_raw_fd()));
-            v.push((
-                format!("vfio-irq-{}-intx-resample", self.id),
-                x.resample.as_raw_fd(),
-            ));
-        }
-        v
-    }
+    routes
 }
 
 fn crate_error_chain(e: &dyn std::error::Error) -> String {

@@ -14,7 +14,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_VADDR, VFIO_DMA_MAP_FLAG_WRITE,
     VFIO_DMA_UNMAP_FLAG_ALL, VFIO_DMA_UNMAP_FLAG_VADDR, VFIO_GROUP_FLAGS_VIABLE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_IRQ_SET_DATA_NONE, VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR,
 };
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO ioctls carry no size or direction bits.
@@ -76,6 +76,16 @@ pub enum VfioError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl VfioError {
+    /// The errno of a failed ioctl (None for other errors).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            VfioError::Ioctl { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 fn ioctl_err(
@@ -266,15 +276,15 @@ impl Container {
         Ok(())
     }
 
-    /// Invalidates the host address of every mapping in one call (needs VFIO_UNMAP_ALL).
-    pub fn unmap_vaddr_all(&self) -> Result<(), VfioError> {
+    /// Invalidates the host address of every mapping in one call (needs VFIO_UNMAP_ALL);
+    /// returns the bytes the kernel invalidated.
+    pub fn unmap_vaddr_all(&self) -> Result<u64, VfioError> {
         self.unmap(
             0,
             0,
             VFIO_DMA_UNMAP_FLAG_VADDR | VFIO_DMA_UNMAP_FLAG_ALL,
             "VFIO_IOMMU_UNMAP_DMA(VADDR|ALL)",
-        )?;
-        Ok(())
+        )
     }
 }
 
@@ -377,6 +387,13 @@ pub struct Device {
     pub num_irqs: u32,
 }
 
+/// A device with its region table read.
+pub struct OpenedDevice {
+    pub dev: Device,
+    pub config: Region,
+    pub bars: [Region; 6],
+}
+
 impl Device {
     /// Wraps a device fd (fresh or inherited) and reads its info.
     pub fn from_fd(bdf: &str, fd: OwnedFd) -> Result<Device, VfioError> {
@@ -399,6 +416,21 @@ impl Device {
 
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    /// Reads the config region's and BARs 0-5's info (a live update does this before the
+    /// pause in transfer mode: none of it depends on guest state).
+    pub fn open_regions(self) -> Result<OpenedDevice, VfioError> {
+        let config = self.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
+        let mut bars = [Region::default(); 6];
+        for (i, r) in bars.iter_mut().enumerate() {
+            *r = self.region(i as u32)?;
+        }
+        Ok(OpenedDevice {
+            dev: self,
+            config,
+            bars,
+        })
     }
 
     pub fn region(&self, index: u32) -> Result<Region, VfioError> {

@@ -3,11 +3,13 @@
 //! IOVA = guest physical address, each device's cdev bound to it and attached, and a KVM
 //! VFIO device that knows every device fd.
 //!
-//! Live update (restart mode): RAM is mapped with IOMMU_IOAS_MAP_FILE, so the mappings do
-//! not depend on the old process's address space and nothing is unmapped or re-mapped; the
-//! new process adopts the iommufd and device fds and calls IOMMU_IOAS_CHANGE_PROCESS to take
-//! over the pinned-page accounting. A kernel without either ioctl still assigns devices
-//! (RAM mapped by address with IOMMU_IOAS_MAP) but blocks restart mode, naming what it lacks.
+//! Live update (restart and transfer mode): RAM is mapped with IOMMU_IOAS_MAP_FILE, so the
+//! mappings do not depend on the old process's address space and nothing is unmapped or
+//! re-mapped; the new process (image) adopts the iommufd and device fds and calls
+//! IOMMU_IOAS_CHANGE_PROCESS to take over the pinned-page accounting (a transfer-mode
+//! successor before the pause; a failed transfer gives it back the same way). A kernel
+//! without either ioctl still assigns devices (RAM mapped by address with IOMMU_IOAS_MAP)
+//! but blocks both modes, naming what it lacks.
 
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -220,10 +222,11 @@ impl IommufdBackend {
         }
     }
 
-    /// After exec: adopts the inherited iommufd (its IOAS still maps guest RAM by file,
-    /// and the devices are still bound and attached) and moves the pinned-page accounting
-    /// to this process. The caller has checked the mappings are this process's RAM.
-    pub(super) fn restore(
+    /// After exec, or in a transfer-mode successor before the pause: adopts the inherited
+    /// iommufd (its IOAS still maps guest RAM by file, and the devices are still bound and
+    /// attached) and moves the pinned-page accounting to this process. The caller has
+    /// checked the mappings are this process's RAM.
+    pub(super) fn adopt(
         s: &VfioIommufdState,
         take: &mut dyn FnMut(String) -> Result<OwnedFd, VfioSetError>,
         mappings: &[Mapping],
@@ -232,8 +235,9 @@ impl IommufdBackend {
         let t = std::time::Instant::now();
         iommufd.change_process()?;
         trace(format_args!(
-            "cpr-load: IOMMU_IOAS_CHANGE_PROCESS moved the pinned pages of {} file mappings (same file pages checked) in {:.3} ms",
+            "IOMMU_IOAS_CHANGE_PROCESS moved the pinned pages of {} file mappings (same file pages checked) to pid {} in {:.3} ms",
             mappings.len(),
+            std::process::id(),
             super::set::ms(t)
         ));
         Ok(IommufdBackend {
@@ -247,5 +251,12 @@ impl IommufdBackend {
             cdevs: s.devices.iter().map(|d| d.cdev.clone()).collect(),
             kvm_vfio: None,
         })
+    }
+
+    /// A transfer that did not reach `go`: the pinned-page accounting back to this
+    /// process (a successor may have taken it; if none did, nothing moves).
+    pub(super) fn reclaim(&self) -> Result<(), VfioSetError> {
+        self.iommufd.change_process()?;
+        Ok(())
     }
 }

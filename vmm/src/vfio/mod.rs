@@ -9,6 +9,7 @@ pub mod iommufd_set;
 pub mod model;
 pub mod set;
 pub mod state;
+pub mod type1_set;
 
 pub use model::{DeviceConfig, VfioPciModel};
 pub use set::{VfioBackendState, VfioDeviceConfig, VfioSet, VfioSetError};

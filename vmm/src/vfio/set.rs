@@ -1,21 +1,26 @@
 //! Every assigned device of a machine: its IOMMU back-end (one type1 container and its
-//! groups, or one iommufd; see `iommufd_set`), the devices on the PCI bus, and the DMA
-//! mappings of guest RAM (IOVA = guest physical address). The live-update steps for VFIO
-//! live here, in order, save beside restore.
+//! groups, see `type1_set`; or one iommufd, see `iommufd_set`), the devices on the PCI
+//! bus, and the DMA mappings of guest RAM (IOVA = guest physical address). The live-update
+//! steps for VFIO live here, in order, save beside restore; restart and transfer mode share
+//! them (a restore is [`VfioSet::adopt`] then [`VfioSet::restore_devices`]).
 
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
+use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{DeviceError, VfioPciDevice};
-use super::ioctl::{group_of, Container, CprFeatures, Device, Group, VfioError};
+use super::device::{AdoptedIrqs, DeviceError, VfioPciDevice};
+use super::ioctl::{CprFeatures, Device, OpenedDevice, VfioError};
 use super::iommufd::IommufdError;
 use super::iommufd_set::{IommufdBackend, VfioIommufdState};
 use super::state::VfioPciState;
+use super::type1_set::Type1Backend;
 use crate::machine::memory::GuestRam;
 use crate::pci::{lock, GsiRouter, PciBus, PciError, MMIO_WINDOW_START};
+
+pub use super::type1_set::{restart_blocker, vmlck, vmpin, VfioContainerState, VfioDeviceRef};
 
 /// `-device vfio-pci,host=BDF[,id=ID][,iommufd=OBJ]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,23 +48,37 @@ cpr_format::state! {
         pub st_dev: u64,
         pub st_ino: u64,
     }
+}
 
-    /// An assigned device and its group.
-    #[derive(Eq)]
-    pub struct VfioDeviceRef {
-        pub id: String,
-        pub host: String,
-        pub group: u32,
+/// The back-end section of a saved set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VfioBackendState {
+    Container(VfioContainerState),
+    Iommufd(VfioIommufdState),
+}
+
+impl VfioBackendState {
+    pub fn mappings(&self) -> &[DmaMappingState] {
+        match self {
+            VfioBackendState::Container(s) => &s.mappings,
+            VfioBackendState::Iommufd(s) => &s.mappings,
+        }
     }
 
-    /// The container: groups, devices and DMA mappings (fds: vfio-container,
-    /// vfio-group-N, vfio-device-ID in the manifest).
-    #[section(name = "vfio.container", version = 1, min_version = 1, required = true)]
-    #[derive(Eq)]
-    pub struct VfioContainerState {
-        pub groups: Vec<u32>,
-        pub devices: Vec<VfioDeviceRef>,
-        pub mappings: Vec<DmaMappingState>,
+    /// Each device as (id, host, group or iommufd device id), in device order.
+    fn device_refs(&self) -> Vec<(String, String, u32)> {
+        match self {
+            VfioBackendState::Container(s) => s
+                .devices
+                .iter()
+                .map(|r| (r.id.clone(), r.host.clone(), r.group))
+                .collect(),
+            VfioBackendState::Iommufd(s) => s
+                .devices
+                .iter()
+                .map(|r| (r.id.clone(), r.host.clone(), r.devid))
+                .collect(),
+        }
     }
 }
 
@@ -103,26 +122,23 @@ pub enum VfioSetError {
     MissingFd { name: String },
     #[error("saved VFIO state has no vfio.pci section for device {id}")]
     MissingDevice { id: String },
-}
-
-/// Restart mode moves the DMA mappings to the new process with VFIO_UPDATE_VADDR (and
-/// invalidates them in one call with VFIO_UNMAP_ALL): without them it cannot keep devices.
-pub fn restart_blocker(ids: &[String], features: CprFeatures) -> Option<String> {
-    let missing: Vec<&str> = [
-        (!features.update_vaddr).then_some("VFIO_UPDATE_VADDR"),
-        (!features.unmap_all).then_some("VFIO_UNMAP_ALL"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    (!ids.is_empty() && !missing.is_empty()).then(|| {
-        format!(
-            "VFIO device(s) {}: the type1 container lacks {} (probed after VFIO_SET_IOMMU), \
-             so its DMA mappings cannot move to a new process",
-            ids.join(", "),
-            missing.join(" and ")
-        )
-    })
+    #[error(
+        "VFIO_IOMMU_UNMAP_DMA(VADDR) invalidated {done:#x} of the {total:#x} bytes of DMA \
+         mappings (this kernel lets only their owner do it), so they cannot move to another \
+         process"
+    )]
+    PartialRelease { done: u64, total: u64 },
+    #[error(
+        "the kernel charges the {mib} MiB of pinned guest RAM of a DMA mapping to the \
+         process that maps it, and this one may lock {limit} (RLIMIT_MEMLOCK) unless it has \
+         CAP_IPC_LOCK"
+    )]
+    MemlockLimit {
+        limit: String,
+        mib: u64,
+        #[source]
+        source: VfioError,
+    },
 }
 
 /// Reboot mode does not keep the device running across the update: only a guest in S3
@@ -148,11 +164,7 @@ pub(super) struct Mapping {
 
 /// How the devices get their IOMMU.
 enum Backend {
-    Type1 {
-        container: Container,
-        features: CprFeatures,
-        groups: Vec<Group>,
-    },
+    Type1(Type1Backend),
     Iommufd(IommufdBackend),
 }
 
@@ -161,19 +173,68 @@ pub struct VfioSet {
     /// Each device with its group (type1) or its device id in the iommufd.
     devices: Vec<(VfioDeviceConfig, u32, Arc<Mutex<VfioPciDevice>>)>,
     mappings: Vec<Mapping>,
-    /// `prepare_update` ran and was not undone: host addresses invalid, irqfds detached.
-    prepared: bool,
+    /// A live update gave the DMA mappings away (`release_dma`: type1 host addresses
+    /// invalidated; iommufd: a successor may take the accounting) and nothing took them
+    /// back yet: another process may own the mappings now.
+    dma_released: bool,
+    /// A live update detached the irqfds (`detach_irqfds`): interrupts latch.
+    irqfds_held: bool,
+}
+
+/// The IOMMU side of assigned devices, adopted by a new process before the devices
+/// (transfer mode: while the guest still runs in the old process): the container and
+/// group fds or the iommufd, every DMA mapping checked to be this process's same pages and
+/// made this process's, and the device fds with their region tables.
+pub struct AdoptedContainer {
+    backend: Backend,
+    mappings: Vec<Mapping>,
+    /// Device fds with their region tables read, by device id.
+    devices: Vec<(String, OpenedDevice)>,
+    /// Devices whose BARs are already mapped in this VM ([`AdoptedContainer::prepare_devices`]).
+    prepared: Vec<(String, VfioPciDevice)>,
+}
+
+impl AdoptedContainer {
+    /// Transfer mode, before the pause: each device's model, BAR mmaps and memslots in this
+    /// VM from `previews` (its `vfio.pci` state as the running guest has it now). Nothing is
+    /// written to the device and no interrupt is touched; the final state at the pause
+    /// moves a BAR the guest moved meanwhile.
+    pub fn prepare_devices(
+        &mut self,
+        state: &VfioBackendState,
+        previews: &[(String, VfioPciState)],
+        router: &Arc<GsiRouter>,
+    ) -> Result<(), VfioSetError> {
+        for (i, (id, _, _)) in state.device_refs().into_iter().enumerate() {
+            let (Some(pos), Some((_, preview))) = (
+                self.devices.iter().position(|(d, _)| *d == id),
+                previews.iter().find(|(d, _)| *d == id),
+            ) else {
+                continue;
+            };
+            let opened = self.devices.swap_remove(pos).1;
+            let d = VfioPciDevice::prepare_restore(
+                opened,
+                preview,
+                router.clone(),
+                BAR_SLOT_BASE + 8 * i as u32,
+            )?;
+            self.prepared.push((id, d));
+        }
+        Ok(())
+    }
 }
 
 /// `VMM_VFIO_TRACE=1` prints the VFIO steps of a live update with their durations to stderr
 /// (the lab test shows them next to the pause).
-pub(crate) fn trace(what: std::fmt::Arguments<'_>) {
+pub fn trace(what: std::fmt::Arguments<'_>) {
     if std::env::var_os("VMM_VFIO_TRACE").is_some_and(|v| v == "1") {
         eprintln!("vmm: vfio: {what}");
     }
 }
 
-pub(crate) fn ms(since: std::time::Instant) -> f64 {
+/// Milliseconds since `since`, for the trace.
+pub fn ms(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
@@ -223,13 +284,15 @@ impl VfioSet {
             let (b, devs) = IommufdBackend::open(&obj, configs, &mappings, router.vm())?;
             (Backend::Iommufd(b), devs)
         } else {
-            Self::open_type1(configs, &mappings)?
+            let (b, devs) = Type1Backend::open(configs, &mappings)?;
+            (Backend::Type1(b), devs)
         };
         let mut set = VfioSet {
             backend,
             devices: Vec::new(),
             mappings,
-            prepared: false,
+            dma_released: false,
+            irqfds_held: false,
         };
         let mut mmio_next = MMIO_WINDOW_START;
         for (i, (c, key, dev)) in devs.into_iter().enumerate() {
@@ -253,62 +316,10 @@ impl VfioSet {
         Ok(set)
     }
 
-    /// The type1 container with every device's group, RAM mapped by host address.
-    #[allow(clippy::type_complexity)]
-    fn open_type1(
-        configs: &[VfioDeviceConfig],
-        mappings: &[Mapping],
-    ) -> Result<(Backend, Vec<(VfioDeviceConfig, u32, Device)>), VfioSetError> {
-        let container = Container::open()?;
-        let mut groups: Vec<Group> = Vec::new();
-        let mut features = CprFeatures {
-            update_vaddr: false,
-            unmap_all: false,
-        };
-        let mut gids = Vec::new();
-        for c in configs {
-            let gid = group_of(&c.host)?;
-            if !groups.iter().any(|g| g.id == gid) {
-                let g = Group::open(gid)?;
-                g.set_container(&container)?;
-                if groups.is_empty() {
-                    let before = container.cpr_features()?;
-                    container.set_iommu()?;
-                    // Only now does type1 answer these truthfully.
-                    features = container.cpr_features()?;
-                    trace(format_args!(
-                        "container: before VFIO_SET_IOMMU {before:?}, after {features:?}"
-                    ));
-                }
-                groups.push(g);
-            }
-            gids.push(gid);
-        }
-        for m in mappings {
-            container.map_dma(m.iova, m.size, m.vaddr)?;
-        }
-        let mut devs = Vec::new();
-        for (c, gid) in configs.iter().zip(gids) {
-            let group = groups
-                .iter()
-                .find(|g| g.id == gid)
-                .ok_or(VfioError::NotViable { group: gid })?;
-            devs.push((c.clone(), gid, group.device(&c.host)?));
-        }
-        Ok((
-            Backend::Type1 {
-                container,
-                features,
-                groups,
-            },
-            devs,
-        ))
-    }
-
     /// The type1 container's live-update features (None with iommufd).
     pub fn features(&self) -> Option<CprFeatures> {
         match &self.backend {
-            Backend::Type1 { features, .. } => Some(*features),
+            Backend::Type1(b) => Some(b.features),
             Backend::Iommufd(_) => None,
         }
     }
@@ -318,10 +329,11 @@ impl VfioSet {
         matches!(self.backend, Backend::Iommufd(_))
     }
 
-    /// Why restart-mode live update cannot keep these devices, if it cannot.
+    /// Why a live update that keeps the devices running (restart or transfer mode) cannot
+    /// move their DMA mappings to the new process, if it cannot.
     pub fn restart_blocker(&self) -> Option<String> {
         match &self.backend {
-            Backend::Type1 { features, .. } => restart_blocker(&self.ids(), *features),
+            Backend::Type1(b) => restart_blocker(&self.ids(), b.features),
             Backend::Iommufd(b) => super::iommufd_set::restart_blocker(&self.ids(), b.features),
         }
     }
@@ -345,31 +357,16 @@ impl VfioSet {
     /// iommufd's file mappings have no host address: nothing to invalidate.
     pub fn prepare_update(&mut self) -> Result<(), VfioSetError> {
         let t = std::time::Instant::now();
-        self.prepared = true;
-        for d in self.devices() {
-            lock(d).detach_irqfds()?;
-        }
+        self.detach_irqfds()?;
         let t_unmap = std::time::Instant::now();
-        match &self.backend {
-            Backend::Type1 {
-                container,
-                features,
-                ..
-            } => {
-                if features.unmap_all {
-                    container.unmap_vaddr_all()?;
-                } else {
-                    for m in &self.mappings {
-                        container.unmap_vaddr(m.iova, m.size)?;
-                    }
-                }
-                trace(format_args!(
-                    "cpr-save: irqfds detached and DMA vaddr invalidated ({} mappings) in {:.3} ms (unmap {:.3} ms)",
-                    self.mappings.len(),
-                    ms(t),
-                    ms(t_unmap)
-                ));
-            }
+        self.release_dma()?;
+        match self.backend {
+            Backend::Type1(_) => trace(format_args!(
+                "cpr-save: irqfds detached and DMA vaddr invalidated ({} mappings) in {:.3} ms (unmap {:.3} ms)",
+                self.mappings.len(),
+                ms(t),
+                ms(t_unmap)
+            )),
             Backend::Iommufd(_) => trace(format_args!(
                 "cpr-save: irqfds detached in {:.3} ms; {} iommufd file mappings stay as they are",
                 ms(t),
@@ -379,88 +376,130 @@ impl VfioSet {
         Ok(())
     }
 
-    /// The update failed before exec (or exec failed): give the mappings back their
-    /// addresses in this process (type1) and re-attach the irqfds; latched interrupts get
-    /// injected.
-    pub fn cancel_update(&mut self) -> Result<(), VfioSetError> {
-        if !self.prepared {
-            return Ok(());
+    /// Lets another process image or another process take the DMA mappings over. type1:
+    /// invalidates this process's host address of every mapping (UNMAP_DMA with
+    /// FLAG_VADDR); iommufd: nothing to do (file mappings; the new owner takes the
+    /// accounting with IOMMU_IOAS_CHANGE_PROCESS). The IOMMU mappings and the pinned pages
+    /// stay: device DMA goes on.
+    pub fn release_dma(&mut self) -> Result<(), VfioSetError> {
+        self.dma_released = true;
+        match &self.backend {
+            Backend::Type1(b) => b.release(&self.mappings),
+            Backend::Iommufd(_) => Ok(()),
         }
-        let t = std::time::Instant::now();
-        self.prepared = false;
-        if let Backend::Type1 { container, .. } = &self.backend {
-            for m in &self.mappings {
-                container.map_vaddr(m.iova, m.size, m.vaddr)?;
+    }
+
+    /// Makes this process the owner of the DMA mappings again, taking them from a
+    /// transfer-mode successor that took them and then failed or died. type1: every
+    /// mapping gets back this process's host address (a successor's invalidated first);
+    /// iommufd: IOMMU_IOAS_CHANGE_PROCESS from here (nothing moves if no one took them).
+    /// The locked-page accounting comes back with them.
+    pub fn reclaim_dma(&mut self) -> Result<(), VfioSetError> {
+        match &self.backend {
+            Backend::Type1(b) => {
+                b.reclaim(&self.mappings)?;
+                trace(format_args!(
+                    "DMA vaddr reclaimed by this process; VmLck {}",
+                    vmlck()
+                ));
+            }
+            Backend::Iommufd(b) => {
+                b.reclaim()?;
+                trace(format_args!(
+                    "DMA mappings reclaimed by this process (IOMMU_IOAS_CHANGE_PROCESS); VmPin {}",
+                    vmpin()
+                ));
             }
         }
+        self.dma_released = false;
+        Ok(())
+    }
+
+    /// Stops KVM injection for every device: interrupts latch in the eventfds.
+    pub fn detach_irqfds(&mut self) -> Result<(), VfioSetError> {
+        self.irqfds_held = true;
+        for d in self.devices() {
+            lock(d).detach_irqfds()?;
+        }
+        Ok(())
+    }
+
+    /// Attaches every device's irqfds (KVM injects what the eventfds latched, once).
+    pub fn attach_irqfds(&mut self) -> Result<(), VfioSetError> {
         for d in self.devices() {
             lock(d).attach_irqfds()?;
         }
-        let what = match self.backend {
-            Backend::Type1 { .. } => "DMA vaddr restored and irqfds attached",
-            Backend::Iommufd(_) => "irqfds attached",
-        };
-        trace(format_args!("update abandoned: {what} in {:.3} ms", ms(t)));
+        self.irqfds_held = false;
+        Ok(())
+    }
+
+    /// The update was abandoned (before exec, a failed exec, or a transfer that did not
+    /// reach `go`): give the mappings back to this process and re-attach the irqfds;
+    /// latched interrupts get injected.
+    pub fn cancel_update(&mut self) -> Result<(), VfioSetError> {
+        let t = std::time::Instant::now();
+        let was = (self.dma_released, self.irqfds_held);
+        if self.dma_released {
+            self.reclaim_dma()?;
+        }
+        if self.irqfds_held {
+            self.attach_irqfds()?;
+        }
+        if was != (false, false) {
+            let what = match self.backend {
+                Backend::Type1(_) => "DMA vaddr restored and irqfds attached",
+                Backend::Iommufd(_) => "DMA mappings reclaimed and irqfds attached",
+            };
+            trace(format_args!("update abandoned: {what} in {:.3} ms", ms(t)));
+        }
         Ok(())
     }
 
     /// The back-end's section (`vfio.container` or `vfio.iommufd`) and one `vfio.pci`
     /// section per device (instance = id).
     pub fn save(&self) -> (VfioBackendState, Vec<(String, VfioPciState)>) {
-        let mappings = self.mappings.iter().map(|m| m.state.clone()).collect();
-        let state = match &self.backend {
-            Backend::Type1 { groups, .. } => VfioBackendState::Container(VfioContainerState {
-                groups: groups.iter().map(|g| g.id).collect(),
-                devices: self
-                    .devices
-                    .iter()
-                    .map(|(c, gid, _)| VfioDeviceRef {
-                        id: c.id.clone(),
-                        host: c.host.clone(),
-                        group: *gid,
-                    })
-                    .collect(),
-                mappings,
-            }),
-            Backend::Iommufd(b) => VfioBackendState::Iommufd(b.save(
-                self.devices.iter().map(|(c, devid, _)| (c, *devid)),
-                mappings,
-            )),
-        };
-        let devices = self
+        let t = std::time::Instant::now();
+        let state = self.backend_state();
+        let devices: Vec<_> = self
             .devices
             .iter()
             .map(|(c, _, d)| (c.id.clone(), lock(d).save()))
             .collect();
+        trace(format_args!(
+            "vfio.pci state of {} devices read in {:.3} ms",
+            devices.len(),
+            ms(t)
+        ));
         (state, devices)
+    }
+
+    /// The back-end section alone: devices and DMA mappings (a transfer sends it at hello,
+    /// before the pause, so the successor can take the mappings over while the guest runs).
+    pub fn backend_state(&self) -> VfioBackendState {
+        let mappings = self.mappings.iter().map(|m| m.state.clone()).collect();
+        let devices = self.devices.iter().map(|(c, key, _)| (c, *key));
+        match &self.backend {
+            Backend::Type1(b) => VfioBackendState::Container(b.save(devices, mappings)),
+            Backend::Iommufd(b) => VfioBackendState::Iommufd(b.save(devices, mappings)),
+        }
     }
 
     /// Every fd the new process must inherit, named for the manifest: vfio-container and
     /// vfio-group-N (type1) or vfio-iommufd, then vfio-device-ID, vfio-irq-ID-msi0 / -msixN.
     pub fn fds(&self) -> Vec<(String, RawFd)> {
-        let mut v = Vec::new();
-        match &self.backend {
-            Backend::Type1 {
-                container, groups, ..
-            } => {
-                v.push(("vfio-container".to_string(), container.fd()));
-                for g in groups {
-                    v.push((format!("vfio-group-{}", g.id), g.fd()));
-                }
-            }
-            Backend::Iommufd(b) => v.push((super::iommufd_set::IOMMUFD_FD.to_string(), b.fd())),
-        }
+        let mut v = match &self.backend {
+            Backend::Type1(b) => b.fds(),
+            Backend::Iommufd(b) => vec![(super::iommufd_set::IOMMUFD_FD.to_string(), b.fd())],
+        };
         for d in self.devices() {
             v.extend(lock(d).fds());
         }
         v
     }
 
-    /// After exec: adopts the inherited fds (no reset, no SET_IRQS). type1: checks each
-    /// mapping's new address maps the same file pages and moves the mappings there
-    /// (MAP_DMA FLAG_VADDR). iommufd: checks the same, and moves the pinned-page accounting
-    /// to this process (IOMMU_IOAS_CHANGE_PROCESS). Then rebuilds each device in the new VM
-    /// with its routes and irqfds.
+    /// After exec: adopts the inherited fds (no reset, no SET_IRQS), takes the DMA
+    /// mappings over ([`VfioSet::adopt`]), then rebuilds each device in the new VM with its
+    /// routes and irqfds ([`VfioSet::restore_devices`]).
     pub fn restore(
         state: &VfioBackendState,
         devices: &[(String, VfioPciState)],
@@ -470,71 +509,101 @@ impl VfioSet {
         bus: &PciBus,
     ) -> Result<VfioSet, VfioSetError> {
         let t = std::time::Instant::now();
+        let adopted = Self::adopt(state, take_fd, ram, router.vm())?;
+        let set = Self::restore_devices(adopted, state, devices, take_fd, router, bus, false)?;
+        trace(format_args!("cpr-load: VFIO restored in {:.3} ms", ms(t)));
+        Ok(set)
+    }
+
+    /// The first half of [`VfioSet::restore`]: checks each saved mapping is backed by the
+    /// same file pages here (dev, inode, offset, size), then adopts the back-end and makes
+    /// this process the mappings' owner (the kernel moves the locked-page accounting to
+    /// it). type1: container and group fds, every mapping given this process's address
+    /// (MAP_DMA FLAG_VADDR; its previous owner must have invalidated its own). iommufd: the
+    /// iommufd, whose IOAS still maps guest RAM by file, and IOMMU_IOAS_CHANGE_PROCESS.
+    /// Then the device fds and region tables (iommufd: each also added to the KVM VFIO
+    /// device of `vm`). Nothing here depends on guest state.
+    pub fn adopt(
+        state: &VfioBackendState,
+        take_fd: &mut dyn FnMut(&str) -> Option<OwnedFd>,
+        ram: &GuestRam,
+        vm: &VmFd,
+    ) -> Result<AdoptedContainer, VfioSetError> {
         let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
         let now = ram_mappings(ram)?;
-        let (saved_mappings, refs): (&[DmaMappingState], Vec<(String, String, u32)>) = match state {
-            VfioBackendState::Container(s) => (
-                &s.mappings,
-                s.devices
-                    .iter()
-                    .map(|r| (r.id.clone(), r.host.clone(), r.group))
-                    .collect(),
-            ),
-            VfioBackendState::Iommufd(s) => (
-                &s.mappings,
-                s.devices
-                    .iter()
-                    .map(|r| (r.id.clone(), r.host.clone(), r.devid))
-                    .collect(),
-            ),
-        };
-        let mut mappings = Vec::new();
-        for saved in saved_mappings {
-            mappings.push(same_pages(saved, &now)?);
-        }
-        let backend = match state {
+        let mappings = state
+            .mappings()
+            .iter()
+            .map(|saved| same_pages(saved, &now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut backend = match state {
             VfioBackendState::Container(s) => {
-                let container = Container::from_fd(take("vfio-container".into())?);
-                let features = container.cpr_features()?;
-                let groups = s
-                    .groups
-                    .iter()
-                    .map(|&id| Ok(Group::from_fd(id, take(format!("vfio-group-{id}"))?)))
-                    .collect::<Result<Vec<_>, VfioSetError>>()?;
-                for g in &mappings {
-                    container.map_vaddr(g.iova, g.size, g.vaddr)?;
-                    trace(format_args!(
-                        "cpr-load: IOVA {:#x} size {:#x} ({}) re-mapped at vaddr {:#x}: same file pages checked",
-                        g.iova, g.size, g.state.block, g.vaddr
-                    ));
-                }
-                Backend::Type1 {
-                    container,
-                    features,
-                    groups,
-                }
+                Backend::Type1(Type1Backend::adopt(s, &mut take, &mappings)?)
             }
             VfioBackendState::Iommufd(s) => {
-                Backend::Iommufd(IommufdBackend::restore(s, &mut take, &mappings)?)
+                Backend::Iommufd(IommufdBackend::adopt(s, &mut take, &mappings)?)
             }
         };
-        let mut set = VfioSet {
+        let t = std::time::Instant::now();
+        let devices = state
+            .device_refs()
+            .into_iter()
+            .map(|(id, host, _)| {
+                let dev = Device::from_fd(&host, take(format!("vfio-device-{id}"))?)?;
+                if let Backend::Iommufd(b) = &mut backend {
+                    b.add_to_kvm(vm, &id, dev.fd())?;
+                }
+                Ok((id, dev.open_regions()?))
+            })
+            .collect::<Result<Vec<_>, VfioSetError>>()?;
+        trace(format_args!(
+            "{} device fds and region tables read in {:.3} ms",
+            devices.len(),
+            ms(t)
+        ));
+        Ok(AdoptedContainer {
             backend,
-            devices: Vec::new(),
             mappings,
-            prepared: false,
+            devices,
+            prepared: Vec::new(),
+        })
+    }
+
+    /// The second half of [`VfioSet::restore`]: each device adopted from its fd (no reset,
+    /// no SET_IRQS) with its interrupt eventfds, BAR memslots and MSI routes in this VM.
+    /// `hold_irqfds`: leave the irqfds detached (interrupts keep latching) until
+    /// [`VfioSet::attach_irqfds`]: a transfer-mode successor attaches them only once the
+    /// guest is its own, so an interrupt is never consumed by a VM that may not run.
+    pub fn restore_devices(
+        mut adopted: AdoptedContainer,
+        state: &VfioBackendState,
+        devices: &[(String, VfioPciState)],
+        take_fd: &mut dyn FnMut(&str) -> Option<OwnedFd>,
+        router: &Arc<GsiRouter>,
+        bus: &PciBus,
+        hold_irqfds: bool,
+    ) -> Result<VfioSet, VfioSetError> {
+        let mut take = |name: String| take_fd(&name).ok_or(VfioSetError::MissingFd { name });
+        let mut opened = std::mem::take(&mut adopted.devices);
+        let mut prepared = std::mem::take(&mut adopted.prepared);
+        let mut set = VfioSet {
+            backend: adopted.backend,
+            devices: Vec::new(),
+            mappings: adopted.mappings,
+            dma_released: false,
+            irqfds_held: hold_irqfds,
         };
-        for (i, (id, host, key)) in refs.into_iter().enumerate() {
+        let iommufd = match &set.backend {
+            Backend::Iommufd(b) => Some(b.object.clone()),
+            Backend::Type1(_) => None,
+        };
+        for (i, (id, host, key)) in state.device_refs().into_iter().enumerate() {
             let pci = devices
                 .iter()
                 .find(|(d, _)| *d == id)
                 .map(|(_, s)| s)
                 .ok_or_else(|| VfioSetError::MissingDevice { id: id.clone() })?;
             let t_dev = std::time::Instant::now();
-            let dev = Device::from_fd(&host, take(format!("vfio-device-{id}"))?)?;
-            if let Backend::Iommufd(b) = &mut set.backend {
-                b.add_to_kvm(router.vm(), &id, dev.fd())?;
-            }
             let efds =
                 |kind: &str,
                  n: u32,
@@ -566,21 +635,36 @@ impl VfioSet {
             } else {
                 None
             };
-            let mut d = VfioPciDevice::restore(
-                dev,
-                pci,
-                msi,
-                msix,
-                intx,
-                router.clone(),
-                BAR_SLOT_BASE + 8 * i as u32,
-            )?;
+            let irqs = AdoptedIrqs { msi, msix, intx };
+            let mut d = match prepared.iter().position(|(d, _)| *d == id) {
+                Some(p) => {
+                    let mut d = prepared.swap_remove(p).1;
+                    d.finish_restore(pci, irqs, hold_irqfds)?;
+                    d
+                }
+                None => {
+                    let p = opened.iter().position(|(d, _)| *d == id).ok_or_else(|| {
+                        VfioSetError::MissingFd {
+                            name: format!("vfio-device-{id}"),
+                        }
+                    })?;
+                    VfioPciDevice::restore(
+                        opened.swap_remove(p).1,
+                        pci,
+                        irqs,
+                        router.clone(),
+                        BAR_SLOT_BASE + 8 * i as u32,
+                        hold_irqfds,
+                    )?
+                }
+            };
             d.set_id(&id);
             trace(format_args!(
-                "cpr-load: {} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause, delivered now: [{}]",
+                "{} ({}) adopted without reset in {:.3} ms; interrupts latched during the pause{}: [{}]",
                 id,
                 host,
                 ms(t_dev),
+                if hold_irqfds { ", delivered when the irqfds attach" } else { ", delivered now" },
                 d.latched_at_restore().join(" ")
             ));
             let d = Arc::new(Mutex::new(d));
@@ -588,21 +672,17 @@ impl VfioSet {
                 id: id.clone(),
                 source,
             })?;
-            let iommufd = match &set.backend {
-                Backend::Iommufd(b) => Some(b.object.clone()),
-                Backend::Type1 { .. } => None,
-            };
+            let iommufd = iommufd.clone();
             set.devices
                 .push((VfioDeviceConfig { host, id, iommufd }, key, d));
         }
-        trace(format_args!("cpr-load: VFIO restored in {:.3} ms", ms(t)));
         Ok(set)
     }
 
     /// The raw container fd, or the iommufd (tests and diagnostics).
     pub fn container_fd(&self) -> RawFd {
         match &self.backend {
-            Backend::Type1 { container, .. } => container.fd(),
+            Backend::Type1(b) => b.fd(),
             Backend::Iommufd(b) => b.fd(),
         }
     }
@@ -639,11 +719,4 @@ fn same_pages(saved: &DmaMappingState, now: &[Mapping]) -> Result<Mapping, VfioS
         fd: g.fd,
         state: g.state.clone(),
     })
-}
-
-/// The back-end section of a saved set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VfioBackendState {
-    Container(VfioContainerState),
-    Iommufd(VfioIommufdState),
 }
