@@ -62,7 +62,7 @@ impl Row {
     }
 
     fn ram(&self) -> String {
-        if self.ram_mib >= 1024 && self.ram_mib % 1024 == 0 {
+        if self.ram_mib >= 1024 && self.ram_mib.is_multiple_of(1024) {
             format!("{} GiB", self.ram_mib / 1024)
         } else {
             format!("{} MiB", self.ram_mib)
@@ -256,7 +256,9 @@ pub fn plot(_rows: &[Row], _path: &Path) -> Result<(), String> {
 pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     register_font()?;
-    let series: Vec<(String, Vec<(f64, f64)>, RGBColor, bool)> = [
+    /// One line of the plot: label, (GiB, ms) points, colour, dashed (a floor).
+    type Series = (String, Vec<(f64, f64)>, RGBColor, bool);
+    let series: Vec<Series> = [
         ("restart", "4k", RED, false),
         ("restart", "hugetlb", BLUE, false),
         ("restart", "shmem-thp", GREEN, false),
