@@ -151,6 +151,17 @@ impl Report for CheckReport {
                 b.from
             ));
         }
+        if let (true, false, Some(sections)) = (
+            self.new_loads_old.compatible,
+            self.old_loads_new.compatible,
+            self.old_loads_new.only_unknown_sections(),
+        ) {
+            out.push_str(&format!(
+                "Verdict: upgrade; the old version loads only new images without {}\n",
+                sections.join(", ")
+            ));
+            return out;
+        }
         out.push_str(
             match (self.new_loads_old.compatible, self.old_loads_new.compatible) {
                 (true, true) => "Verdict: compatible both ways\n",
