@@ -246,61 +246,34 @@ macro_rules! copy_fields {
     };
 }
 
-impl From<&kvm_regs> for Regs {
-    fn from(r: &kvm_regs) -> Self {
-        copy_fields!(
-            r,
-            Regs {
-                rax,
-                rbx,
-                rcx,
-                rdx,
-                rsi,
-                rdi,
-                rsp,
-                rbp,
-                r8,
-                r9,
-                r10,
-                r11,
-                r12,
-                r13,
-                r14,
-                r15,
-                rip,
-                rflags
+/// `From` both ways between a KVM struct and its named state when every field is a plain
+/// copy; whatever else the KVM struct has (padding, reserved words) is zero on the way in.
+macro_rules! both_ways {
+    ($kvm:ident <=> $ours:ident { $($f:ident),* $(,)? }) => {
+        impl From<&$kvm> for $ours {
+            fn from(k: &$kvm) -> Self {
+                copy_fields!(k, $ours { $($f),* })
             }
-        )
-    }
+        }
+
+        impl From<&$ours> for $kvm {
+            // Some KVM structs have no other field: the update is then a no-op.
+            #[allow(clippy::needless_update)]
+            fn from(o: &$ours) -> Self {
+                copy_fields!(o, $kvm { $($f),* }, Default::default())
+            }
+        }
+    };
 }
 
-impl From<&Regs> for kvm_regs {
-    fn from(r: &Regs) -> Self {
-        copy_fields!(
-            r,
-            kvm_regs {
-                rax,
-                rbx,
-                rcx,
-                rdx,
-                rsi,
-                rdi,
-                rsp,
-                rbp,
-                r8,
-                r9,
-                r10,
-                r11,
-                r12,
-                r13,
-                r14,
-                r15,
-                rip,
-                rflags
-            }
-        )
-    }
-}
+both_ways!(kvm_regs <=> Regs {
+    rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8, r9, r10, r11, r12, r13, r14, r15, rip, rflags
+});
+both_ways!(kvm_dtable <=> DescriptorTable { base, limit });
+both_ways!(kvm_debugregs <=> DebugRegs { db, dr6, dr7, flags });
+both_ways!(kvm_mp_state <=> MpState { mp_state });
+both_ways!(kvm_cpuid_entry2 <=> CpuidEntry { function, index, flags, eax, ebx, ecx, edx });
+both_ways!(kvm_msr_entry <=> MsrEntry { index, data });
 
 impl From<&kvm_segment> for Segment {
     fn from(k: &kvm_segment) -> Self {
@@ -348,25 +321,6 @@ impl From<&Segment> for kvm_segment {
                 },
                 Default::default()
             )
-        }
-    }
-}
-
-impl From<&kvm_dtable> for DescriptorTable {
-    fn from(d: &kvm_dtable) -> Self {
-        DescriptorTable {
-            base: d.base,
-            limit: d.limit,
-        }
-    }
-}
-
-impl From<&DescriptorTable> for kvm_dtable {
-    fn from(d: &DescriptorTable) -> Self {
-        kvm_dtable {
-            base: d.base,
-            limit: d.limit,
-            ..Default::default()
         }
     }
 }
@@ -551,105 +505,6 @@ impl From<&Lapic> for kvm_lapic_state {
             *dst = *src as _;
         }
         k
-    }
-}
-
-impl From<&kvm_debugregs> for DebugRegs {
-    fn from(d: &kvm_debugregs) -> Self {
-        copy_fields!(
-            d,
-            DebugRegs {
-                db,
-                dr6,
-                dr7,
-                flags
-            }
-        )
-    }
-}
-
-impl From<&DebugRegs> for kvm_debugregs {
-    fn from(d: &DebugRegs) -> Self {
-        copy_fields!(
-            d,
-            kvm_debugregs {
-                db,
-                dr6,
-                dr7,
-                flags
-            },
-            Default::default()
-        )
-    }
-}
-
-impl From<&kvm_mp_state> for MpState {
-    fn from(m: &kvm_mp_state) -> Self {
-        MpState {
-            mp_state: m.mp_state,
-        }
-    }
-}
-
-impl From<&MpState> for kvm_mp_state {
-    fn from(m: &MpState) -> Self {
-        kvm_mp_state {
-            mp_state: m.mp_state,
-        }
-    }
-}
-
-impl From<&kvm_cpuid_entry2> for CpuidEntry {
-    fn from(e: &kvm_cpuid_entry2) -> Self {
-        copy_fields!(
-            e,
-            CpuidEntry {
-                function,
-                index,
-                flags,
-                eax,
-                ebx,
-                ecx,
-                edx
-            }
-        )
-    }
-}
-
-impl From<&CpuidEntry> for kvm_cpuid_entry2 {
-    fn from(e: &CpuidEntry) -> Self {
-        copy_fields!(
-            e,
-            kvm_cpuid_entry2 {
-                function,
-                index,
-                flags,
-                eax,
-                ebx,
-                ecx,
-                edx
-            },
-            Default::default()
-        )
-    }
-}
-
-impl From<&kvm_msr_entry> for MsrEntry {
-    fn from(e: &kvm_msr_entry) -> Self {
-        MsrEntry {
-            index: e.index,
-            data: e.data,
-        }
-    }
-}
-
-impl From<&MsrEntry> for kvm_msr_entry {
-    fn from(e: &MsrEntry) -> Self {
-        kvm_msr_entry {
-            index: e.index,
-            data: e.data,
-            ..Default::default()
-        }
     }
 }
 
