@@ -20,57 +20,27 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-LAB=$ROOT/tests/lab
+. "$ROOT/tests/lab/lab-common.sh"
 VMM=${1:?usage: boot.sh VMM DRIVER}
 DRIVER=${2:?usage: boot.sh VMM DRIVER [FLOOR]}
 FLOOR=${3:-}
 W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
 SCENARIOS=${LAB_SCENARIOS:-linux}
 
-missing() { echo "boot.sh: $*" >&2; exit 2; }
-for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout; do
-    command -v "$tool" >/dev/null || missing "$tool not found: install the packages in $LAB/REQUIREMENTS"
-done
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] && ! LC_ALL=C ldd "$BUSYBOX" 2>/dev/null | grep -q '=>' ||
-    missing "$BUSYBOX missing or not static: install busybox-static ($LAB/REQUIREMENTS)"
-for b in "$VMM" "$DRIVER" $FLOOR; do
-    [ -x "$b" ] || missing "$b not found"
-    LC_ALL=C ldd "$b" 2>/dev/null | grep -q '=>' && missing "$b is dynamically linked: build it with +crt-static"
-done
+lab_need qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout
+lab_need_static "$VMM" "$DRIVER" $FLOOR
 GUEST=$ROOT/fixtures/guests/vfio
-[ -f "$GUEST" ] || missing "$GUEST not found (make -C fixtures/guests)"
-mkdir -p "$W/dl"
+lab_need_file "$GUEST" "make -C fixtures/guests"
 
-# The kernel, resolved through the metapackage and cached in $W (as linux-boot.sh does).
-PKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$PKG" ] || missing "apt knows no linux-image-cloud-amd64: run 'apt-get update' first"
-KV=${PKG#linux-image-}
-if [ ! -f "$W/kernel-$KV/boot/vmlinuz-$KV" ]; then
-    ls "$W/dl/${PKG}_"*.deb >/dev/null 2>&1 || (cd "$W/dl" && apt-get download "$PKG" >/dev/null) ||
-        missing "apt-get download $PKG failed"
-    rm -rf "$W/kernel-$KV.tmp"
-    dpkg-deb -x "$W/dl/${PKG}_"*.deb "$W/kernel-$KV.tmp"
-    mv "$W/kernel-$KV.tmp" "$W/kernel-$KV"
-fi
-K=$W/kernel-$KV
-MODS=$K/lib/modules/$KV/kernel
-mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
+# The kernel, cached in $W (as linux-boot.sh does).
+lab_debian_kernel
 
 # The Linux guest's initramfs: busybox and the lab's l2-init (a shell on ttyS0).
-R2=$W/rootfs-bench-l2
-rm -rf "$R2" && mkdir -p "$R2"/{bin,proc,sys,dev,tmp}
-cp "$BUSYBOX" "$R2/bin/busybox"
-ln -s busybox "$R2/bin/sh"
-cp "$LAB/l2-init" "$R2/init"
-mkcpio "$R2" "$W/initrd-bench-l2.gz"
+lab_l2_initrd "$W/rootfs-bench-l2" "$W/initrd-bench-l2.gz"
 
 R1=$W/rootfs-bench
-rm -rf "$R1" && mkdir -p "$R1"/{bin,proc,sys,dev,tmp,lib/modules,l2}
-cp "$BUSYBOX" "$R1/bin/busybox"
-cp "$MODS"/virt/lib/irqbypass.ko "$MODS"/arch/x86/kvm/kvm.ko "$MODS"/arch/x86/kvm/kvm-amd.ko \
-   "$MODS"/drivers/vfio/vfio.ko "$MODS"/drivers/vfio/vfio_iommu_type1.ko "$MODS"/drivers/vfio/vfio_virqfd.ko \
-   "$MODS"/drivers/vfio/pci/vfio-pci-core.ko "$MODS"/drivers/vfio/pci/vfio-pci.ko "$R1/lib/modules/"
+lab_rootfs "$R1" lib/modules l2
+lab_modules "$R1/lib/modules" vfio
 cp "$VMM" "$R1/vmm"
 cp "$DRIVER" "$R1/lab-driver"
 cp "$K/boot/vmlinuz-$KV" "$R1/l2/vmlinuz"
@@ -88,24 +58,16 @@ cp "$HERE/l1-init" "$R1/init"
 } > "$R1/lab.env"
 mkcpio "$R1" "$W/initrd-bench.gz"
 
-# Devices only when a scenario assigns them; intel-iommu under TCG turns on interrupt
-# remapping (VFIO_SET_IOMMU needs it).
-DEV=() APPEND="console=ttyS0 panic=-1 quiet loglevel=3"
+# Devices only when a scenario assigns them.
+DEV=() APPEND=$LAB_APPEND
 case " $SCENARIOS " in
 *" vfio "*)
-    DEV=(-device intel-iommu,intremap=on -device edu -device e1000e,romfile=)
+    DEV=("${LAB_VFIO_DEVICES[@]}")
     APPEND="$APPEND intel_iommu=on" ;;
 esac
-echo "boot.sh: booting the lab ($KV) for: $SCENARIOS; host load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "boot.sh: booting the lab ($KV) for: $SCENARIOS; host load average: $(lab_loadavg)"
 echo "lab-bench-qemu $(qemu-system-x86_64 --version | head -n 1)"
 echo "lab-bench-l1 $KV"
-set +e
-timeout --foreground -k 5 "${LAB_TIMEOUT:-900}" qemu-system-x86_64 \
-    -M q35 -accel tcg -cpu max -smp 1 -m 1024 \
-    -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
-    "${DEV[@]}" \
-    -kernel "$K/boot/vmlinuz-$KV" -initrd "$W/initrd-bench.gz" \
-    -append "$APPEND" </dev/null | tee "$W/bench-last.log"
-set -e
-echo "boot.sh: host load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-grep -q '^RESULT: PASS' "$W/bench-last.log"
+lab_boot "${LAB_TIMEOUT:-900}" "$K/boot/vmlinuz-$KV" "$W/initrd-bench.gz" "$APPEND" "$W/bench-last.log" "${DEV[@]}"
+echo "boot.sh: host load average after: $(lab_loadavg)"
+lab_passed "$W/bench-last.log"

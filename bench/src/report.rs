@@ -216,6 +216,19 @@ pub fn json(rows: &[Row], machine: &Value, command: &str) -> Value {
     json!({ "machine": machine, "command": command, "rows": rows })
 }
 
+/// Writes `results.csv`, `results.json` (`json`, pretty) and `results.md` (`markdown`) into
+/// `out`; an error names the file.
+pub fn write_results(out: &Path, rows: &[Row], json: &Value, markdown: &str) -> Result<(), String> {
+    let write = |name: &str, bytes: &[u8]| {
+        let p = out.join(name);
+        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    write("results.csv", csv(rows).as_bytes())?;
+    let pretty = serde_json::to_string_pretty(json).map_err(|e| format!("results.json: {e}"))?;
+    write("results.json", pretty.as_bytes())?;
+    write("results.md", markdown.as_bytes())
+}
+
 /// Rows back from a `results.json` (scenario, size, vCPUs, pages, pause samples): to redraw
 /// the plot without re-running.
 pub fn rows_from_json(v: &Value) -> Vec<Row> {

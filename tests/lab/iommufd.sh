@@ -20,20 +20,14 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$HERE/lab-common.sh"
 VMM=${1:?usage: iommufd.sh VMM}
 W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
 
-missing() { echo "iommufd.sh: $*" >&2; exit 2; }
-for tool in qemu-system-x86_64 cpio gzip timeout; do
-    command -v "$tool" >/dev/null || missing "$tool not found: install the packages in $HERE/REQUIREMENTS"
-done
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] && ! LC_ALL=C ldd "$BUSYBOX" 2>/dev/null | grep -q '=>' ||
-    missing "$BUSYBOX missing or not static: install busybox-static ($HERE/REQUIREMENTS)"
-[ -x "$VMM" ] || missing "vmm binary $VMM not found"
-LC_ALL=C ldd "$VMM" 2>/dev/null | grep -q '=>' && missing "$VMM is dynamically linked: build it with +crt-static"
+lab_need qemu-system-x86_64 cpio gzip timeout
+lab_need_static "$VMM"
 GUEST=$ROOT/fixtures/guests/vfio
-[ -f "$GUEST" ] || missing "$GUEST not found (make -C fixtures/guests)"
+lab_need_file "$GUEST" "make -C fixtures/guests"
 mkdir -p "$W"
 
 # Exit 2 from build-kernel.sh (something missing) stays 2.
@@ -44,8 +38,7 @@ set -e
 [ "$rc" = 0 ] || { echo "iommufd.sh: build-kernel.sh failed ($rc)" >&2; exit "$rc"; }
 
 R1=$W/rootfs-iommufd
-rm -rf "$R1" && mkdir -p "$R1"/{bin,proc,sys,dev,tmp}
-cp "$BUSYBOX" "$R1/bin/busybox"
+lab_rootfs "$R1"
 cp "$VMM" "$R1/vmm"
 cp "$GUEST" "$R1/vfio-guest"
 if [ -n "${IOMMUFD_PROBE:-}" ]; then
@@ -61,15 +54,9 @@ cp "$HERE/iommufd-l1-init" "$R1/init"
     printf 'LAB_TRANSFER=%q\n' "${LAB_TRANSFER:-0}"
     printf 'LAB_TRANSFER_KILL=%q\n' "${LAB_TRANSFER_KILL:-}"
 } > "$R1/lab.env"
-(cd "$R1" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd-iommufd.gz"
+mkcpio "$R1" "$W/initrd-iommufd.gz"
 
 echo "iommufd.sh: booting the lab ($(basename "$KERNEL")) with edu and e1000e behind an emulated IOMMU"
-set +e
-timeout --foreground -k 5 "${LAB_TIMEOUT:-300}" qemu-system-x86_64 \
-    -M q35 -accel tcg -cpu max -smp 1 -m 1024 \
-    -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
-    -device intel-iommu,intremap=on -device edu -device e1000e,romfile= \
-    -kernel "$KERNEL" -initrd "$W/initrd-iommufd.gz" \
-    -append "console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=3" </dev/null | tee "$W/iommufd-last.log"
-set -e
-grep -q '^RESULT: PASS' "$W/iommufd-last.log"
+lab_boot "${LAB_TIMEOUT:-300}" "$KERNEL" "$W/initrd-iommufd.gz" "$LAB_APPEND intel_iommu=on" \
+    "$W/iommufd-last.log" "${LAB_VFIO_DEVICES[@]}"
+lab_passed "$W/iommufd-last.log"

@@ -32,53 +32,24 @@
 # Exit status: 0 iff the lab printed "RESULT: PASS"; 1 on failure; 2 if something is missing.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/lab-common.sh"
 VMM=${1:?usage: linux-boot.sh VMM}
 W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
 L2_PROMPT='l2-shell'  # followed by '#': see l2-init and console-watch.awk
 
-missing() { echo "linux-boot.sh: $*" >&2; exit 2; }
-for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout; do
-    command -v "$tool" >/dev/null || missing "$tool not found: install the packages in $HERE/REQUIREMENTS"
-done
-BUSYBOX=/bin/busybox
-# A dynamically linked busybox would not run in the initramfs (no libc there).
-[ -x "$BUSYBOX" ] && ! LC_ALL=C ldd "$BUSYBOX" 2>/dev/null | grep -q '=>' ||
-    missing "$BUSYBOX missing or not static: install busybox-static ($HERE/REQUIREMENTS)"
-[ -x "$VMM" ] || missing "vmm binary $VMM not found"
-LC_ALL=C ldd "$VMM" 2>/dev/null | grep -q '=>' && missing "$VMM is dynamically linked: build it with +crt-static"
-mkdir -p "$W/dl"
+lab_need qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout
+lab_need_static "$VMM"
 
-# 1. The kernel: Debian renames its package on every ABI bump, so resolve it through the
-#    metapackage. Downloaded once into $W/dl.
-PKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$PKG" ] || missing "apt knows no linux-image-cloud-amd64: run 'apt-get update' first"
-KV=${PKG#linux-image-}
-if [ ! -f "$W/kernel-$KV/boot/vmlinuz-$KV" ]; then
-    ls "$W/dl/${PKG}_"*.deb >/dev/null 2>&1 || (cd "$W/dl" && apt-get download "$PKG" >/dev/null) ||
-        missing "apt-get download $PKG failed"
-    rm -rf "$W/kernel-$KV.tmp"
-    dpkg-deb -x "$W/dl/${PKG}_"*.deb "$W/kernel-$KV.tmp"
-    mv "$W/kernel-$KV.tmp" "$W/kernel-$KV"
-fi
-K=$W/kernel-$KV
-MODS=$K/lib/modules/$KV/kernel
-
-# newc archive of directory $1, gzipped, into $2
-mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
+# 1. The kernel, downloaded once into $W/dl.
+lab_debian_kernel
 
 # 2. The L2 guest's initramfs: busybox and l2-init.
-R2=$W/rootfs-l2
-rm -rf "$R2" && mkdir -p "$R2"/{bin,proc,sys,dev,tmp}
-cp "$BUSYBOX" "$R2/bin/busybox"
-ln -s busybox "$R2/bin/sh"  # lets rdinit=/bin/sh give a bare shell when debugging
-cp "$HERE/l2-init" "$R2/init"
-mkcpio "$R2" "$W/initrd-l2.gz"
+lab_l2_initrd "$W/rootfs-l2" "$W/initrd-l2.gz"
 
 # 3. The lab host's initramfs: busybox, KVM modules, our vmm, the L2 kernel and initramfs.
 R1=$W/rootfs-l1
-rm -rf "$R1" && mkdir -p "$R1"/{bin,proc,sys,dev,tmp,lib/modules,l2}
-cp "$BUSYBOX" "$R1/bin/busybox"
-cp "$MODS/virt/lib/irqbypass.ko" "$MODS/arch/x86/kvm/kvm.ko" "$MODS/arch/x86/kvm/kvm-amd.ko" "$R1/lib/modules/"
+lab_rootfs "$R1" lib/modules l2
+lab_modules "$R1/lib/modules" kvm
 cp "$VMM" "$R1/vmm"
 cp "${L2_KERNEL:-$K/boot/vmlinuz-$KV}" "$R1/l2/vmlinuz"
 cp "$W/initrd-l2.gz" "$R1/l2/initrd.gz"
@@ -96,14 +67,8 @@ cp "$HERE/console-watch.awk" "$R1/"
 } > "$R1/lab.env"
 mkcpio "$R1" "$W/initrd-l1.gz"
 
-# 4. Boot the lab host. -cpu max under TCG gives SVM with nested paging.
-echo "linux-boot.sh: booting the lab ($KV); host load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-set +e
-timeout --foreground -k 5 "${LAB_TIMEOUT:-300}" qemu-system-x86_64 \
-    -M q35 -accel tcg -cpu max -smp 1 -m 1024 \
-    -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
-    -kernel "$K/boot/vmlinuz-$KV" -initrd "$W/initrd-l1.gz" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3" </dev/null | tee "$W/last.log"
-set -e
-echo "linux-boot.sh: host load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-grep -q '^RESULT: PASS' "$W/last.log"
+# 4. Boot the lab host.
+echo "linux-boot.sh: booting the lab ($KV); host load average: $(lab_loadavg)"
+lab_boot "${LAB_TIMEOUT:-300}" "$K/boot/vmlinuz-$KV" "$W/initrd-l1.gz" "$LAB_APPEND" "$W/last.log"
+echo "linux-boot.sh: host load average after: $(lab_loadavg)"
+lab_passed "$W/last.log"

@@ -26,42 +26,21 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$HERE/lab-common.sh"
 VMM=${1:?usage: vfio.sh VMM}
 W=${LAB_WORK:-${TMPDIR:-/tmp}/cpr-lab}
 
-missing() { echo "vfio.sh: $*" >&2; exit 2; }
-for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout; do
-    command -v "$tool" >/dev/null || missing "$tool not found: install the packages in $HERE/REQUIREMENTS"
-done
-BUSYBOX=/bin/busybox
-[ -x "$BUSYBOX" ] && ! LC_ALL=C ldd "$BUSYBOX" 2>/dev/null | grep -q '=>' ||
-    missing "$BUSYBOX missing or not static: install busybox-static ($HERE/REQUIREMENTS)"
-[ -x "$VMM" ] || missing "vmm binary $VMM not found"
-LC_ALL=C ldd "$VMM" 2>/dev/null | grep -q '=>' && missing "$VMM is dynamically linked: build it with +crt-static"
+lab_need qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb timeout
+lab_need_static "$VMM"
 GUEST=$ROOT/fixtures/guests/vfio
-[ -f "$GUEST" ] || missing "$GUEST not found (make -C fixtures/guests)"
-mkdir -p "$W/dl"
+lab_need_file "$GUEST" "make -C fixtures/guests"
 
-# The kernel (kvm and vfio modules): as linux-boot.sh, resolved through the metapackage.
-PKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$PKG" ] || missing "apt knows no linux-image-cloud-amd64: run 'apt-get update' first"
-KV=${PKG#linux-image-}
-if [ ! -f "$W/kernel-$KV/boot/vmlinuz-$KV" ]; then
-    ls "$W/dl/${PKG}_"*.deb >/dev/null 2>&1 || (cd "$W/dl" && apt-get download "$PKG" >/dev/null) ||
-        missing "apt-get download $PKG failed"
-    rm -rf "$W/kernel-$KV.tmp"
-    dpkg-deb -x "$W/dl/${PKG}_"*.deb "$W/kernel-$KV.tmp"
-    mv "$W/kernel-$KV.tmp" "$W/kernel-$KV"
-fi
-K=$W/kernel-$KV
-MODS=$K/lib/modules/$KV/kernel
+# The kernel (kvm and vfio modules): as linux-boot.sh.
+lab_debian_kernel
 
 R1=$W/rootfs-vfio
-rm -rf "$R1" && mkdir -p "$R1"/{bin,proc,sys,dev,tmp,lib/modules}
-cp "$BUSYBOX" "$R1/bin/busybox"
-cp "$MODS"/virt/lib/irqbypass.ko "$MODS"/arch/x86/kvm/kvm.ko "$MODS"/arch/x86/kvm/kvm-amd.ko \
-   "$MODS"/drivers/vfio/vfio.ko "$MODS"/drivers/vfio/vfio_iommu_type1.ko "$MODS"/drivers/vfio/vfio_virqfd.ko \
-   "$MODS"/drivers/vfio/pci/vfio-pci-core.ko "$MODS"/drivers/vfio/pci/vfio-pci.ko "$R1/lib/modules/"
+lab_rootfs "$R1" lib/modules
+lab_modules "$R1/lib/modules" vfio
 cp "$VMM" "$R1/vmm"
 cp "$GUEST" "$R1/vfio-guest"
 cp "$ROOT/fixtures/guests/vfio-intx" "$R1/vfio-intx-guest"
@@ -77,16 +56,9 @@ cp "$HERE/vfio-l1-init" "$R1/init"
     printf 'LAB_INTX=%q\n' "${LAB_INTX:-0}"
     printf 'LAB_MEMLOCK=%q\n' "${LAB_MEMLOCK:-0}"
 } > "$R1/lab.env"
-(cd "$R1" && find . | cpio -o -H newc --quiet | gzip -1) > "$W/initrd-vfio.gz"
+mkcpio "$R1" "$W/initrd-vfio.gz"
 
-# intel-iommu under TCG turns on interrupt remapping (VFIO_SET_IOMMU needs it).
 echo "vfio.sh: booting the lab ($KV) with edu and e1000e behind an emulated IOMMU"
-set +e
-timeout --foreground -k 5 "${LAB_TIMEOUT:-300}" qemu-system-x86_64 \
-    -M q35 -accel tcg -cpu max -smp 1 -m 1024 \
-    -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
-    -device intel-iommu,intremap=on -device edu -device e1000e,romfile= \
-    -kernel "$K/boot/vmlinuz-$KV" -initrd "$W/initrd-vfio.gz" \
-    -append "console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=3" </dev/null | tee "$W/vfio-last.log"
-set -e
-grep -q '^RESULT: PASS' "$W/vfio-last.log"
+lab_boot "${LAB_TIMEOUT:-300}" "$K/boot/vmlinuz-$KV" "$W/initrd-vfio.gz" "$LAB_APPEND intel_iommu=on" \
+    "$W/vfio-last.log" "${LAB_VFIO_DEVICES[@]}"
+lab_passed "$W/vfio-last.log"

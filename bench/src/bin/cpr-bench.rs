@@ -378,19 +378,8 @@ fn run(args: &Args) -> Result<(), String> {
         machine["kernel"].as_str().unwrap_or("?"),
     );
     println!("{}", report::table(&rows));
-    let write = |name: &str, bytes: &[u8]| {
-        let p = out.join(name);
-        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    write("results.csv", report::csv(&rows).as_bytes())?;
     let json = report::json(&rows, &machine, &command);
-    write(
-        "results.json",
-        serde_json::to_string_pretty(&json)
-            .map_err(|e| e.to_string())?
-            .as_bytes(),
-    )?;
-    write("results.md", report::table(&rows).as_bytes())?;
+    report::write_results(&out, &rows, &json, &report::table(&rows))?;
     if let Err(e) = report::plot(&rows, &out.join("pause-vs-ram.png")) {
         eprintln!("cpr-bench: no plot: {e}");
     }

@@ -384,18 +384,7 @@ fn run(a: &Args) -> Result<(), String> {
     );
     let table = report::table(&rows);
     println!("{title}{table}");
-    let write = |name: &str, bytes: &[u8]| {
-        let p = out.join(name);
-        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    write("results.csv", report::csv(&rows).as_bytes())?;
-    write(
-        "results.json",
-        serde_json::to_string_pretty(&json)
-            .map_err(|e| e.to_string())?
-            .as_bytes(),
-    )?;
-    write("results.md", format!("{title}{table}\n").as_bytes())?;
+    report::write_results(&out, &rows, &json, &format!("{title}{table}\n"))?;
     println!("results in {}", out.display());
     if failed {
         return Err("a lab scenario failed (see the table and console-*.log)".into());

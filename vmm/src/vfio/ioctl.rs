@@ -100,8 +100,8 @@ fn ioctl_err(
     }
 }
 
-/// Checks an ioctl's return value: negative means errno.
-fn check(r: libc::c_int) -> Result<libc::c_int, std::io::Error> {
+/// Checks an ioctl's return value: negative means errno. (Shared with the iommufd backend.)
+pub(crate) fn check(r: libc::c_int) -> Result<libc::c_int, std::io::Error> {
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {

@@ -14,6 +14,8 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use super::ioctl::check;
+
 /// `_IO(IOMMUFD_TYPE, nr)`: like VFIO, iommufd ioctls carry no size or direction bits (the
 /// structs start with their own size).
 const fn iommufd_io(nr: u32) -> libc::c_ulong {
@@ -150,14 +152,6 @@ fn ioctl_err(
         ioctl,
         what,
         source,
-    }
-}
-
-fn check(r: libc::c_int) -> Result<libc::c_int, std::io::Error> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
     }
 }
 
