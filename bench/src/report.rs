@@ -32,6 +32,16 @@ impl Row {
         summarize(&self.samples.pause_ms)
     }
 
+    /// The phase medians as `NAME{between}VALUE` items, `decimals` after the point, joined
+    /// by `join` (the table and the CSV spell them differently).
+    fn phases_text(&self, between: &str, decimals: usize, join: &str) -> String {
+        self.phase_medians()
+            .iter()
+            .map(|(n, v)| format!("{n}{between}{v:.decimals$}"))
+            .collect::<Vec<_>>()
+            .join(join)
+    }
+
     /// Median of each phase, restart phases in pause order, then any others.
     pub fn phase_medians(&self) -> Vec<(String, f64)> {
         let mut names: Vec<String> = RESTART_PHASES
@@ -95,12 +105,7 @@ pub fn table(rows: &[Row]) -> String {
     ]);
     for r in rows {
         let p = r.pause();
-        let phases = r
-            .phase_medians()
-            .iter()
-            .map(|(n, v)| format!("{n} {v:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let phases = r.phases_text(" ", 2, ", ");
         let (sg, lg) = r.gbps();
         let mut extra = phases;
         if let (Some(s), Some(l)) = (sg, lg) {
@@ -145,12 +150,7 @@ pub fn csv(rows: &[Row]) -> String {
     s.push('\n');
     for r in rows {
         let p = r.pause();
-        let phases = r
-            .phase_medians()
-            .iter()
-            .map(|(n, v)| format!("{n}={v:.3}"))
-            .collect::<Vec<_>>()
-            .join(";");
+        let phases = r.phases_text("=", 3, ";");
         let (sg, lg) = r.gbps();
         let fields = [
             r.scenario.clone(),
