@@ -62,6 +62,15 @@ struct Old {
     hmp: Hmp,
 }
 
+/// The guest still counts, unbroken, in the old vmm, which then quits cleanly.
+fn keeps_counting_then_quits(mut old: Old) {
+    let at = last_number(&old.serial, "count ");
+    wait_past(&mut old.serial, "count ", at + 3);
+    assert_consecutive(&old.serial.seen, "count ");
+    old.hmp.0.write_all(b"quit\n").expect("quit");
+    assert_eq!(old.vmm.wait().0.code(), Some(0));
+}
+
 fn start_old(dir: &Scratch, args: &[String], env: &[(&str, &str)]) -> Old {
     let mut vmm = spawn(&vmm_bin(), args, env);
     let serial = Watch::new(vmm.connect(&dir.path("ser.sock")));
@@ -256,11 +265,7 @@ fn killed_at(step: &str) {
     assert_eq!(old.hmp.cmd("info status"), "VM status: running\n");
     let info = old.hmp.cmd("info cpr");
     assert!(info.contains("last error:"), "{info}");
-    let at = last_number(&old.serial, "count ");
-    wait_past(&mut old.serial, "count ", at + 3);
-    assert_consecutive(&old.serial.seen, "count ");
-    old.hmp.0.write_all(b"quit\n").expect("quit");
-    assert_eq!(old.vmm.wait().0.code(), Some(0));
+    keeps_counting_then_quits(old);
 }
 
 #[test]
@@ -319,11 +324,7 @@ fn a_stalled_new_vmm_times_out_and_never_runs_the_guest() {
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("it stays there"), "{err}");
     assert!(err.contains("closed the cpr channel"), "{err}");
-    let at = last_number(&old.serial, "count ");
-    wait_past(&mut old.serial, "count ", at + 3);
-    assert_consecutive(&old.serial.seen, "count ");
-    old.hmp.0.write_all(b"quit\n").expect("quit");
-    assert_eq!(old.vmm.wait().0.code(), Some(0));
+    keeps_counting_then_quits(old);
 }
 
 #[test]
