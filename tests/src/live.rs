@@ -113,6 +113,36 @@ impl LiveVm {
     }
 }
 
+/// Asserts `v` counts up by one from its first value, with at least `min` values.
+pub fn assert_consecutive(v: &[u64], min: usize, what: &str) {
+    assert!(v.len() >= min, "{what}: only {} values: {v:?}", v.len());
+    for w in v.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{what}: {} followed by {}", w[0], w[1]);
+    }
+}
+
+/// Waits until the guest printed a `prefix N` line with N > `after`.
+pub fn wait_past(vm: &mut LiveVm, prefix: &str, after: u64) {
+    let want = after + 3;
+    loop {
+        let last = numbers(&vm.serial.seen, prefix)
+            .last()
+            .copied()
+            .unwrap_or(0);
+        if last >= want {
+            return;
+        }
+        vm.serial.wait_for(&format!("{prefix}{}\n", last + 1));
+    }
+}
+
+pub fn last_number(vm: &LiveVm, prefix: &str) -> u64 {
+    numbers(&vm.serial.seen, prefix)
+        .last()
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Numbers N of complete `PREFIX N` lines in `text`, in order.
 pub fn numbers(text: &str, prefix: &str) -> Vec<u64> {
     let complete = match text.rfind('\n') {

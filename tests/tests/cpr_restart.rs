@@ -5,40 +5,10 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 
-use cpr_tests::live::{fd_table, numbers, LiveVm};
+use cpr_tests::live::{assert_consecutive, fd_table, last_number, numbers, wait_past, LiveVm};
 use cpr_tests::{vmm_bin, Hmp, Scratch, Vmm, Watch};
 
 const MEMFD: &[&str] = &["-machine", "memfd-alloc=on"];
-
-/// Asserts `v` counts up by one from its first value, with at least `min` values.
-fn assert_consecutive(v: &[u64], min: usize, what: &str) {
-    assert!(v.len() >= min, "{what}: only {} values: {v:?}", v.len());
-    for w in v.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "{what}: {} followed by {}", w[0], w[1]);
-    }
-}
-
-/// Waits until the guest printed a `prefix N` line with N > `after`.
-fn wait_past(vm: &mut LiveVm, prefix: &str, after: u64) {
-    let want = after + 3;
-    loop {
-        let last = numbers(&vm.serial.seen, prefix)
-            .last()
-            .copied()
-            .unwrap_or(0);
-        if last >= want {
-            return;
-        }
-        vm.serial.wait_for(&format!("{prefix}{}\n", last + 1));
-    }
-}
-
-fn last_number(vm: &LiveVm, prefix: &str) -> u64 {
-    numbers(&vm.serial.seen, prefix)
-        .last()
-        .copied()
-        .unwrap_or(0)
-}
 
 #[test]
 fn counter_continues_across_an_update_with_the_same_pid_and_ram() {
@@ -267,7 +237,8 @@ fn exec_without_dash_s_is_refused_and_the_guest_resumes() {
     let line = format!("cpr-exec {} {}", vmm_bin().display(), vm.args.join(" "));
     assert_eq!(
         vm.hmp.cmd(&line),
-        "Error: the new command line must include -S (the new vmm waits for cpr-load)\n"
+        "Error: the new command line must include -S (the new vmm waits for cpr-load) or \
+         -incoming FILE (it loads FILE at once)\n"
     );
     assert_eq!(vm.status(), "VM status: running\n");
     assert_eq!(

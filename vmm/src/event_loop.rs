@@ -197,7 +197,7 @@ fn service<V: VmControl>(chardev: &mut Chardev, frontend: &mut Frontend, ctl: &m
 }
 
 /// Sends queued events to every negotiated QMP client.
-fn broadcast<V: VmControl>(f: &mut Frontends, ctl: &mut Controller<V>) {
+pub(crate) fn broadcast<V: VmControl>(f: &Frontends, ctl: &mut Controller<V>) {
     let events = ctl.take_events();
     if events.is_empty() {
         return;
@@ -389,10 +389,11 @@ pub fn run_loop(
 pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     // First, before anything opens a descriptor: the hand-over of a cpr-exec, if any.
     let handover = cpr::fds::take_handover().map_err(StartError::Handover)?;
-    // -incoming FILE: the machine may come from the image.
-    let incoming_config = match &config.incoming {
-        Some(image) => Some(cpr::incoming_image::effective_config(config, image)?),
-        None => None,
+    // -incoming FILE: the machine may come from a reboot-mode image. After a cpr-exec,
+    // FILE is the restart image: the command line describes the machine.
+    let incoming_config = match (&config.incoming, &handover) {
+        (Some(image), None) => Some(cpr::incoming_image::effective_config(config, image)?),
+        _ => None,
     };
     let config = incoming_config.as_ref().unwrap_or(config);
     if config.only_cpr_capable {
@@ -436,11 +437,25 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             let a = cpr::adopt(config, &bytes, exec_ns)?;
             let mut ctl = Controller::new(a.vm);
             ctl.cpr = a.status;
-            let mut f = a.frontends;
-            if let Some((i, reply)) = a.pending_reply {
-                send(&f.chardevs[i], &deferred_reply(&reply, &Ok(String::new())));
-                // The reply printed, an HMP session shows no extra prompt later.
-                let _ = &mut f;
+            let f = a.frontends;
+            // With -incoming FILE the whole update was this one cpr-exec: load now and
+            // answer it with the outcome. Without, answer now; cpr-load comes next.
+            let outcome = match &config.incoming {
+                Some(image) => cpr::load_at_start(&f, &mut ctl, &host, image, config.start_paused),
+                None => Ok(String::new()),
+            };
+            match (a.pending_reply, &outcome) {
+                (Some((i, reply)), _) => send(&f.chardevs[i], &deferred_reply(&reply, &outcome)),
+                (None, Err(e)) => eprintln!(
+                    "vmm: cannot load {}: {}; the guest waits, paused, for cpr-load",
+                    config
+                        .incoming
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display(),
+                    e.desc
+                ),
+                (None, Ok(_)) => {}
             }
             (f, ctl)
         }

@@ -392,12 +392,14 @@ fn check_ram_identity(
     Ok(())
 }
 
-/// cpr-load: verify the image, restore into the waiting VM, resume if the guest ran.
+/// cpr-load: verify the image, restore into the waiting VM, resume if the guest ran (and
+/// `stay_paused` is false: `-S -incoming FILE` loads and waits for `cont`).
 pub fn load(
     f: &Frontends,
     ctl: &mut Controller<Vm>,
     host: &Host,
     path: &Path,
+    stay_paused: bool,
 ) -> Result<String, CprError> {
     let inc = match &mut ctl.vm {
         Vm::Incoming(i) => i,
@@ -412,6 +414,7 @@ pub fn load(
             .collect();
     check_ram_identity(&img, &inc.ram_fds, &names)?;
     let (state, resume_after) = image::machine_state(&img)?;
+    let resume_after = resume_after && !stay_paused;
     let prepared = match inc.machine.take() {
         Some(m) => m,
         None => Machine::prepare_incoming(

@@ -82,8 +82,16 @@ pub enum CprError {
     Incoming,
     #[error("cpr-exec needs a cpr-save in restart mode first")]
     NotSaved,
-    #[error("the new command line must include -S (the new vmm waits for cpr-load)")]
+    #[error(
+        "the new command line must include -S (the new vmm waits for cpr-load) or \
+         -incoming FILE (it loads FILE at once)"
+    )]
     NoDashS,
+    #[error(
+        "the new command line loads {given} (-incoming) but cpr-save wrote {saved}: the guest \
+         continues in this process"
+    )]
+    IncomingMismatch { given: String, saved: String },
     #[error("cpr-exec needs the new command line")]
     NoArgv,
     #[error("an argument of the new command line contains a NUL byte")]
@@ -281,9 +289,26 @@ pub fn perform(
         {
             reboot::load(f, ctl, host, Path::new(&path))
         }
-        CprOp::Load { path } => load(f, ctl, host, Path::new(&path)),
+        CprOp::Load { path } => load(f, ctl, host, Path::new(&path), false),
     };
     result.map_err(|e| {
+        let e = CmdError::from(e);
+        ctl.cpr.last_error = Some(e.desc.clone());
+        e
+    })
+}
+
+/// `-incoming FILE` in a process started by cpr-exec: load the restart image at once,
+/// for the reply to that cpr-exec. A failure leaves the guest paused here with its RAM
+/// intact: a cpr-load, or a cpr-exec with a corrected command line, can follow.
+pub fn load_at_start(
+    f: &Frontends,
+    ctl: &mut Controller<Vm>,
+    host: &Host,
+    path: &Path,
+    stay_paused: bool,
+) -> Result<String, CmdError> {
+    load(f, ctl, host, path, stay_paused).map_err(|e| {
         let e = CmdError::from(e);
         ctl.cpr.last_error = Some(e.desc.clone());
         e
@@ -439,7 +464,30 @@ fn handover(
     w.to_bytes().map_err(err)
 }
 
+/// The image a new command line loads at start-up (`-incoming FILE`), if any: a cpr
+/// channel or `defer` is not a file.
+pub fn incoming_image(argv: &[String]) -> Option<&str> {
+    argv.windows(2)
+        .rev()
+        .find(|w| w[0] == "-incoming" || w[0] == "--incoming")
+        .map(|w| w[1].as_str())
+        .filter(|v| *v != "defer" && !v.starts_with("cpr:") && !v.trim_start().starts_with('{'))
+}
+
+/// Whether two image paths name the same file (as given when either cannot be resolved).
+fn same_image(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 /// cpr-exec: hand over and execve; on return (failure) undo and resume.
+///
+/// One command does the whole update when the new command line has `-incoming FILE` and
+/// nothing is saved yet: the state is saved to FILE first (as `cpr-save FILE restart`),
+/// and the new process loads it at start-up. That saves the guest two client round trips
+/// of pause.
 pub fn exec(
     f: &Frontends,
     ctl: &mut Controller<Vm>,
@@ -448,6 +496,13 @@ pub fn exec(
     reply: &ReplyTo,
     argv: &[String],
 ) -> Result<String, CprError> {
+    if let Some(file) = incoming_image(argv) {
+        if ctl.cpr.phase == Phase::None {
+            save(f, ctl, host, Path::new(file), "restart")?;
+            // STOP and CPR_SAVE reach QMP clients through the hand-over's queued output.
+            crate::event_loop::broadcast(f, ctl);
+        }
+    }
     let attempt = exec_attempt(f, ctl, host, origin, reply, argv);
     // Only failures return here: the guest continues in this process.
     let err = match attempt {
@@ -484,8 +539,18 @@ fn exec_attempt(
     let Some(argv0) = argv.first() else {
         return Err(CprError::NoArgv);
     };
-    if !argv.iter().any(|a| a == "-S") {
+    let loads = incoming_image(argv);
+    if loads.is_none() && !argv.iter().any(|a| a == "-S") {
         return Err(CprError::NoDashS);
+    }
+    if let Some(given) = loads {
+        let saved = ctl.cpr.image.clone().unwrap_or_default();
+        if !same_image(given, &saved) {
+            return Err(CprError::IncomingMismatch {
+                given: given.to_string(),
+                saved,
+            });
+        }
     }
     let cargs = argv
         .iter()
