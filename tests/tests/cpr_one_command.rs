@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use cpr_tests::live::{assert_consecutive, last_number, numbers, wait_past, LiveVm};
-use cpr_tests::vmm_bin;
+use cpr_tests::{vmm_bin, RawQmp};
 
 const MEMFD: &[&str] = &["-machine", "memfd-alloc=on"];
 
@@ -161,5 +161,47 @@ fn exec_of_a_missing_binary_after_the_save_resumes_the_guest() {
         )
     );
     assert_eq!(vm.status(), "VM status: running\n");
+    keeps_counting(&mut vm, 3);
+}
+
+#[test]
+fn over_qmp_the_reply_comes_from_the_new_vmm_then_cpr_load_and_resume() {
+    let dir_probe = cpr_tests::Scratch::new("cpr1-qmp-sock");
+    let qmp_sock = dir_probe.str("qmp.sock");
+    let qmp_arg = format!("unix:{qmp_sock},server=on,wait=off");
+    let mut vm = LiveVm::start(
+        "cpr1-qmp",
+        "counter",
+        &["-machine", "memfd-alloc=on", "-qmp", &qmp_arg],
+    );
+    vm.serial.wait_for("count 2\n");
+    let pid = vm.pid();
+    let mut q = RawQmp::new(vm.vmm.connect(std::path::Path::new(&qmp_sock)));
+    assert!(q.line().contains("QMP"));
+    let mut events = Vec::new();
+    q.request(r#"{"execute":"qmp_capabilities"}"#, &mut events);
+    let img = vm.image();
+    let mut argv = vec![vmm_bin().display().to_string()];
+    argv.extend(vm.args.iter().cloned());
+    argv.extend(["-incoming".to_string(), img.clone()]);
+    let req = serde_json::json!({"execute": "cpr-exec", "arguments": {"argv": argv}, "id": 5});
+    let reply = q.request(&format!("{req}\n"), &mut events);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap(),
+        serde_json::json!({"return": {}, "id": 5})
+    );
+    let names: Vec<_> = events.iter().map(|e| e["event"].clone()).collect();
+    assert_eq!(names, ["STOP", "CPR_SAVE"], "{events:?}");
+    // The new vmm's events follow its reply without any further request.
+    let load: serde_json::Value = serde_json::from_str(&q.line()).unwrap();
+    assert_eq!(load["event"], "CPR_LOAD", "{load}");
+    assert_eq!(load["data"]["filename"], img.as_str());
+    assert!(
+        load["data"]["timing"]["pause-us"].as_f64().is_some(),
+        "{load}"
+    );
+    let resume: serde_json::Value = serde_json::from_str(&q.line()).unwrap();
+    assert_eq!(resume["event"], "RESUME", "{resume}");
+    assert_eq!(vm.pid(), pid);
     keeps_counting(&mut vm, 3);
 }

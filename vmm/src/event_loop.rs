@@ -293,6 +293,9 @@ pub fn run_loop(
             run_deferred(f, ctl, host, i);
         }
     }
+    // Events of the start-up (a load at once after cpr-exec, a transfer) go out now, not
+    // after whatever wakes the loop first.
+    broadcast(f, ctl);
     loop {
         if let Some(exit) = ctl.exit() {
             broadcast(f, ctl);

@@ -7,7 +7,9 @@
 //! vCPUs + first run, from a minimal program) and prints both.
 //!
 //! Usage: cpr-pause [--mem-mib N] [--smp N] [--updates N] [--vmm PATH] [--no-touch] [--hugetlb]
-//!        [--no-floor] [--samples]
+//!        [--no-floor] [--samples] [--one-command]
+//! `--one-command` does each update as one `cpr-exec ... -incoming FILE` (save, exec and
+//! load in one command, no client round trip inside the pause) instead of three commands.
 //! `--samples` prints one `sample` line per update (pause and phases, ms) and `--no-floor`
 //! skips cpr-floor: together they let a script interleave two vmm builds (A/B/A/B) and pool
 //! the samples, which on a shared host is the only fair comparison.
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 const USAGE: &str = "usage: cpr-pause [--mem-mib N] [--smp N] [--updates N] [--vmm PATH] \
-                     [--no-touch] [--hugetlb] [--no-floor] [--samples]";
+                     [--no-touch] [--hugetlb] [--no-floor] [--samples] [--one-command]";
 
 struct Args {
     mem_mib: u64,
@@ -43,6 +45,8 @@ struct Args {
     /// Print every update's pause and phases, one line each (`sample` lines), for A/B
     /// scripts that pool samples over interleaved runs.
     samples: bool,
+    /// One `cpr-exec ... -incoming FILE` per update instead of cpr-save, cpr-exec, cpr-load.
+    one_command: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
         hugetlb: false,
         no_floor: false,
         samples: false,
+        one_command: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -77,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
             "--hugetlb" => a.hugetlb = true,
             "--no-floor" => a.no_floor = true,
             "--samples" => a.samples = true,
+            "--one-command" => a.one_command = true,
             _ => return Err(USAGE.into()),
         }
     }
@@ -235,8 +241,13 @@ fn run(a: &Args) -> Result<(), String> {
         .map_err(|e| format!("spawn {}: {e}", vmm.display()))?;
     let result = (|| {
         let mut q = Qmp::connect(&sock, &mut child)?;
-        let mut argv = vec![json!(vmm.display().to_string()), json!("-S")];
+        let mut argv = vec![json!(vmm.display().to_string())];
         argv.extend(args.iter().map(|s| json!(s)));
+        if a.one_command {
+            argv.extend([json!("-incoming"), json!(img.display().to_string())]);
+        } else {
+            argv.push(json!("-S"));
+        }
         let mut pauses = Vec::new();
         let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
         // Let the guest run a little between updates, as a real one would.
@@ -246,12 +257,16 @@ fn run(a: &Args) -> Result<(), String> {
                 // Reads every page of guest RAM through the vmm's mapping.
                 q.execute("query-ram-digest", json!({}))?;
             }
-            q.execute(
-                "cpr-save",
-                json!({"filename": img.display().to_string(), "mode": "restart"}),
-            )?;
-            q.execute("cpr-exec", json!({"argv": argv}))?;
-            q.execute("cpr-load", json!({"filename": img.display().to_string()}))?;
+            if a.one_command {
+                q.execute("cpr-exec", json!({"argv": argv}))?;
+            } else {
+                q.execute(
+                    "cpr-save",
+                    json!({"filename": img.display().to_string(), "mode": "restart"}),
+                )?;
+                q.execute("cpr-exec", json!({"argv": argv}))?;
+                q.execute("cpr-load", json!({"filename": img.display().to_string()}))?;
+            }
             let ev = q.event("CPR_LOAD")?;
             let t = &ev["data"]["timing"];
             let pause = t["pause-us"].as_f64().ok_or("no pause-us")? / 1000.0;
@@ -298,7 +313,12 @@ fn run(a: &Args) -> Result<(), String> {
 
     let (med, p90, max) = summary(&mut pauses);
     println!(
-        "vmm restart-mode pause, {} MiB {} RAM ({}), counter guest, {} vCPUs, {} updates:",
+        "vmm restart-mode pause{}, {} MiB {} RAM ({}), counter guest, {} vCPUs, {} updates:",
+        if a.one_command {
+            " (one cpr-exec -incoming)"
+        } else {
+            ""
+        },
         a.mem_mib,
         if a.hugetlb { "hugetlb memfd" } else { "memfd" },
         if a.touch {

@@ -139,7 +139,9 @@ Standard options:
 -S                   do not start the guest (state 'prelaunch'; use 'cont')
 -only-cpr-capable    allow only devices that survive a live update
 -incoming FILE       load a reboot-mode image (cpr-save FILE reboot) at start-up; without
-                     machine options (-m, -smp, -kernel, -object, ...) the image's are used
+                     machine options (-m, -smp, -kernel, -object, ...) the image's are used.
+                     In a command line given to cpr-exec: save the guest to FILE, exec,
+                     and load FILE at once (a restart-mode update in one command)
 -incoming cpr:unix:PATH
                      wait on PATH (created 0600) for a cpr-transfer from the running
                      vmm, then run its guest; QEMU's spelling

@@ -66,7 +66,8 @@ pub fn commands<V: VmControl>() -> Vec<Command<V>> {
         Command {
             names: &["cpr-exec"],
             params: "argv0 [args...]",
-            help: "exec a new VMM in place (its command line must include -S)",
+            help: "exec a new VMM in place (its command line must include -S; or \
+                   -incoming FILE: save to FILE first, and the new VMM loads it at once)",
             run: cpr_exec,
         },
         Command {
