@@ -26,6 +26,26 @@ fn keeps_counting(vm: &mut LiveVm, min: usize) {
     assert_consecutive(&numbers(&vm.serial.seen, "count "), min, "count");
 }
 
+/// The processes whose parent is `pid`, as "PID STATE".
+fn children(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "PID (COMM) STATE PPID ...": COMM may hold spaces, so split after its ')'.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        if fields.get(1) == Some(&pid.to_string().as_str()) {
+            let child = head.split(' ').next().unwrap_or("?");
+            out.push(format!("{child} {}", fields[0]));
+        }
+    }
+    out
+}
+
 #[test]
 fn one_cpr_exec_saves_execs_loads_and_the_guest_counts_on() {
     let mut vm = LiveVm::start("cpr1-counter", "counter", MEMFD);
@@ -38,6 +58,13 @@ fn one_cpr_exec_saves_execs_loads_and_the_guest_counts_on() {
         assert_eq!(vm.status(), "VM status: running\n");
         keeps_counting(&mut vm, 5);
     }
+    // Each update's teardown helper (holding the old address space) has exited and been
+    // reaped once the guest ran again.
+    let deadline = std::time::Instant::now() + cpr_tests::PATIENCE;
+    while !children(pid).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(children(pid), Vec::<String>::new(), "left-over children");
     let info = vm.hmp.cmd("info cpr");
     assert!(info.contains("state: none\n"), "{info}");
     assert!(info.contains(&format!("image: {img}\n")), "{info}");

@@ -496,19 +496,30 @@ pub fn exec(
     reply: &ReplyTo,
     argv: &[String],
 ) -> Result<String, CprError> {
+    let mut helper = None;
     if let Some(file) = incoming_image(argv) {
         if ctl.cpr.phase == Phase::None {
-            save(f, ctl, host, Path::new(file), "restart")?;
+            // Cloned while the guest still runs: the clone need not be part of the pause.
+            helper = teardown_helper();
+            if let Err(e) = save(f, ctl, host, Path::new(file), "restart") {
+                if let Some(h) = helper {
+                    h.abandon();
+                }
+                return Err(e);
+            }
             // STOP and CPR_SAVE reach QMP clients through the hand-over's queued output.
             crate::event_loop::broadcast(f, ctl);
         }
     }
-    let attempt = exec_attempt(f, ctl, host, origin, reply, argv);
+    let attempt = exec_attempt(f, ctl, host, origin, reply, argv, &mut helper);
     // Only failures return here: the guest continues in this process.
     let err = match attempt {
         Ok(never) => match never {},
         Err(e) => e,
     };
+    if let Some(h) = helper {
+        h.abandon();
+    }
     if let Vm::Active(m) = &mut ctl.vm {
         if ctl.cpr.resume_after && m.run_state() == RunState::Postmigrate {
             m.resume()?;
@@ -528,6 +539,7 @@ fn exec_attempt(
     origin: usize,
     reply: &ReplyTo,
     argv: &[String],
+    early_helper: &mut Option<vmm::teardown::Helper>,
 ) -> Result<Never, CprError> {
     // From Incoming too: a new process whose command line describes another machine
     // (cpr-load says how) execs again with a corrected one, RAM and connections intact.
@@ -600,18 +612,7 @@ fn exec_attempt(
     let env_item = |k: &str, v: String| std::ffi::CString::new(format!("{k}={v}")).ok();
     env.extend(env_item(fds::HANDOVER_ENV, hfile.as_raw_fd().to_string()));
     fds::clear_cloexec_all(&keep)?;
-    // The old mm and VM are freed by this helper after the guest runs again, instead of
-    // by execve inside the pause (see `vmm::teardown`). Best effort: without it, exec frees them.
-    let helper = vmm::teardown::Helper::spawn().ok().and_then(|h| {
-        let fd = h.write_fd();
-        match fds::clear_cloexec_all(&[("teardown".into(), fd)]) {
-            Ok(()) => Some(h),
-            Err(_) => {
-                h.abandon();
-                None
-            }
-        }
-    });
+    let helper = early_helper.take().or_else(teardown_helper);
     if let Some(h) = &helper {
         env.extend(env_item(vmm::teardown::TEARDOWN_ENV, h.env_value()));
     }
@@ -630,6 +631,22 @@ fn exec_attempt(
     Err(CprError::Exec {
         argv0: argv0.clone(),
         source: e,
+    })
+}
+
+/// The old mm and VM are freed by this helper after the guest runs again, instead of by
+/// execve inside the pause (see `vmm::teardown`). Its pipe's write end is inherited across
+/// execve. Best effort: without it, exec frees them.
+fn teardown_helper() -> Option<vmm::teardown::Helper> {
+    vmm::teardown::Helper::spawn().ok().and_then(|h| {
+        let fd = h.write_fd();
+        match fds::clear_cloexec_all(&[("teardown".into(), fd)]) {
+            Ok(()) => Some(h),
+            Err(_) => {
+                h.abandon();
+                None
+            }
+        }
     })
 }
 
