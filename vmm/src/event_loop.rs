@@ -437,6 +437,11 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     };
     let (mut frontends, mut ctl) = match handover {
         Some((bytes, exec_ns)) => {
+            // -incoming FILE: the image is read while the VM is built.
+            let pre = config
+                .incoming
+                .as_deref()
+                .and_then(|p| cpr::Preread::start(p, config));
             let a = cpr::adopt(config, &bytes, exec_ns)?;
             let mut ctl = Controller::new(a.vm);
             ctl.cpr = a.status;
@@ -444,7 +449,9 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             // With -incoming FILE the whole update was this one cpr-exec: load now and
             // answer it with the outcome. Without, answer now; cpr-load comes next.
             let outcome = match &config.incoming {
-                Some(image) => cpr::load_at_start(&f, &mut ctl, &host, image, config.start_paused),
+                Some(image) => {
+                    cpr::load_at_start(&f, &mut ctl, &host, image, config.start_paused, pre)
+                }
                 None => Ok(String::new()),
             };
             match (a.pending_reply, &outcome) {

@@ -392,28 +392,60 @@ fn check_ram_identity(
     Ok(())
 }
 
+/// An image read, verified against the command line and decoded.
+type Decoded = (Image, crate::machine::MachineState, bool);
+
+fn read_image(path: &Path, config: &VmmConfig) -> Result<Decoded, image::ImageError> {
+    let img = image::open_checked(path, config)?;
+    let (state, resume_after) = image::machine_state(&img)?;
+    Ok((img, state, resume_after))
+}
+
+/// A load at start-up (`-incoming FILE` after cpr-exec) reads and decodes the image on a
+/// thread of its own while the main thread builds the VM: on the build machines that is
+/// ~0.4 ms of the pause done in parallel instead of after.
+pub struct Preread(std::thread::JoinHandle<Result<Decoded, image::ImageError>>);
+
+impl Preread {
+    /// Starts reading `path`; `None` if no thread could be started (load reads it then).
+    pub fn start(path: &Path, config: &VmmConfig) -> Option<Preread> {
+        let (path, config) = (path.to_path_buf(), config.clone());
+        std::thread::Builder::new()
+            .name("cpr-preread".into())
+            .spawn(move || read_image(&path, &config))
+            .ok()
+            .map(Preread)
+    }
+}
+
 /// cpr-load: verify the image, restore into the waiting VM, resume if the guest ran (and
-/// `stay_paused` is false: `-S -incoming FILE` loads and waits for `cont`).
+/// `stay_paused` is false: `-S -incoming FILE` loads and waits for `cont`). `pre` is the
+/// same image, already being read.
 pub fn load(
     f: &Frontends,
     ctl: &mut Controller<Vm>,
     host: &Host,
     path: &Path,
     stay_paused: bool,
+    pre: Option<Preread>,
 ) -> Result<String, CprError> {
     let inc = match &mut ctl.vm {
         Vm::Incoming(i) => i,
         Vm::Active(_) => return Err(CprError::NotIncoming),
     };
     inc.stamps.load_started = now_ns();
-    let img = image::open_checked(path, &host.config)?;
+    // A reading thread that died is no answer: read again here.
+    let decoded = match pre.map(|p| p.0.join()) {
+        Some(Ok(result)) => result,
+        _ => read_image(path, &host.config),
+    };
+    let (img, state, resume_after) = decoded?;
     let names: Vec<String> =
         image::ram_state(&inc.ram_fds.iter().map(|b| b.desc).collect::<Vec<_>>())
             .into_iter()
             .map(|b| b.name)
             .collect();
     check_ram_identity(&img, &inc.ram_fds, &names)?;
-    let (state, resume_after) = image::machine_state(&img)?;
     let resume_after = resume_after && !stay_paused;
     let prepared = match inc.machine.take() {
         Some(m) => m,

@@ -45,7 +45,7 @@ pub mod transfer;
 pub mod transfer_timing;
 mod transfer_vfio;
 
-pub use incoming::{adopt, load, Vm};
+pub use incoming::{adopt, load, Preread, Vm};
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
@@ -289,7 +289,7 @@ pub fn perform(
         {
             reboot::load(f, ctl, host, Path::new(&path))
         }
-        CprOp::Load { path } => load(f, ctl, host, Path::new(&path), false),
+        CprOp::Load { path } => load(f, ctl, host, Path::new(&path), false, None),
     };
     result.map_err(|e| {
         let e = CmdError::from(e);
@@ -307,8 +307,9 @@ pub fn load_at_start(
     host: &Host,
     path: &Path,
     stay_paused: bool,
+    pre: Option<Preread>,
 ) -> Result<String, CmdError> {
-    load(f, ctl, host, path, stay_paused).map_err(|e| {
+    load(f, ctl, host, path, stay_paused, pre).map_err(|e| {
         let e = CmdError::from(e);
         ctl.cpr.last_error = Some(e.desc.clone());
         e
