@@ -183,7 +183,16 @@ fn ms(v: &Value) -> Option<f64> {
     v.as_f64().map(|us| us / 1000.0)
 }
 
-/// Restart mode: `runs` successive cpr-save / cpr-exec / cpr-load of one guest lineage.
+/// How a restart-mode update is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// `cpr-exec ... -incoming FILE`: save, exec and load in one command.
+    OneCommand,
+    /// cpr-save, cpr-exec (-S), cpr-load: two client round trips inside the pause.
+    ThreeCommands,
+}
+
+/// Restart mode: `runs` successive updates of one guest lineage, asked for as `flow` says.
 /// `teardown_in_exec` sets VMM_CPR_TEARDOWN_IN_EXEC: execve frees the old mm in the pause,
 /// as before the deferred teardown (the A/B comparison).
 pub fn restart(
@@ -193,6 +202,7 @@ pub fn restart(
     pages: Pages,
     runs: usize,
     teardown_in_exec: bool,
+    flow: Flow,
 ) -> Result<Samples, String> {
     let vars: &[(&str, &str)] = if teardown_in_exec {
         &[("VMM_CPR_TEARDOWN_IN_EXEC", "1")]
@@ -205,15 +215,22 @@ pub fn restart(
     let img = env.scratch.join("restart.img").display().to_string();
     let mut exec_argv = vec![env.vmm.display().to_string()];
     exec_argv.extend(args.iter().cloned());
-    exec_argv.push("-S".into());
+    match flow {
+        Flow::OneCommand => exec_argv.extend(["-incoming".to_string(), img.clone()]),
+        Flow::ThreeCommands => exec_argv.push("-S".into()),
+    }
     let mut out = Samples::default();
     for _ in 0..runs {
         touch_ram(&mut vmm)?;
         // Let the guest run a little between updates (and print a count or two).
         std::thread::sleep(Duration::from_millis(30));
-        vmm.cmd("cpr-save", json!({"filename": img, "mode": "restart"}))?;
+        if flow == Flow::ThreeCommands {
+            vmm.cmd("cpr-save", json!({"filename": img, "mode": "restart"}))?;
+        }
         vmm.cmd("cpr-exec", json!({ "argv": exec_argv }))?;
-        vmm.cmd("cpr-load", json!({ "filename": img }))?;
+        if flow == Flow::ThreeCommands {
+            vmm.cmd("cpr-load", json!({ "filename": img }))?;
+        }
         let c = vmm.cmd("query-cpr", json!({}))?;
         let last = &c["last"];
         let pause = ms(&last["pause-us"]).ok_or_else(|| format!("query-cpr has no pause: {c}"))?;

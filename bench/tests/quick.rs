@@ -27,6 +27,7 @@ fn quick_run_writes_table_csv_json_and_plot() {
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     for scenario in [
         "restart",
+        "restart-3-commands",
         "restart-teardown-in-exec",
         "floor",
         "floor-deferred-teardown",
@@ -39,7 +40,10 @@ fn quick_run_writes_table_csv_json_and_plot() {
         );
     }
     // Every restart row has a pause figure and its phases.
-    for r in rows.iter().filter(|r| r[0] == "restart") {
+    for r in rows
+        .iter()
+        .filter(|r| r[0] == "restart" || r[0] == "restart-3-commands")
+    {
         assert!(r[5].parse::<f64>().is_ok(), "no pause median in {r:?}");
         assert!(r[12].contains("exec="), "no phases in {r:?}");
     }

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use vmm_bench::host::{self, HugePages, ShmemThp};
 use vmm_bench::report::{self, Row};
-use vmm_bench::scenario::{self, Env, Pages, Samples};
+use vmm_bench::scenario::{self, Env, Flow, Pages, Samples};
 use vmm_bench::stats::summarize;
 
 struct Args {
@@ -191,6 +191,7 @@ fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: b
     let mut r = row("restart", mib, vcpus, pages);
     let mut f = row("floor", mib, vcpus, pages);
     let mut fd = row("floor-deferred-teardown", mib, vcpus, pages);
+    let mut three = row("restart-3-commands", mib, vcpus, pages);
     let mut old = row("restart-teardown-in-exec", mib, vcpus, pages);
     eprintln!(
         "restart {mib} MiB, {vcpus} vCPU(s), {} pages, {runs} runs (load {:.1})",
@@ -206,7 +207,8 @@ fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: b
     if let Err(e) = guard {
         r.note = format!("skipped: {e}");
         f.note = r.note.clone();
-        return vec![r, f];
+        three.note = r.note.clone();
+        return vec![r, three, f];
     }
     let floor = |deferred: bool, row: &mut Row| match scenario::floor(
         env, mib, vcpus, pages, runs, deferred,
@@ -223,17 +225,22 @@ fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: b
     };
     let classic = floor(false, &mut f);
     let deferred = floor(true, &mut fd);
-    for x in [&mut r, &mut old] {
+    for x in [&mut r, &mut three, &mut old] {
         x.floor = classic;
         x.floor_deferred = deferred;
     }
-    match scenario::restart(env, mib, vcpus, pages, runs, false) {
-        Ok(s) => r.samples = s,
-        Err(e) => r.note = format!("failed: {e}"),
+    for (x, flow) in [
+        (&mut r, Flow::OneCommand),
+        (&mut three, Flow::ThreeCommands),
+    ] {
+        match scenario::restart(env, mib, vcpus, pages, runs, false, flow) {
+            Ok(s) => x.samples = s,
+            Err(e) => x.note = format!("failed: {e}"),
+        }
     }
-    let mut rows = vec![r];
+    let mut rows = vec![r, three];
     if ab {
-        match scenario::restart(env, mib, vcpus, pages, runs, true) {
+        match scenario::restart(env, mib, vcpus, pages, runs, true, Flow::OneCommand) {
             Ok(s) => old.samples = s,
             Err(e) => old.note = format!("failed: {e}"),
         }
