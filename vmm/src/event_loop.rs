@@ -538,6 +538,10 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
         cpr::capable::describe(config),
         cpr::capable::to_json(config),
     ));
+    // Not while a guest waits for cpr-load: cpr::load warms up after it resumes the guest.
+    if matches!(ctl.vm, Vm::Active(_)) {
+        cpr::schema::warm_up();
+    }
     let code = run_loop(&mut frontends, &mut ctl, &host, &wake, &signals, &loop_rx);
     if let Vm::Active(m) = &mut ctl.vm {
         m.shutdown();

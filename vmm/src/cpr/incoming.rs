@@ -488,6 +488,7 @@ pub fn load(
     }
     // After the pause: the previous image's address space and VM may go now.
     vmm::teardown::release();
+    super::schema::warm_up();
     ctl.vm = Vm::Active(machine);
     ctl.cpr.phase = Phase::None;
     ctl.cpr.image = Some(path.display().to_string());
