@@ -3,8 +3,9 @@
 
 Starts `vmm` with the counter test guest and memfd guest RAM, lets it count, then does what
 an operator does in the seed's example (cpr-save FILE restart; cpr-exec NEW-VMM -S ...;
-cpr-load FILE) over the HMP monitor, and prints the serial lines around the update and
-the guest's pause time with its breakdown (`info cpr`).
+cpr-load FILE) over the HMP monitor, then the same update in one command (cpr-exec NEW-VMM
+... -incoming FILE), and prints the serial lines around each update and the guest's pause
+time with its breakdown (`info cpr`).
 
 Usage: scripts/demo.py [--vmm PATH] [--mem MIB]   (default: target/release/vmm, 256)
 Only the Python standard library is used.
@@ -130,6 +131,17 @@ def main():
         if vmm.poll() is not None or pid != vmm.pid:
             fail("the vmm process did not survive")
         print(f"same process (pid {pid}), same guest RAM, serial client still connected")
+        print("(vmm) info cpr\n" + hmp.cmd("info cpr").rstrip())
+        # The same update in one command: cpr-exec saves to the -incoming FILE, and the new
+        # program loads it at once (no client round trip inside the pause).
+        one = [args.vmm, *vm_args, "-incoming", img]
+        print(f"\n(vmm) cpr-exec {' '.join(one)}")
+        hmp.cmd("cpr-exec " + " ".join(one))
+        print("(vmm) info status\n" + hmp.cmd("info status").rstrip())
+        for line in serial.wait_for_lines(3):
+            print(f"  guest: {line}")
+        if vmm.poll() is not None or pid != vmm.pid:
+            fail("the vmm process did not survive the second update")
         print("(vmm) info cpr\n" + hmp.cmd("info cpr").rstrip())
         hmp.sock.sendall(b"quit\n")
         vmm.wait(timeout=PATIENCE)
