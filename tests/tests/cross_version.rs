@@ -276,6 +276,22 @@ fn live_update_from(prev: &Release) {
     assert_eq!(g.hmp.cmd("info version"), format!("{}\n", version_of(&new)));
 
     if rollback.is_empty() {
+        // The one-command form into a release that predates it: the old binary answers
+        // cpr-exec before loading and waits; cpr-load completes the update (LIVE-UPDATE.md).
+        let last = *numbered(&g.out.seen, "count ").last().expect("counted");
+        let exec = format!(
+            "cpr-exec {} {} -incoming {img}",
+            old.display(),
+            g.args.join(" ")
+        );
+        assert_eq!(g.hmp.cmd(&exec), "");
+        assert_eq!(g.hmp.cmd("info status"), "VM status: paused (prelaunch)\n");
+        assert_eq!(g.hmp.cmd(&format!("cpr-load {img}")), "");
+        assert_eq!(g.hmp.cmd("info status"), "VM status: running\n");
+        assert_eq!(g.hmp.cmd("info version"), format!("{}\n", prev.version));
+        g.out.wait_for(&format!("count {}\n", last + 3));
+        // And the classic rollback, after going forward again.
+        live_update(&mut g, &img, &new);
         live_update(&mut g, &img, &old);
         assert_eq!(g.hmp.cmd("info version"), format!("{}\n", prev.version));
     } else {
