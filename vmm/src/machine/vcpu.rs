@@ -4,6 +4,8 @@
 //! vCPU mutex then), after the stop protocol of `vcpu_thread` has completed any pending
 //! port I/O with a KVM_RUN whose immediate_exit is set.
 
+use std::cell::Cell;
+
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::VcpuFd;
 
@@ -68,6 +70,10 @@ pub struct Vcpu {
     /// Bytes of XSAVE state KVM keeps: KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2), at least the
     /// legacy 4096 (more on hosts with AMX, where KVM_GET_XSAVE would fail).
     pub xsave_size: usize,
+    /// This vCPU's TSC rate in kHz once known (0 until then). KVM changes a vCPU's rate
+    /// only through KVM_SET_TSC_KHZ, which only `restore` calls, so after the first read
+    /// it is known without asking: one ioctl less per save and per restore.
+    tsc_khz: Cell<u32>,
 }
 
 impl Vcpu {
@@ -78,7 +84,23 @@ impl Vcpu {
             index,
             fd,
             xsave_size: xsave2_size.max(XSAVE_SIZE),
+            tsc_khz: Cell::new(0),
         }
+    }
+
+    /// The vCPU's TSC rate (KVM_GET_TSC_KHZ the first time).
+    pub fn tsc_khz(&self) -> Result<u32, VcpuError> {
+        if self.tsc_khz.get() == 0 {
+            let khz = self.fd.get_tsc_khz().map_err(self.io("KVM_GET_TSC_KHZ"))?;
+            self.tsc_khz.set(khz);
+        }
+        Ok(self.tsc_khz.get())
+    }
+
+    /// Tells a fresh vCPU its TSC rate, read from another fresh vCPU of the same VM: KVM
+    /// gives every new vCPU of a VM the VM's default rate.
+    pub fn assume_fresh_tsc_khz(&self, khz: u32) {
+        self.tsc_khz.set(khz);
     }
 
     fn get_xsave(&self) -> Result<Xsave, VcpuError> {
@@ -322,7 +344,7 @@ impl Vcpu {
             .iter()
             .map(CpuidEntry::from)
             .collect();
-        let tsc_khz = self.fd.get_tsc_khz().map_err(self.io("KVM_GET_TSC_KHZ"))?;
+        let tsc_khz = self.tsc_khz()?;
         let msrs = self.get_msrs(msr_list)?;
         let events = VcpuEvents::from(
             &self
@@ -363,13 +385,18 @@ impl Vcpu {
         self.set_cpuid(&state.cpuid)?;
         // No KVM_CAP_TSC_CONTROL here: the TSC cannot be scaled, so refuse a different rate
         // rather than let guest time run at the wrong speed.
-        let host = self.fd.get_tsc_khz().map_err(self.io("KVM_GET_TSC_KHZ"))?;
-        if state.tsc_khz != host && self.fd.set_tsc_khz(state.tsc_khz).is_err() {
-            return Err(VcpuError::TscFrequency {
-                index: self.index,
-                saved: state.tsc_khz,
-                host,
-            });
+        let host = self.tsc_khz()?;
+        if state.tsc_khz != host {
+            // The rate is unknown again until the set is known to have worked.
+            self.tsc_khz.set(0);
+            if self.fd.set_tsc_khz(state.tsc_khz).is_err() {
+                return Err(VcpuError::TscFrequency {
+                    index: self.index,
+                    saved: state.tsc_khz,
+                    host,
+                });
+            }
+            self.tsc_khz.set(state.tsc_khz);
         }
         self.fd
             .set_mp_state((&state.mp_state).into())

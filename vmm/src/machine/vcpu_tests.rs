@@ -202,3 +202,25 @@ fn restore_without_kvm_set_fpu_gives_the_same_vcpu_as_with_it() {
         assert_eq!(a.fpu, saved.fpu);
     }
 }
+
+#[test]
+fn the_remembered_tsc_rate_is_what_kvm_reports() {
+    let (s, v) = vcpu_with_fpu_state();
+    let fresh = vcpu(&s, 1);
+    fresh.assume_fresh_tsc_khz(v.tsc_khz().unwrap());
+    assert_eq!(fresh.tsc_khz().unwrap(), fresh.fd.get_tsc_khz().unwrap());
+    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
+    let (msrs, _) = v.readable_msrs(&index).unwrap();
+    let mut state = v.save(&msrs).unwrap();
+    assert_eq!(state.tsc_khz, v.fd.get_tsc_khz().unwrap());
+    // A rate this host cannot give (no KVM_CAP_TSC_CONTROL here) is refused, and the
+    // vCPU still reports the rate it runs at.
+    state.index = 1;
+    state.tsc_khz += 1000;
+    let host = fresh.fd.get_tsc_khz().unwrap();
+    match fresh.restore(&state) {
+        Err(VcpuError::TscFrequency { .. }) => assert_eq!(fresh.tsc_khz().unwrap(), host),
+        Ok(()) => assert_eq!(fresh.tsc_khz().unwrap(), fresh.fd.get_tsc_khz().unwrap()),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
