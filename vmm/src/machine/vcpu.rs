@@ -4,7 +4,7 @@
 //! vCPU mutex then), after the stop protocol of `vcpu_thread` has completed any pending
 //! port I/O with a KVM_RUN whose immediate_exit is set.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::VcpuFd;
@@ -73,7 +73,7 @@ pub struct Vcpu {
     /// This vCPU's TSC rate in kHz once known (0 until then). KVM changes a vCPU's rate
     /// only through KVM_SET_TSC_KHZ, which only `restore` calls, so after the first read
     /// it is known without asking: one ioctl less per save and per restore.
-    tsc_khz: Cell<u32>,
+    tsc_khz: AtomicU32,
 }
 
 impl Vcpu {
@@ -84,23 +84,25 @@ impl Vcpu {
             index,
             fd,
             xsave_size: xsave2_size.max(XSAVE_SIZE),
-            tsc_khz: Cell::new(0),
+            tsc_khz: AtomicU32::new(0),
         }
     }
 
     /// The vCPU's TSC rate (KVM_GET_TSC_KHZ the first time).
     pub fn tsc_khz(&self) -> Result<u32, VcpuError> {
-        if self.tsc_khz.get() == 0 {
-            let khz = self.fd.get_tsc_khz().map_err(self.io("KVM_GET_TSC_KHZ"))?;
-            self.tsc_khz.set(khz);
+        let known = self.tsc_khz.load(Ordering::Relaxed);
+        if known != 0 {
+            return Ok(known);
         }
-        Ok(self.tsc_khz.get())
+        let khz = self.fd.get_tsc_khz().map_err(self.io("KVM_GET_TSC_KHZ"))?;
+        self.tsc_khz.store(khz, Ordering::Relaxed);
+        Ok(khz)
     }
 
     /// Tells a fresh vCPU its TSC rate, read from another fresh vCPU of the same VM: KVM
     /// gives every new vCPU of a VM the VM's default rate.
     pub fn assume_fresh_tsc_khz(&self, khz: u32) {
-        self.tsc_khz.set(khz);
+        self.tsc_khz.store(khz, Ordering::Relaxed);
     }
 
     fn get_xsave(&self) -> Result<Xsave, VcpuError> {
@@ -388,7 +390,7 @@ impl Vcpu {
         let host = self.tsc_khz()?;
         if state.tsc_khz != host {
             // The rate is unknown again until the set is known to have worked.
-            self.tsc_khz.set(0);
+            self.tsc_khz.store(0, Ordering::Relaxed);
             if self.fd.set_tsc_khz(state.tsc_khz).is_err() {
                 return Err(VcpuError::TscFrequency {
                     index: self.index,
@@ -396,7 +398,7 @@ impl Vcpu {
                     host,
                 });
             }
-            self.tsc_khz.set(state.tsc_khz);
+            self.tsc_khz.store(state.tsc_khz, Ordering::Relaxed);
         }
         self.fd
             .set_mp_state((&state.mp_state).into())
