@@ -64,6 +64,16 @@ pub enum VcpuError {
     TscFrequency { index: u32, saved: u32, host: u32 },
 }
 
+/// State every vCPU of a VM holds from KVM_CREATE_VCPU until something sets it: read once
+/// from one fresh vCPU, it tells `restore_fresh` which saved pieces the other fresh vCPUs
+/// already hold (KVM resets them all alike).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshVcpu {
+    pub debugregs: DebugRegs,
+    pub xcrs: Xcrs,
+    pub events: VcpuEvents,
+}
+
 pub struct Vcpu {
     pub index: u32,
     pub fd: VcpuFd,
@@ -371,6 +381,34 @@ impl Vcpu {
         })
     }
 
+    /// What this vCPU holds now of the pieces [`FreshVcpu`] names: call it on a vCPU that
+    /// nothing has set yet.
+    pub fn fresh_state(&self) -> Result<FreshVcpu, VcpuError> {
+        Ok(FreshVcpu {
+            debugregs: DebugRegs::from(
+                &self
+                    .fd
+                    .get_debug_regs()
+                    .map_err(self.io("KVM_GET_DEBUGREGS"))?,
+            ),
+            xcrs: Xcrs::from(&self.fd.get_xcrs().map_err(self.io("KVM_GET_XCRS"))?),
+            events: VcpuEvents::from(
+                &self
+                    .fd
+                    .get_vcpu_events()
+                    .map_err(self.io("KVM_GET_VCPU_EVENTS"))?,
+            ),
+        })
+    }
+
+    /// [`Vcpu::restore`] into a vCPU that nothing has set since KVM_CREATE_VCPU, whose
+    /// state is `fresh` (as read from a fresh vCPU of the same VM): debug registers, XCRs
+    /// and events equal to it are already in place and are not written again (one ioctl
+    /// each, ~4.6 us here; a guest that never touched them has them so).
+    pub fn restore_fresh(&self, state: &VcpuState, fresh: &FreshVcpu) -> Result<(), VcpuError> {
+        self.restore_skipping(state, Some(fresh))
+    }
+
     /// Writes saved state into a fresh vCPU of a new VM. Ordering rules:
     /// - CPUID first: KVM sizes XSAVE and validates MSRs and CR4 bits against it.
     /// - SREGS before LAPIC: SET_SREGS writes the APIC base, which LAPIC state depends on.
@@ -378,6 +416,14 @@ impl Vcpu {
     /// - TSC before TSC_DEADLINE within MSRs (the deadline is relative to the TSC).
     /// - VCPU_EVENTS last: SET_REGS / SET_SREGS clear pending exceptions.
     pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        self.restore_skipping(state, None)
+    }
+
+    fn restore_skipping(
+        &self,
+        state: &VcpuState,
+        fresh: Option<&FreshVcpu>,
+    ) -> Result<(), VcpuError> {
         if state.index != self.index {
             return Err(VcpuError::WrongIndex {
                 index: self.index,
@@ -412,12 +458,16 @@ impl Vcpu {
             self.set_fpu(&state.fpu)?;
         }
         self.set_xsave(&state.xsave)?;
-        self.fd
-            .set_xcrs(&(&state.xcrs).into())
-            .map_err(self.io("KVM_SET_XCRS"))?;
-        self.fd
-            .set_debug_regs(&(&state.debugregs).into())
-            .map_err(self.io("KVM_SET_DEBUGREGS"))?;
+        if fresh.is_none_or(|f| f.xcrs != state.xcrs) {
+            self.fd
+                .set_xcrs(&(&state.xcrs).into())
+                .map_err(self.io("KVM_SET_XCRS"))?;
+        }
+        if fresh.is_none_or(|f| f.debugregs != state.debugregs) {
+            self.fd
+                .set_debug_regs(&(&state.debugregs).into())
+                .map_err(self.io("KVM_SET_DEBUGREGS"))?;
+        }
         self.fd
             .set_lapic(&(&state.lapic).into())
             .map_err(self.io("KVM_SET_LAPIC"))?;
@@ -430,9 +480,13 @@ impl Vcpu {
                 || !msrs.iter().any(|m| m.index == MSR_IA32_TSC_DEADLINE)
         );
         self.set_msrs(&msrs)?;
-        self.fd
-            .set_vcpu_events(&(&state.events).into())
-            .map_err(self.io("KVM_SET_VCPU_EVENTS"))?;
+        // Events equal to a fresh vCPU's: nothing pending or injected for SET_REGS or
+        // SET_SREGS to have cleared, so there is nothing to put back.
+        if fresh.is_none_or(|f| f.events != state.events) {
+            self.fd
+                .set_vcpu_events(&(&state.events).into())
+                .map_err(self.io("KVM_SET_VCPU_EVENTS"))?;
+        }
         Ok(())
     }
 }

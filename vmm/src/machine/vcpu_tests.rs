@@ -224,3 +224,44 @@ fn the_remembered_tsc_rate_is_what_kvm_reports() {
         Err(e) => panic!("unexpected error: {e}"),
     }
 }
+
+#[test]
+fn restore_fresh_gives_the_same_vcpu_as_restore_whether_or_not_pieces_are_skipped() {
+    let (s, v) = vcpu_with_fpu_state();
+    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
+    let (msrs, _) = v.readable_msrs(&index).unwrap();
+    let saved = v.save(&msrs).unwrap();
+    // The same guest with debug registers, XCR0 and NMI masking of its own: nothing of
+    // these may be skipped then.
+    let mut own = saved.clone();
+    own.debugregs.db[0] = 0x12_3000;
+    own.debugregs.dr7 = 0x401;
+    own.xcrs.xcrs[0].value = 3;
+    own.events.nmi.masked = 1;
+    let no_tsc = |mut s: VcpuState| {
+        s.msrs.retain(|m| m.index != MSR_IA32_TSC);
+        s
+    };
+    for state in [&saved, &own] {
+        let t = vm_with_ram();
+        let (skipping, full) = (vcpu(&t, 0), vcpu(&t, 1));
+        let fresh = skipping.fresh_state().unwrap();
+        skipping.restore_fresh(state, &fresh).unwrap();
+        full.restore(&VcpuState {
+            index: 1,
+            ..state.clone()
+        })
+        .unwrap();
+        let (a, b) = (skipping.save(&msrs).unwrap(), full.save(&msrs).unwrap());
+        assert_eq!(no_tsc(a.clone()), no_tsc(VcpuState { index: 0, ..b }));
+        assert_eq!(a.debugregs, state.debugregs);
+        assert_eq!(a.xcrs, state.xcrs);
+        assert_eq!(a.events, state.events);
+    }
+    // The guest here never touched them: all three were skipped for `saved`.
+    let fresh = vcpu(&vm_with_ram(), 0).fresh_state().unwrap();
+    assert_eq!(
+        (&saved.debugregs, &saved.xcrs, &saved.events),
+        (&fresh.debugregs, &fresh.xcrs, &fresh.events)
+    );
+}
