@@ -128,7 +128,7 @@ impl Machine {
         // Read once per VM, before the pause in transfer mode: which saved pieces every
         // fresh vCPU already holds.
         let fresh = match machine.vcpus.first() {
-            Some(h) => Some(devices::lock(&h.vcpu).fresh_state()?),
+            Some(h) => Some(Box::new(devices::lock(&h.vcpu).fresh_state()?)),
             None => None,
         };
         Ok(IncomingMachine { machine, fresh })
@@ -167,7 +167,7 @@ pub struct IncomingMachine {
     /// Paused, with placeholder devices; never run.
     machine: Machine,
     /// What its still untouched vCPUs hold (`Vcpu::restore_fresh`).
-    fresh: Option<FreshVcpu>,
+    fresh: Option<Box<FreshVcpu>>,
 }
 
 impl IncomingMachine {
