@@ -283,6 +283,18 @@ fn run(rounds: usize) -> Result<(), String> {
     });
     println!("  8 x Vcpu::restore, 1 thread  {serial:8.1}");
     println!("  8 x Vcpu::restore, 2 threads {two:8.1}");
+    // KVM_CREATE_VCPU (the new process creates every vCPU inside the pause).
+    let mut per_vcpu = Vec::new();
+    for _ in 0..rounds.min(50) {
+        let vm = vm::create_vm(&kvm, None).map_err(|e| format!("create VM: {e}"))?;
+        let t = Instant::now();
+        for i in 0..8 {
+            vm.create_vcpu(i)
+                .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        }
+        per_vcpu.push(t.elapsed().as_secs_f64() * 1e6 / 8.0);
+    }
+    println!("  KVM_CREATE_VCPU (8 in a VM) {:8.1}", median(per_vcpu));
     // The state's share of writing and reading an image: one `cpu` section per vCPU.
     let image_of = |n: u32| -> Result<Vec<u8>, String> {
         let mut w = cpr_format::ImageWriter::new(cpr_format::sample::header());
