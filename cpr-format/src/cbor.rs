@@ -135,6 +135,36 @@ impl<'a> Cursor<'a> {
         Ok(Head { major, arg })
     }
 
+    /// Skip the next item if it is an unsigned integer in shortest form or a short ASCII
+    /// text string (under 24 bytes): the bulk of state payloads (register bytes, field
+    /// values, map keys). Exactly what `skip` accepts for such an item, minus the depth
+    /// check the caller does; returns false, without moving, for anything else (which
+    /// `skip` then scans or rejects with its error).
+    #[inline]
+    fn skip_scalar(&mut self) -> bool {
+        let rest = &self.buf[self.pos..];
+        let Some(&ib) = rest.first() else {
+            return false;
+        };
+        let len = match ib {
+            0x00..=0x17 => 1,
+            0x18 if rest.len() >= 2 && rest[1] >= 24 => 2,
+            0x19 if rest.len() >= 3 && rest[1] != 0 => 3,
+            0x1a if rest.len() >= 5 && (rest[1] | rest[2]) != 0 => 5,
+            0x1b if rest.len() >= 9 && (rest[1] | rest[2] | rest[3] | rest[4]) != 0 => 9,
+            0x60..=0x77 => {
+                let n = 1 + usize::from(ib - 0x60);
+                match rest.get(1..n) {
+                    Some(text) if text.is_ascii() => n,
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        };
+        self.pos += len;
+        true
+    }
+
     /// Skip one complete item in the strict profile, checking all declared lengths and
     /// the nesting bound. `depth` is the depth of this item (top level: 1).
     pub fn skip(&mut self, depth: u32, max_depth: u32) -> Result<(), ScanError> {
@@ -168,8 +198,11 @@ impl<'a> Cursor<'a> {
                         available: self.remaining() as u64,
                     });
                 }
+                let scalars = depth < max_depth;
                 for _ in 0..h.arg {
-                    self.skip(depth + 1, max_depth)?;
+                    if !(scalars && self.skip_scalar()) {
+                        self.skip(depth + 1, max_depth)?;
+                    }
                 }
                 Ok(())
             }
@@ -187,6 +220,7 @@ impl<'a> Cursor<'a> {
                 let mut keys = Vec::new();
                 let n = h.arg as usize; // at most the input length, checked above
                 let mut filled = 0;
+                let scalars = depth < max_depth;
                 for _ in 0..n {
                     let key_at = self.pos;
                     let Some(&b) = self.buf.get(key_at) else {
@@ -199,14 +233,18 @@ impl<'a> Cursor<'a> {
                     if b >> 5 != MAJOR_TEXT {
                         return Err(self.malformed(key_at, "map key is not a text string"));
                     }
-                    self.skip(depth + 1, max_depth)?;
+                    if !(scalars && self.skip_scalar()) {
+                        self.skip(depth + 1, max_depth)?;
+                    }
                     if n <= SMALL_MAP {
                         small[filled] = (key_at, self.pos);
                         filled += 1;
                     } else {
                         keys.push((key_at, self.pos));
                     }
-                    self.skip(depth + 1, max_depth)?;
+                    if !(scalars && self.skip_scalar()) {
+                        self.skip(depth + 1, max_depth)?;
+                    }
                 }
                 if n <= SMALL_MAP {
                     self.check_unique_keys(&mut small[..filled])
@@ -436,5 +474,58 @@ mod tests {
                 "{bad:02x?}"
             );
         }
+    }
+
+    /// Scalars inside arrays and maps take a fast path: it must accept and refuse exactly
+    /// what a scalar at the top level gets.
+    #[test]
+    fn scalars_in_arrays_and_maps_get_the_same_verdict_as_alone() {
+        let scalars: &[&[u8]] = &[
+            &[0x00],
+            &[0x17],
+            &[0x18, 0x17],
+            &[0x18, 0x18],
+            &[0x19, 0x00, 0xff],
+            &[0x19, 0x01, 0x00],
+            &[0x1a, 0x00, 0x00, 0xff, 0xff],
+            &[0x1a, 0x00, 0x01, 0x00, 0x00],
+            &[0x1b, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+            &[0x1b, 0, 0, 0, 1, 0, 0, 0, 0],
+            &[0x60],
+            &[0x63, b'e', b'a', b'x'],
+            &[0x62, 0xc3, 0xa9],
+            &[0x62, 0xff, 0xfe],
+            &[0x19, 0x01],
+            &[0x63, b'a'],
+        ];
+        for s in scalars {
+            let alone = check_item(s, 0, 8).is_ok();
+            let mut array = vec![0x82, 0x00];
+            array.extend_from_slice(s);
+            assert_eq!(
+                check_item(&array, 0, 8).is_ok(),
+                alone,
+                "array {array:02x?}"
+            );
+            let mut value = vec![0xa1, 0x61, b'k'];
+            value.extend_from_slice(s);
+            assert_eq!(
+                check_item(&value, 0, 8).is_ok(),
+                alone,
+                "value {value:02x?}"
+            );
+            if s.first().is_some_and(|b| b >> 5 == MAJOR_TEXT) {
+                let mut key = vec![0xa1];
+                key.extend_from_slice(s);
+                key.push(0x00);
+                assert_eq!(check_item(&key, 0, 8).is_ok(), alone, "key {key:02x?}");
+            }
+        }
+        // A scalar one level past the nesting bound is still too deep.
+        assert!(matches!(
+            check_item(&[0x81, 0x81, 0x00], 0, 2),
+            Err(ScanError::TooDeep { limit: 2, .. })
+        ));
+        check_item(&[0x81, 0x81, 0x00], 0, 3).unwrap();
     }
 }

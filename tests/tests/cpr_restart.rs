@@ -47,6 +47,78 @@ fn counter_continues_across_an_update_with_the_same_pid_and_ram() {
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
 }
 
+/// The `counts B A1 ..` lines of the smpcount guest: the boot vCPU's count, then each
+/// slot's (one per other vCPU, in the order they started).
+fn smp_counts(text: &str) -> Vec<Vec<u64>> {
+    let complete = &text[..text.rfind('\n').unwrap_or(0)];
+    complete
+        .lines()
+        .filter_map(|l| l.strip_prefix("counts "))
+        .map(|l| l.split(' ').filter_map(|n| n.parse().ok()).collect())
+        .collect()
+}
+
+/// Waits until the guest printed `n` counts lines in all.
+fn wait_counts(vm: &mut LiveVm, n: usize) -> Vec<Vec<u64>> {
+    loop {
+        let lines = smp_counts(&vm.serial.seen);
+        if lines.len() >= n {
+            return lines;
+        }
+        // The line after the next one has started: the next one is complete.
+        let after_next = lines.last().map_or(2, |l| l[0] + 2);
+        vm.serial.wait_for(&format!("counts {after_next} "));
+    }
+}
+
+#[test]
+fn every_vcpu_of_a_four_vcpu_guest_keeps_counting_across_an_update() {
+    let mut vm = LiveVm::start(
+        "cpr-smp4",
+        "smpcount",
+        &["-machine", "memfd-alloc=on", "-smp", "4"],
+    );
+    // Three other vCPUs started and counted; the slots of absent vCPUs stay zero.
+    let mut lines = wait_counts(&mut vm, 3);
+    while !lines.last().is_some_and(|l| l[1..4].iter().all(|c| *c > 0)) {
+        lines = wait_counts(&mut vm, lines.len() + 1);
+    }
+    assert!(lines
+        .iter()
+        .all(|l| l.len() == 8 && l[4..].iter().all(|c| *c == 0)));
+    vm.update();
+    let after = lines.len() + 1;
+    let lines = wait_counts(&mut vm, after + 2);
+    // Printed by the new process: lines well after the load, so the last line read
+    // before the pause is not among them.
+    let (a, b) = (&lines[after], &lines[after + 1]);
+    for cpu in 0..4 {
+        assert!(
+            b[cpu] > a[cpu],
+            "vCPU slot {cpu} stopped counting after the update: {a:?} then {b:?}"
+        );
+    }
+    // Every counter went on from its value: none went back (to zero or otherwise).
+    for w in lines.windows(2) {
+        for cpu in 0..4 {
+            assert!(
+                w[1][cpu] >= w[0][cpu],
+                "slot {cpu}: {:?} then {:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+    assert_consecutive(
+        &lines.iter().map(|l| l[0]).collect::<Vec<_>>(),
+        5,
+        "boot vCPU count",
+    );
+    vm.hmp.0.write_all(b"quit\n").unwrap();
+    let (status, _, stderr) = vm.vmm.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
 #[test]
 fn a_stopped_guest_stays_stopped_and_its_ram_digest_is_unchanged() {
     let mut vm = LiveVm::start("cpr-stopped", "memcheck", MEMFD);

@@ -13,6 +13,7 @@ const GUESTS: &[&str] = &[
     "exit",
     "vfio",
     "vfio-intx",
+    "smpcount",
 ];
 
 #[test]

@@ -250,6 +250,79 @@ fn run(rounds: usize) -> Result<(), String> {
         drop(std::thread::spawn(|| {}).join());
     });
     println!("  thread spawn + join    {spawn:8.1}");
+    // Eight vCPUs of one VM restored one after the other, then by two threads (this one and
+    // a scoped helper) taking four each: do vCPUs of one VM restore side by side?
+    let vm3 = vm::create_vm(&kvm, None).map_err(|e| format!("create VM: {e}"))?;
+    let eight: Vec<Vcpu> = (0..8)
+        .map(|i| new_vcpu(&vm3, i))
+        .collect::<Result<_, _>>()?;
+    let states: Vec<_> = eight
+        .iter()
+        .map(|v| {
+            let mut s = state.clone();
+            s.index = v.index;
+            s
+        })
+        .collect();
+    let serial = time(rounds.min(200), || {
+        for (v, s) in eight.iter().zip(&states) {
+            let _ = v.restore(s);
+        }
+    });
+    let two = time(rounds.min(200), || {
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for (v, s) in eight[4..].iter().zip(&states[4..]) {
+                    let _ = v.restore(s);
+                }
+            });
+            for (v, s) in eight[..4].iter().zip(&states[..4]) {
+                let _ = v.restore(s);
+            }
+        })
+    });
+    println!("  8 x Vcpu::restore, 1 thread  {serial:8.1}");
+    println!("  8 x Vcpu::restore, 2 threads {two:8.1}");
+    // KVM_CREATE_VCPU (the new process creates every vCPU inside the pause).
+    let mut per_vcpu = Vec::new();
+    for _ in 0..rounds.min(50) {
+        let vm = vm::create_vm(&kvm, None).map_err(|e| format!("create VM: {e}"))?;
+        let t = Instant::now();
+        for i in 0..8 {
+            vm.create_vcpu(i)
+                .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+        }
+        per_vcpu.push(t.elapsed().as_secs_f64() * 1e6 / 8.0);
+    }
+    println!("  KVM_CREATE_VCPU (8 in a VM) {:8.1}", median(per_vcpu));
+    // The state's share of writing and reading an image: one `cpu` section per vCPU.
+    let image_of = |n: u32| -> Result<Vec<u8>, String> {
+        let mut w = cpr_format::ImageWriter::new(cpr_format::sample::header());
+        for i in 0..n {
+            let mut s = state.clone();
+            s.index = i;
+            w.add_section(&i.to_string(), &s)
+                .map_err(|e| e.to_string())?;
+        }
+        w.to_bytes().map_err(|e| e.to_string())
+    };
+    let (one, eight) = (image_of(1)?, image_of(8)?);
+    let enc = |n| time(rounds.min(200), || drop(image_of(n)));
+    let dec = |b: &[u8]| {
+        time(rounds.min(200), || {
+            let img = cpr_format::Image::from_bytes(b).expect("image just written");
+            drop(img.sections_of::<vmm::machine::vcpu_state::VcpuState>());
+        })
+    };
+    let (e1, e8, d1, d8) = (enc(1), enc(8), dec(&one), dec(&eight));
+    println!(
+        "  encode 1 / 8 cpu sections  {e1:8.1} {e8:8.1}  per vCPU {:6.1}",
+        (e8 - e1) / 7.0
+    );
+    println!(
+        "  decode 1 / 8 cpu sections  {d1:8.1} {d8:8.1}  per vCPU {:6.1}",
+        (d8 - d1) / 7.0
+    );
     Ok(())
 }
 

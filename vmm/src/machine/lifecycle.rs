@@ -53,14 +53,22 @@ fn kvm_io(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError
 
 fn create_vcpus(vm: &VmFd, count: u32) -> Result<Vec<Vcpu>, MachineError> {
     let xsave2_size = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
-    (0..count)
+    let vcpus: Vec<Vcpu> = (0..count)
         .map(|index| {
             let fd = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_io("KVM_CREATE_VCPU"))?;
-            Ok(Vcpu::new(index, fd, xsave2_size))
+            Ok::<_, MachineError>(Vcpu::new(index, fd, xsave2_size))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // All fresh vCPUs of a VM run at its default TSC rate: ask one, not each.
+    if let Some(first) = vcpus.first() {
+        let khz = first.tsc_khz()?;
+        for v in &vcpus[1..] {
+            v.assume_fresh_tsc_khz(khz);
+        }
+    }
+    Ok(vcpus)
 }
 
 /// Creates the VM over `ram` and its vCPUs. Writes nothing into guest RAM.

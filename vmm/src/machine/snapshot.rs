@@ -15,6 +15,7 @@ use super::devices::rtc::RtcState;
 use super::devices::serial::SerialState;
 use super::devices::{self, PmControl, SerialDevice};
 use super::memory::{GuestRam, RamBlockDesc};
+use super::vcpu::FreshVcpu;
 use super::vcpu_state::VcpuState;
 use super::vm_state::{ClockState, IrqchipState, PitState};
 use super::{lifecycle, vm, Machine, MachineConfig, MachineError, MachineEvent, RunState};
@@ -124,7 +125,13 @@ impl Machine {
                 gsi: devices::serial::COM1_IRQ,
                 source,
             })?;
-        Ok(IncomingMachine { machine })
+        // Read once per VM, before the pause in transfer mode: which saved pieces every
+        // fresh vCPU already holds.
+        let fresh = match machine.vcpus.first() {
+            Some(h) => Some(Box::new(devices::lock(&h.vcpu).fresh_state()?)),
+            None => None,
+        };
+        Ok(IncomingMachine { machine, fresh })
     }
 }
 
@@ -159,6 +166,8 @@ fn check_vcpus(config: &MachineConfig, state: &MachineState) -> Result<(), Machi
 pub struct IncomingMachine {
     /// Paused, with placeholder devices; never run.
     machine: Machine,
+    /// What its still untouched vCPUs hold (`Vcpu::restore_fresh`).
+    fresh: Option<Box<FreshVcpu>>,
 }
 
 impl IncomingMachine {
@@ -202,7 +211,11 @@ impl IncomingMachine {
             .map(|v| v.msrs.iter().map(|m| m.index).collect())
             .unwrap_or_default();
         for (h, s) in m.vcpus.iter().zip(&state.vcpus) {
-            devices::lock(&h.vcpu).restore(s)?;
+            let v = devices::lock(&h.vcpu);
+            match &self.fresh {
+                Some(fresh) => v.restore_fresh(s, fresh)?,
+                None => v.restore(s)?,
+            }
         }
         vm::set_irqchip(&m.vm, &state.irqchip)?;
         vm::set_pit(&m.vm, &state.pit)?;

@@ -391,6 +391,83 @@ impl From<&kvm_fpu> for Fpu {
     }
 }
 
+/// Byte offsets in the XSAVE legacy region (the FXSAVE layout, Intel SDM vol. 1, 10.5.1).
+mod fxsave {
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    /// Abridged tag word: one byte, one bit per register.
+    pub const FTW: usize = 4;
+    pub const FOP: usize = 6;
+    pub const FIP: usize = 8;
+    pub const FDP: usize = 16;
+    pub const ST: usize = 32;
+    pub const XMM: usize = 160;
+    pub const END: usize = 416;
+}
+
+/// XSTATE_BV, the header's bitmap of components whose state the area holds (0 = init).
+const XSTATE_BV: usize = 512;
+const XFEATURE_FP: u8 = 1 << 0;
+const XFEATURE_SSE: u8 = 1 << 1;
+
+impl Xsave {
+    /// Both the x87 and the SSE component hold live state (XSTATE_BV bits 0 and 1). Then
+    /// the legacy region is a copy of the kernel's buffer that KVM_GET_FPU reads and
+    /// KVM_SET_XSAVE overwrites every byte `kvm_fpu` covers (x87 state and XMM). For a
+    /// component in its init state KVM_GET_XSAVE reports init values, while the kernel's
+    /// buffer (which KVM_GET_FPU reads) may still hold what the guest or a KVM_SET_FPU
+    /// left there.
+    pub fn fp_and_sse_live(&self) -> bool {
+        self.region
+            .get(XSTATE_BV)
+            .is_some_and(|bv| bv & (XFEATURE_FP | XFEATURE_SSE) == XFEATURE_FP | XFEATURE_SSE)
+    }
+}
+
+impl Fpu {
+    /// The x87/SSE state as KVM_GET_FPU reports it, read from an XSAVE area instead (one
+    /// ioctl less per vCPU save). KVM fills `kvm_fpu` from the same FXSAVE-format region of
+    /// the guest's FPU state that KVM_GET_XSAVE copies out first: fcw, fsw, the abridged
+    /// tag byte, fop, the 64-bit FIP/FDP, ST0-7 and XMM0-15 (and MXCSR as zero, as KVM
+    /// leaves it). Exact only when
+    /// [`Xsave::fp_and_sse_live`] (the vcpu tests compare the two on a vCPU whose guest
+    /// loaded x87, SSE and MXCSR values).
+    ///
+    /// `None` if `region` is shorter than the legacy region.
+    pub fn from_xsave(region: &[u8]) -> Option<Fpu> {
+        let r = region.get(..fxsave::END)?;
+        let u16_at = |o: usize| u16::from_le_bytes([r[o], r[o + 1]]);
+        let u64_at = |o: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&r[o..o + 8]);
+            u64::from_le_bytes(b)
+        };
+        let regs = |from: usize, to: usize| -> Vec<[u8; 16]> {
+            r[from..to]
+                .chunks_exact(16)
+                .map(|c| {
+                    let mut b = [0u8; 16];
+                    b.copy_from_slice(c);
+                    b
+                })
+                .collect()
+        };
+        Some(Fpu {
+            fpr: regs(fxsave::ST, fxsave::XMM),
+            fcw: u16_at(fxsave::FCW),
+            fsw: u16_at(fxsave::FSW),
+            ftwx: r[fxsave::FTW],
+            last_opcode: u16_at(fxsave::FOP),
+            last_ip: u64_at(fxsave::FIP),
+            last_dp: u64_at(fxsave::FDP),
+            xmm: regs(fxsave::XMM, fxsave::END),
+            // KVM_GET_FPU never fills `mxcsr` (KVM copies every other field from the
+            // buffer but not that one): the MXCSR a loader needs is in the XSAVE area.
+            mxcsr: 0,
+        })
+    }
+}
+
 /// Copies `src` into the front of `dst` (shorter input leaves zeros; longer is cut).
 fn fill<T: Copy>(dst: &mut [T], src: &[T]) {
     let n = dst.len().min(src.len());
