@@ -285,6 +285,10 @@ fn run(a: &Args) -> Result<(), String> {
         let _ = q.execute("quit", json!({}));
         Ok::<_, String>((pauses, phases))
     })();
+    // A failed run leaves the vmm running (its quit was never sent): never leave it behind.
+    if result.is_err() {
+        let _ = child.kill();
+    }
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let (mut pauses, mut phases) = result?;
