@@ -21,6 +21,7 @@ pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod devices;
+mod fanout;
 mod lifecycle;
 pub mod memory;
 pub mod mptable;

@@ -53,6 +53,9 @@ impl Machine {
                 state,
             });
         }
+        // One thread: vCPUs that ran are slower to read from a second thread here (8 vCPUs:
+        // 0.56 ms on one thread, 0.67 ms on two; KVM moves each vCPU's context between
+        // CPUs), unlike the fresh vCPUs of a restore (see `fanout`).
         let vcpus = self
             .vcpus
             .iter()
@@ -210,13 +213,16 @@ impl IncomingMachine {
             .first()
             .map(|v| v.msrs.iter().map(|m| m.index).collect())
             .unwrap_or_default();
-        for (h, s) in m.vcpus.iter().zip(&state.vcpus) {
+        let pairs: Vec<_> = m.vcpus.iter().zip(&state.vcpus).collect();
+        super::fanout::map(&pairs, |(h, s)| {
             let v = devices::lock(&h.vcpu);
             match &self.fresh {
-                Some(fresh) => v.restore_fresh(s, fresh)?,
-                None => v.restore(s)?,
+                Some(fresh) => v.restore_fresh(s, fresh),
+                None => v.restore(s),
             }
-        }
+        })
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
         vm::set_irqchip(&m.vm, &state.irqchip)?;
         vm::set_pit(&m.vm, &state.pit)?;
         vm::set_clock(&m.vm, &state.clock)?;
