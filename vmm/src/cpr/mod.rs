@@ -291,11 +291,14 @@ pub fn perform(
         }
         CprOp::Load { path } => load(f, ctl, host, Path::new(&path), false, None),
     };
-    result.map_err(|e| {
-        let e = CmdError::from(e);
-        ctl.cpr.last_error = Some(e.desc.clone());
-        e
-    })
+    result.map_err(|e| failed(ctl, e))
+}
+
+/// A live-update step failed: remembered for `info cpr`, reported to the monitor.
+fn failed(ctl: &mut Controller<Vm>, e: CprError) -> CmdError {
+    let e = CmdError::from(e);
+    ctl.cpr.last_error = Some(e.desc.clone());
+    e
 }
 
 /// `-incoming FILE` in a process started by cpr-exec: load the restart image at once,
@@ -309,11 +312,7 @@ pub fn load_at_start(
     stay_paused: bool,
     pre: Option<Preread>,
 ) -> Result<String, CmdError> {
-    load(f, ctl, host, path, stay_paused, pre).map_err(|e| {
-        let e = CmdError::from(e);
-        ctl.cpr.last_error = Some(e.desc.clone());
-        e
-    })
+    load(f, ctl, host, path, stay_paused, pre).map_err(|e| failed(ctl, e))
 }
 
 /// cpr-save: stop, save, write the image, stay in postmigrate.
