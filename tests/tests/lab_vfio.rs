@@ -52,6 +52,11 @@ fn assigned_edu_and_e1000e_keep_dmaing_and_interrupting_across_live_updates() {
         has("live update 3 done"),
         "no live update happened:\n{stdout}"
     );
+    assert!(
+        has("live update 2 done (one command)")
+            && has("after update 2 the guest reached iteration"),
+        "no one-command live update with the devices assigned:\n{stdout}"
+    );
     for step in ["hello", "ready", "restored"] {
         assert!(
             has(&format!(
