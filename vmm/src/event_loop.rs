@@ -447,11 +447,12 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
             ctl.cpr = a.status;
             let f = a.frontends;
             // With -incoming FILE the whole update was this one cpr-exec: load now and
-            // answer it with the outcome. Without, answer now; cpr-load comes next.
+            // answer it with the outcome. A failed load leaves the guest paused here with
+            // its RAM: cpr-load, or a cpr-exec with a corrected command line, follows.
+            // Without -incoming, answer now; cpr-load comes next.
             let outcome = match &config.incoming {
-                Some(image) => {
-                    cpr::load_at_start(&f, &mut ctl, &host, image, config.start_paused, pre)
-                }
+                Some(image) => cpr::load(&f, &mut ctl, &host, image, config.start_paused, pre)
+                    .map_err(|e| cpr::failed(&mut ctl, e)),
                 None => Ok(String::new()),
             };
             match (a.pending_reply, &outcome) {

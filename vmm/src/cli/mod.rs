@@ -309,9 +309,7 @@ impl Builder {
         }
         match opt {
             // A cpr channel (transfer mode) or a reboot-mode image file.
-            "incoming"
-                if v == "defer" || v.starts_with("cpr:") || v.trim_start().starts_with('{') =>
-            {
+            "incoming" if crate::cpr::transfer::is_channel(v) => {
                 if let Some(p) = crate::cpr::transfer::parse_incoming(v).map_err(err)? {
                     if self.incoming_transfer.is_some() {
                         return Err(err("only one cpr channel may be given"));

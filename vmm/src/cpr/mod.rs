@@ -295,24 +295,10 @@ pub fn perform(
 }
 
 /// A live-update step failed: remembered for `info cpr`, reported to the monitor.
-fn failed(ctl: &mut Controller<Vm>, e: CprError) -> CmdError {
+pub fn failed(ctl: &mut Controller<Vm>, e: CprError) -> CmdError {
     let e = CmdError::from(e);
     ctl.cpr.last_error = Some(e.desc.clone());
     e
-}
-
-/// `-incoming FILE` in a process started by cpr-exec: load the restart image at once,
-/// for the reply to that cpr-exec. A failure leaves the guest paused here with its RAM
-/// intact: a cpr-load, or a cpr-exec with a corrected command line, can follow.
-pub fn load_at_start(
-    f: &Frontends,
-    ctl: &mut Controller<Vm>,
-    host: &Host,
-    path: &Path,
-    stay_paused: bool,
-    pre: Option<Preread>,
-) -> Result<String, CmdError> {
-    load(f, ctl, host, path, stay_paused, pre).map_err(|e| failed(ctl, e))
 }
 
 /// cpr-save: stop, save, write the image, stay in postmigrate.
@@ -471,7 +457,7 @@ pub fn incoming_image(argv: &[String]) -> Option<&str> {
         .rev()
         .find(|w| w[0] == "-incoming" || w[0] == "--incoming")
         .map(|w| w[1].as_str())
-        .filter(|v| *v != "defer" && !v.starts_with("cpr:") && !v.trim_start().starts_with('{'))
+        .filter(|v| !transfer::is_channel(v))
 }
 
 /// Whether two image paths name the same file (as given when either cannot be resolved).
@@ -497,21 +483,30 @@ pub fn exec(
     argv: &[String],
 ) -> Result<String, CprError> {
     let mut helper = None;
-    if let Some(file) = incoming_image(argv) {
-        if ctl.cpr.phase == Phase::None {
+    let attempt = match incoming_image(argv) {
+        Some(file) if ctl.cpr.phase == Phase::None => {
             // Cloned while the guest still runs: the clone need not be part of the pause.
             helper = teardown_helper();
-            if let Err(e) = save(f, ctl, host, Path::new(file), "restart") {
-                if let Some(h) = helper {
-                    h.abandon();
-                }
-                return Err(e);
-            }
-            // STOP and CPR_SAVE reach QMP clients through the hand-over's queued output.
-            crate::event_loop::broadcast(f, ctl);
+            // A failed save has resumed the guest already.
+            save(f, ctl, host, Path::new(file), "restart").and_then(|_| {
+                // STOP and CPR_SAVE reach QMP clients through the hand-over's queued output.
+                crate::event_loop::broadcast(f, ctl);
+                exec_attempt(f, ctl, host, origin, reply, argv, &mut helper)
+            })
         }
-    }
-    let attempt = exec_attempt(f, ctl, host, origin, reply, argv, &mut helper);
+        Some(given) if ctl.cpr.mode == Some(Mode::Restart) => {
+            let saved = ctl.cpr.image.clone().unwrap_or_default();
+            if same_image(given, &saved) {
+                exec_attempt(f, ctl, host, origin, reply, argv, &mut helper)
+            } else {
+                Err(CprError::IncomingMismatch {
+                    given: given.to_string(),
+                    saved,
+                })
+            }
+        }
+        _ => exec_attempt(f, ctl, host, origin, reply, argv, &mut helper),
+    };
     // Only failures return here: the guest continues in this process.
     let err = match attempt {
         Ok(never) => match never {},
@@ -551,18 +546,8 @@ fn exec_attempt(
     let Some(argv0) = argv.first() else {
         return Err(CprError::NoArgv);
     };
-    let loads = incoming_image(argv);
-    if loads.is_none() && !argv.iter().any(|a| a == "-S") {
+    if incoming_image(argv).is_none() && !argv.iter().any(|a| a == "-S") {
         return Err(CprError::NoDashS);
-    }
-    if let Some(given) = loads {
-        let saved = ctl.cpr.image.clone().unwrap_or_default();
-        if !same_image(given, &saved) {
-            return Err(CprError::IncomingMismatch {
-                given: given.to_string(),
-                saved,
-            });
-        }
     }
     let cargs = argv
         .iter()

@@ -128,6 +128,12 @@ pub fn parse_uri(uri: &str) -> Result<PathBuf, TransferError> {
     }
 }
 
+/// Whether an `-incoming` value is a channel ([`parse_incoming`]'s business) rather than
+/// an image file.
+pub fn is_channel(v: &str) -> bool {
+    v == "defer" || v.starts_with("cpr:") || v.trim_start().starts_with('{')
+}
+
 /// An `-incoming` value: `cpr:unix:PATH`, QEMU's JSON cpr channel, or `defer` (QEMU's main
 /// channel, which this vmm does not need: `None`).
 pub fn parse_incoming(v: &str) -> Result<Option<PathBuf>, String> {
