@@ -438,11 +438,11 @@ pub fn run(config: &VmmConfig) -> Result<i32, StartError> {
     let (mut frontends, mut ctl) = match handover {
         Some((bytes, exec_ns)) => {
             // -incoming FILE: the image is read while the VM is built.
-            let pre = config
+            let mut pre = config
                 .incoming
                 .as_deref()
                 .and_then(|p| cpr::Preread::start(p, config));
-            let a = cpr::adopt(config, &bytes, exec_ns)?;
+            let a = cpr::adopt(config, &bytes, exec_ns, pre.as_mut())?;
             let mut ctl = Controller::new(a.vm);
             ctl.cpr = a.status;
             let f = a.frontends;

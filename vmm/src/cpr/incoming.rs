@@ -16,7 +16,8 @@ use crate::chardev::{backend_name, Chardev, ChardevState};
 use crate::cli::VmmConfig;
 use crate::event_loop::{Frontend, Frontends};
 use crate::machine::{
-    GuestRam, IncomingMachine, Machine, MachineError, RamBlockDesc, RamBlockFd, RunState,
+    EarlyState, GuestRam, IncomingMachine, Machine, MachineError, MachineState, RamBlockDesc,
+    RamBlockFd, RunState,
 };
 use crate::monitor::hmp::HmpSessionState;
 use crate::monitor::qmp::QmpSessionState;
@@ -162,9 +163,16 @@ pub struct Adopted {
 
 /// Start-up after cpr-exec: adopt every fd the hand-over lists, build the VM over the
 /// inherited RAM, rebuild chardevs and monitor sessions.
-pub fn adopt(config: &VmmConfig, bytes: &[u8], exec_ns: u64) -> Result<Adopted, CprError> {
+/// `pre`, the image being read for a load right after (`-incoming FILE`), lets the vCPUs
+/// get their state as they are created.
+pub fn adopt(
+    config: &VmmConfig,
+    bytes: &[u8],
+    exec_ns: u64,
+    pre: Option<&mut Preread>,
+) -> Result<Adopted, CprError> {
     vmm::teardown::adopt_from_env();
-    adopt_from(config, bytes, exec_ns, None)
+    adopt_from(config, bytes, exec_ns, None, pre)
 }
 
 /// [`adopt`], with the fds either inherited at the manifest's numbers (`received` None) or
@@ -174,6 +182,7 @@ pub(super) fn adopt_from(
     bytes: &[u8],
     exec_ns: u64,
     received: Option<BTreeMap<RawFd, OwnedFd>>,
+    pre: Option<&mut Preread>,
 ) -> Result<Adopted, CprError> {
     let img = Image::from_bytes(bytes).map_err(|e| CprError::Handover(Box::new(e)))?;
     // Received fds have new numbers: rewrite the manifest to them (-1 for one not sent,
@@ -336,7 +345,8 @@ pub(super) fn adopt_from(
     }
 
     let ram = GuestRam::from_fds(ram_fds.iter().map(dup_block).collect()).map_err(CprError::Ram)?;
-    let machine = Machine::prepare_incoming(&config.machine_config(), ram)?;
+    let early = pre.map(|p| Box::new(move || p.machine_state()) as Box<EarlyState<'_>>);
+    let machine = Machine::prepare_incoming_early(&config.machine_config(), ram, early)?;
     stamps.machine_ready = now_ns();
     let status = CprStatus {
         mode: Some(Mode::Restart),
@@ -393,18 +403,22 @@ fn check_ram_identity(
 }
 
 /// An image read, verified against the command line and decoded.
-type Decoded = (Image, crate::machine::MachineState, bool);
+type Decoded = (Image, Arc<MachineState>, bool);
 
 fn read_image(path: &Path, config: &VmmConfig) -> Result<Decoded, image::ImageError> {
     let img = image::open_checked(path, config)?;
     let (state, resume_after) = image::machine_state(&img)?;
-    Ok((img, state, resume_after))
+    Ok((img, Arc::new(state), resume_after))
 }
 
 /// A load at start-up (`-incoming FILE` after cpr-exec) reads and decodes the image on a
 /// thread of its own while the main thread builds the VM: on the build machines that is
 /// ~0.4 ms of the pause done in parallel instead of after.
-pub struct Preread(std::thread::JoinHandle<Result<Decoded, image::ImageError>>);
+pub struct Preread {
+    reading: Option<std::thread::JoinHandle<Result<Decoded, image::ImageError>>>,
+    /// `None` until read, and if the reading thread died (load then reads again).
+    read: Option<Result<Decoded, image::ImageError>>,
+}
 
 impl Preread {
     /// Starts reading `path`; `None` if no thread could be started (load reads it then).
@@ -414,7 +428,31 @@ impl Preread {
             .name("cpr-preread".into())
             .spawn(move || read_image(&path, &config))
             .ok()
-            .map(Preread)
+            .map(|t| Preread {
+                reading: Some(t),
+                read: None,
+            })
+    }
+
+    fn wait(&mut self) {
+        if let Some(t) = self.reading.take() {
+            self.read = t.join().ok();
+        }
+    }
+
+    /// The machine state, once read; `None` if the image could not be read or decoded
+    /// (the load reports why).
+    fn machine_state(&mut self) -> Option<Arc<MachineState>> {
+        self.wait();
+        match &self.read {
+            Some(Ok((_, state, _))) => Some(state.clone()),
+            _ => None,
+        }
+    }
+
+    fn into_read(mut self) -> Option<Result<Decoded, image::ImageError>> {
+        self.wait();
+        self.read
     }
 }
 
@@ -435,9 +473,9 @@ pub fn load(
     };
     inc.stamps.load_started = now_ns();
     // A reading thread that died is no answer: read again here.
-    let decoded = match pre.map(|p| p.0.join()) {
-        Some(Ok(result)) => result,
-        _ => read_image(path, &host.config),
+    let decoded = match pre.and_then(Preread::into_read) {
+        Some(result) => result,
+        None => read_image(path, &host.config),
     };
     let (img, state, resume_after) = decoded?;
     let names: Vec<String> =

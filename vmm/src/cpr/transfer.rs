@@ -490,7 +490,7 @@ fn receive(
     if !lines.is_empty() {
         return Err(TransferError::OtherMachine(lines.join("\n")).into());
     }
-    let mut adopted = adopt_from(config, bytes, 0, Some(map))?;
+    let mut adopted = adopt_from(config, bytes, 0, Some(map), None)?;
     // Assigned devices: the DMA mappings move to this process now, while the guest runs.
     transfer_vfio::take_over(&handed, &mut adopted.vm)?;
     let rehearsed = match &adopted.vm {
@@ -694,7 +694,7 @@ mod tests {
             .try_clone()
             .unwrap();
         let map = BTreeMap::from([(manifest[0].fd, OwnedFd::from(file))]);
-        match adopt_from(&config, &bytes, 0, Some(map)) {
+        match adopt_from(&config, &bytes, 0, Some(map), None) {
             Err(CprError::Fd(fds::FdError::Mismatch { name, .. })) => {
                 assert_eq!(name, "ram-below-4g")
             }
@@ -702,7 +702,7 @@ mod tests {
             Ok(_) => panic!("a foreign memfd was adopted"),
         }
         // A descriptor that was not sent at all.
-        match adopt_from(&config, &bytes, 0, Some(BTreeMap::new())) {
+        match adopt_from(&config, &bytes, 0, Some(BTreeMap::new()), None) {
             Err(CprError::Fd(_)) => {}
             Err(e) => panic!("{}", crate::error_chain(&e)),
             Ok(_) => panic!("a missing memfd was adopted"),
@@ -710,7 +710,7 @@ mod tests {
         // The right one is adopted.
         let file = ram.blocks()[0].file.as_ref().unwrap().try_clone().unwrap();
         let map = BTreeMap::from([(manifest[0].fd, OwnedFd::from(file))]);
-        if let Err(e) = adopt_from(&config, &bytes, 0, Some(map)) {
+        if let Err(e) = adopt_from(&config, &bytes, 0, Some(map), None) {
             panic!("{}", crate::error_chain(&e));
         }
     }

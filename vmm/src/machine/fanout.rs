@@ -42,6 +42,105 @@ pub(super) fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> 
     })
 }
 
+/// Runs `prepare` on this thread, then makes items one at a time (`make(&p, 0)`,
+/// `make(&p, 1)`, ...), each given to `work` as soon as it exists: on a helper thread
+/// while this one makes the next, and on this one too once all are made. Returns what
+/// `prepare` gave and the items in order with their work's outcome; stops at the first
+/// error. `lost(i)` is the error for item `i` if the helper died holding it.
+///
+/// The helper is started before `prepare` and runs `warm_up` first, then polls for items
+/// instead of sleeping: on the build machines a sleeping thread on the other CPU takes
+/// ~0.2 ms to wake, longer than an item's work. With one item or one CPU, everything runs
+/// on this thread, and `warm_up` is not run (the work cannot need it).
+pub(super) fn pipeline<P, T: Send, W: Send, E>(
+    count: usize,
+    prepare: impl FnOnce() -> Result<P, E>,
+    warm_up: impl FnOnce() + Send,
+    mut make: impl FnMut(&P, usize) -> Result<T, E>,
+    work: impl Fn(&T) -> W + Sync,
+    lost: impl Fn(usize) -> E,
+) -> Result<(P, Vec<(T, W)>), E> {
+    use std::sync::mpsc::{self, TryRecvError};
+    use std::sync::Mutex;
+    let inline = |p: P, make: &mut dyn FnMut(&P, usize) -> Result<T, E>| {
+        let out = (0..count)
+            .map(|i| {
+                make(&p, i).map(|t| {
+                    let w = work(&t);
+                    (t, w)
+                })
+            })
+            .collect::<Result<Vec<_>, E>>()?;
+        Ok((p, out))
+    };
+    if count < 2 || !two_cpus() {
+        return inline(prepare()?, &mut make);
+    }
+    let (tx, rx) = mpsc::channel::<(usize, T)>();
+    // Both threads take items from it at the end: whoever gets the lock takes the next.
+    let rx = Mutex::new(rx);
+    let done: Mutex<Vec<(usize, T, W)>> = Mutex::new(Vec::with_capacity(count));
+    let take = || super::devices::lock(&rx).try_recv();
+    let (work, done_ref) = (&work, &done);
+    let scoped = std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("vcpu-pipeline".into())
+            .spawn_scoped(s, move || {
+                warm_up();
+                loop {
+                    match take() {
+                        Ok((i, t)) => {
+                            let w = work(&t);
+                            super::devices::lock(done_ref).push((i, t, w));
+                        }
+                        // Lets whatever else wants this CPU run while polling.
+                        Err(TryRecvError::Empty) => std::thread::yield_now(),
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                }
+            });
+        let Ok(helper) = helper else {
+            return Err(prepare);
+        };
+        let p = match prepare() {
+            Ok(p) => p,
+            Err(e) => return Ok((Err(e), Ok(0))),
+        };
+        let mut made = Ok(0);
+        for i in 0..count {
+            match make(&p, i) {
+                Ok(t) => {
+                    // The receiver lives until the scope ends: the send cannot fail.
+                    let _ = tx.send((i, t));
+                    made = Ok(i + 1);
+                }
+                Err(e) => {
+                    made = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        while let Ok((i, t)) = take() {
+            let w = work(&t);
+            super::devices::lock(&done).push((i, t, w));
+        }
+        let _ = helper.join();
+        Ok((Ok(p), made))
+    });
+    let (p, made) = match scoped {
+        Ok((p, made)) => (p?, made?),
+        // No helper could be started: everything here (the work needs no warm-up).
+        Err(prepare) => return inline(prepare()?, &mut make),
+    };
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|(i, _, _)| *i);
+    if let Some(missing) = (0..made).find(|i| done.get(*i).map(|d| d.0) != Some(*i)) {
+        return Err(lost(missing));
+    }
+    Ok((p, done.into_iter().map(|(_, t, w)| (t, w)).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +167,42 @@ mod tests {
         } else {
             println!("one CPU: everything runs on the calling thread");
         }
+    }
+
+    #[test]
+    fn pipeline_works_every_item_in_order_and_stops_at_a_make_error() {
+        for n in 0..9 {
+            let out = pipeline(
+                n,
+                || Ok::<_, String>(3),
+                || {},
+                |p, i| Ok(i * p),
+                |t| t + 1,
+                |i| format!("lost {i}"),
+            );
+            let want: Vec<_> = (0..n).map(|i| (i * 3, i * 3 + 1)).collect();
+            assert_eq!(out, Ok((3, want)));
+        }
+        let worked = std::sync::atomic::AtomicUsize::new(0);
+        let out = pipeline(
+            6,
+            || Ok(()),
+            || {},
+            |_, i| {
+                if i == 4 {
+                    Err(format!("make {i} failed"))
+                } else {
+                    Ok(i)
+                }
+            },
+            |_| worked.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            |i| format!("lost {i}"),
+        );
+        assert_eq!(out, Err("make 4 failed".to_string()));
+        assert_eq!(
+            worked.into_inner(),
+            4,
+            "items made before the error are worked"
+        );
     }
 }

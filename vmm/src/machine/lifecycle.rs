@@ -8,7 +8,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::devices::{self, DebugExit, Devices, PmControl, SerialDevice};
 use super::memory::GuestRam;
-use super::vcpu::Vcpu;
+use super::snapshot::{EarlyState, MachineState};
+use super::vcpu::{FreshVcpu, Vcpu};
 use super::vcpu_state::VcpuState;
 use super::vcpu_thread::{self, MachineShared, VcpuCtl};
 use super::vm_state::{IrqchipState, PitState};
@@ -35,40 +36,136 @@ pub(super) struct Parts {
     pub unsaved_msrs: Vec<u32>,
     /// `None` for a restored machine until its first reset needs it.
     pub boot_state: Option<BootSnapshot>,
+    /// Restore only: what every untouched vCPU of this VM holds (read before any was set).
+    pub fresh: Option<FreshVcpu>,
+    /// Restore only: the state the vCPUs were given as they were created, if it all went in.
+    pub early: Option<Arc<MachineState>>,
 }
 
 /// How `create` prepares the new vCPUs.
 pub(super) enum Prepare<'a> {
     /// Firmware-like boot configuration, snapshotted for reset.
     Boot,
-    /// Nothing: saved state will overwrite it all. `msrs` are the MSRs the state carries.
-    /// Skipping the boot configuration keeps ~0.5 ms (KVM_GET_SUPPORTED_CPUID, the MSR
-    /// probe and the snapshot) out of a live update's pause.
-    Restore { msrs: &'a [u32] },
+    /// Nothing: saved state will overwrite it all. Skipping the boot configuration keeps
+    /// ~0.5 ms (KVM_GET_SUPPORTED_CPUID, the MSR probe and the snapshot) out of a live
+    /// update's pause. `early` is asked for the saved state once the VM exists (restart
+    /// mode decodes the image meanwhile); given one, each vCPU gets its state as soon as it
+    /// is created (see [`create_restoring`]).
+    Restore { early: Option<Box<EarlyState<'a>>> },
 }
 
 fn kvm_io(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
     move |source| MachineError::Vm(vm::VmError::Ioctl { ioctl, source })
 }
 
-fn create_vcpus(vm: &VmFd, count: u32) -> Result<Vec<Vcpu>, MachineError> {
-    let xsave2_size = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
-    let vcpus: Vec<Vcpu> = (0..count)
-        .map(|index| {
-            let fd = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_io("KVM_CREATE_VCPU"))?;
-            Ok::<_, MachineError>(Vcpu::new(index, fd, xsave2_size))
-        })
-        .collect::<Result<_, _>>()?;
-    // All fresh vCPUs of a VM run at its default TSC rate: ask one, not each.
-    if let Some(first) = vcpus.first() {
-        let khz = first.tsc_khz()?;
-        for v in &vcpus[1..] {
-            v.assume_fresh_tsc_khz(khz);
+/// Creates a VM's vCPUs one by one, each told the VM's default TSC rate (every fresh vCPU
+/// of a VM has it: asked once, of the first).
+#[derive(Default)]
+struct VcpuMaker {
+    xsave2_size: Option<usize>,
+    tsc_khz: u32,
+}
+
+impl VcpuMaker {
+    fn make(&mut self, vm: &VmFd, index: u32) -> Result<Vcpu, MachineError> {
+        let xsave2_size = *self.xsave2_size.get_or_insert_with(|| {
+            usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0)
+        });
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_io("KVM_CREATE_VCPU"))?;
+        let v = Vcpu::new(index, fd, xsave2_size);
+        match self.tsc_khz {
+            0 => self.tsc_khz = v.tsc_khz()?,
+            known => v.assume_fresh_tsc_khz(known),
         }
+        Ok(v)
     }
-    Ok(vcpus)
+}
+
+fn create_vcpus(vm: &VmFd, count: u32) -> Result<Vec<Vcpu>, MachineError> {
+    let mut maker = VcpuMaker::default();
+    (0..count).map(|i| maker.make(vm, i)).collect()
+}
+
+/// The VM over `ram` and its vCPUs for restore, with what a fresh vCPU holds. With
+/// `early`, each vCPU gets its saved state as soon as it exists and the state is decoded,
+/// on a second thread while this one creates the next (KVM_CREATE_VCPU is serialised by
+/// KVM, a vCPU's own ioctls are not). Returns the VM, the vCPUs, what a fresh one holds
+/// while they all still do, and the state if all of it went in (if a restore failed, the
+/// load that follows restores every vCPU in full and reports the error).
+#[allow(clippy::type_complexity)]
+fn create_restoring(
+    kvm: &Kvm,
+    ram: &GuestRam,
+    count: u32,
+    early: Option<Box<EarlyState<'_>>>,
+) -> Result<
+    (
+        VmFd,
+        Vec<Vcpu>,
+        Option<FreshVcpu>,
+        Option<Arc<MachineState>>,
+    ),
+    MachineError,
+> {
+    let Some(early) = early else {
+        let vm = vm::create_vm(kvm, Some(ram))?;
+        let vcpus = create_vcpus(&vm, count)?;
+        let fresh = match vcpus.first() {
+            Some(v) => Some(v.fresh_state()?),
+            None => None,
+        };
+        return Ok((vm, vcpus, fresh, None));
+    };
+    // Asked by the helper as it starts (the image is being decoded meanwhile), or by this
+    // thread if there is no helper.
+    let early = Mutex::new(Some(early));
+    let state = std::sync::OnceLock::new();
+    let state_of = || {
+        state
+            .get_or_init(|| {
+                let ask = devices::lock(&early).take();
+                ask.and_then(|f| f())
+                    .filter(|s| s.vcpus.len() == count as usize)
+            })
+            .as_ref()
+    };
+    // Read from vCPU 0 before any vCPU is set; the workers need it.
+    let fresh = std::sync::OnceLock::new();
+    let mut maker = VcpuMaker::default();
+    let made = super::fanout::pipeline(
+        count as usize,
+        || Ok(vm::create_vm(kvm, Some(ram))?),
+        || {
+            let _ = state_of();
+        },
+        |vm, i| {
+            let v = maker.make(vm, i as u32)?;
+            if i == 0 {
+                let _ = fresh.set(v.fresh_state()?);
+            }
+            Ok(v)
+        },
+        // `None`: no state to restore; `Some(false)`: the restore failed.
+        |v: &Vcpu| {
+            let s = state_of()?;
+            let fresh = fresh.get()?;
+            Some(v.restore_fresh(&s.vcpus[v.index as usize], fresh).is_ok())
+        },
+        |index| MachineError::VcpuLost {
+            index: index as u32,
+        },
+    )?;
+    let (vm, made) = made;
+    let outcome: Vec<_> = made.iter().map(|(_, w)| *w).collect();
+    let vcpus = made.into_iter().map(|(v, _)| v).collect();
+    let fresh = fresh.into_inner();
+    Ok(match state_of() {
+        None => (vm, vcpus, fresh, None),
+        Some(s) if outcome.iter().all(|w| *w == Some(true)) => (vm, vcpus, None, Some(s.clone())),
+        Some(_) => (vm, vcpus, None, None),
+    })
 }
 
 /// Creates the VM over `ram` and its vCPUs. Writes nothing into guest RAM.
@@ -82,24 +179,41 @@ pub(super) fn create(
     }
     vcpu_thread::install_kick_handler().map_err(MachineError::Signal)?;
     let kvm = Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))?;
-    let vm = vm::create_vm(&kvm, Some(&ram))?;
-    let vcpus = create_vcpus(&vm, u32::from(config.vcpus))?;
-    let (msr_list, unsaved_msrs, boot_state) = match prepare {
+    let count = u32::from(config.vcpus);
+    let parts = match prepare {
         Prepare::Boot => {
-            let (msrs, unsaved, snapshot) = configure_boot(&kvm, &vm, &vcpus)?;
-            (msrs, unsaved, Some(snapshot))
+            let vm = vm::create_vm(&kvm, Some(&ram))?;
+            let vcpus = create_vcpus(&vm, count)?;
+            let (msr_list, unsaved_msrs, snapshot) = configure_boot(&kvm, &vm, &vcpus)?;
+            Parts {
+                _kvm: kvm,
+                vm,
+                ram,
+                vcpus,
+                msr_list,
+                unsaved_msrs,
+                boot_state: Some(snapshot),
+                fresh: None,
+                early: None,
+            }
         }
-        Prepare::Restore { msrs } => (msrs.to_vec(), Vec::new(), None),
+        Prepare::Restore { early } => {
+            let (vm, vcpus, fresh, early) = create_restoring(&kvm, &ram, count, early)?;
+            Parts {
+                _kvm: kvm,
+                vm,
+                ram,
+                vcpus,
+                // The MSRs the state carries are the ones later saves read (`restore`).
+                msr_list: Vec::new(),
+                unsaved_msrs: Vec::new(),
+                boot_state: None,
+                fresh,
+                early,
+            }
+        }
     };
-    Ok(Parts {
-        _kvm: kvm,
-        vm,
-        ram,
-        vcpus,
-        msr_list,
-        unsaved_msrs,
-        boot_state,
-    })
+    Ok(parts)
 }
 
 /// Gives fresh vCPUs their firmware-like boot configuration (CPUID, MSRs, LAPIC LINT pins,

@@ -41,7 +41,7 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use memory::{GuestRam, RamBlockDesc, RamBlockFd};
-pub use snapshot::{IncomingMachine, MachineState};
+pub use snapshot::{EarlyState, IncomingMachine, MachineState};
 
 /// How guest RAM is backed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +124,8 @@ pub enum MachineError {
     },
     #[error("cannot assign the VFIO devices")]
     Vfio(#[source] crate::vfio::VfioSetError),
+    #[error("the thread restoring vCPU {index} ended before finishing")]
+    VcpuLost { index: u32 },
     #[error("machine has {got} vCPUs configured, at least 1 and at most 255 are supported")]
     VcpuCount { got: u8 },
     #[error("no vCPU {index} (the machine has {count})")]

@@ -8,6 +8,8 @@
 //! irqchip, which the saved state must override); devices last, and the UART's irqfd only
 //! after the irqchip state is in place (`lifecycle::finish`).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::devices::pm::PmState;
@@ -20,6 +22,10 @@ use super::vcpu_state::VcpuState;
 use super::vm_state::{ClockState, IrqchipState, PitState};
 use super::{lifecycle, vm, Machine, MachineConfig, MachineError, MachineEvent, RunState};
 use super::{SerialOutput, VcpuHandle};
+
+/// Hands over the saved state once it is decoded, `None` if there is none
+/// ([`Machine::prepare_incoming_early`]).
+pub type EarlyState<'a> = dyn FnOnce() -> Option<Arc<MachineState>> + Send + 'a;
 
 /// Everything needed to rebuild a machine around RAM that already holds guest memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,7 +112,19 @@ impl Machine {
         config: &MachineConfig,
         ram: GuestRam,
     ) -> Result<IncomingMachine, MachineError> {
-        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Restore { msrs: &[] })?;
+        Machine::prepare_incoming_early(config, ram, None)
+    }
+
+    /// [`Machine::prepare_incoming`], asking `early` for the saved state once the VM exists
+    /// (restart mode decodes the image meanwhile): given one, the vCPUs get their state as
+    /// they are created, and [`IncomingMachine::restore`] with that same state skips them.
+    pub fn prepare_incoming_early(
+        config: &MachineConfig,
+        ram: GuestRam,
+        early: Option<Box<EarlyState<'_>>>,
+    ) -> Result<IncomingMachine, MachineError> {
+        let mut parts = lifecycle::create(config, ram, lifecycle::Prepare::Restore { early })?;
+        let (fresh, early) = (parts.fresh.take().map(Box::new), parts.early.take());
         let (serial, serial_irq) = SerialDevice::new(Box::new(std::io::sink()))?;
         // Nobody listens to a parked machine; `restore` installs the front end's sender.
         let (events, _) = std::sync::mpsc::channel();
@@ -128,13 +146,11 @@ impl Machine {
                 gsi: devices::serial::COM1_IRQ,
                 source,
             })?;
-        // Read once per VM, before the pause in transfer mode: which saved pieces every
-        // fresh vCPU already holds.
-        let fresh = match machine.vcpus.first() {
-            Some(h) => Some(Box::new(devices::lock(&h.vcpu).fresh_state()?)),
-            None => None,
-        };
-        Ok(IncomingMachine { machine, fresh })
+        Ok(IncomingMachine {
+            machine,
+            fresh,
+            early,
+        })
     }
 }
 
@@ -169,8 +185,11 @@ fn check_vcpus(config: &MachineConfig, state: &MachineState) -> Result<(), Machi
 pub struct IncomingMachine {
     /// Paused, with placeholder devices; never run.
     machine: Machine,
-    /// What its still untouched vCPUs hold (`Vcpu::restore_fresh`).
+    /// What its still untouched vCPUs hold (`Vcpu::restore_fresh`); `None` once they are
+    /// not untouched.
     fresh: Option<Box<FreshVcpu>>,
+    /// The state the vCPUs already hold ([`Machine::prepare_incoming_early`]).
+    early: Option<Arc<MachineState>>,
 }
 
 impl IncomingMachine {
@@ -213,16 +232,23 @@ impl IncomingMachine {
             .first()
             .map(|v| v.msrs.iter().map(|m| m.index).collect())
             .unwrap_or_default();
-        let pairs: Vec<_> = m.vcpus.iter().zip(&state.vcpus).collect();
-        super::fanout::map(&pairs, |(h, s)| {
-            let v = devices::lock(&h.vcpu);
-            match &self.fresh {
-                Some(fresh) => v.restore_fresh(s, fresh),
-                None => v.restore(s),
-            }
-        })
-        .into_iter()
-        .collect::<Result<Vec<()>, _>>()?;
+        // The very state the vCPUs were given as they were created: nothing to do for them.
+        let vcpus_hold_it = self
+            .early
+            .as_deref()
+            .is_some_and(|early| std::ptr::eq(early, state));
+        if !vcpus_hold_it {
+            let pairs: Vec<_> = m.vcpus.iter().zip(&state.vcpus).collect();
+            super::fanout::map(&pairs, |(h, s)| {
+                let v = devices::lock(&h.vcpu);
+                match &self.fresh {
+                    Some(fresh) => v.restore_fresh(s, fresh),
+                    None => v.restore(s),
+                }
+            })
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
+        }
         vm::set_irqchip(&m.vm, &state.irqchip)?;
         vm::set_pit(&m.vm, &state.pit)?;
         vm::set_clock(&m.vm, &state.clock)?;
@@ -313,5 +339,34 @@ mod tests {
         let new = restored(&state, ram);
         assert_eq!(cmos_read(&new, 0x40), 0);
         assert_eq!(cmos_read(&new, 0x7f), 0);
+    }
+
+    /// vCPUs given a state as they are created keep it when the load brings that very
+    /// state, and are restored in full when it brings another (a failed load, then a
+    /// cpr-load of a different image).
+    #[test]
+    fn vcpus_restored_early_hold_the_state_the_load_brings() {
+        for same in [true, false] {
+            let (state, ram) = saved_machine();
+            let early = Arc::new(state);
+            let given = early.clone();
+            let incoming = Machine::prepare_incoming_early(
+                &config(),
+                ram,
+                Some(Box::new(move || Some(given))),
+            )
+            .unwrap();
+            let mut other = (*early).clone();
+            other.vcpus[0].regs.rax = 0x5eed_0f1a;
+            let loaded = if same { early.clone() } else { Arc::new(other) };
+            let (tx, _rx) = std::sync::mpsc::channel();
+            let m = incoming
+                .restore(&loaded, Box::new(std::io::sink()), tx)
+                .unwrap();
+            // Registers, not the whole state: the TSC has moved on since.
+            let now = m.save_state().unwrap();
+            assert_eq!(now.vcpus[0].regs, loaded.vcpus[0].regs, "same: {same}");
+            assert_eq!(now.vcpus[0].sregs, loaded.vcpus[0].sregs, "same: {same}");
+        }
     }
 }
