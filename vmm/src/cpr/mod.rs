@@ -344,8 +344,10 @@ pub fn save(
         stop_requested: now_ns(),
         ..Timestamps::default()
     };
-    m.pause()?;
-    t.vcpus_stopped = now_ns();
+    // Each vCPU thread reads the state only its vCPU changes as it stops; the pause starts
+    // when the last one stopped running guest code.
+    let own = m.pause_saving_own()?;
+    t.vcpus_stopped = m.stopped_since(t.stop_requested).unwrap_or_else(now_ns);
     // VFIO: irqfds off (interrupts latch in the eventfds) and DMA host addresses invalid
     // before the state is read; the device keeps DMAing into the pinned pages meanwhile.
     // Any failure below resumes the machine, which undoes this (Machine::resume).
@@ -356,7 +358,7 @@ pub fn save(
         None => Ok(()),
     };
     let written = prepared
-        .and_then(|()| m.save_state().map_err(CprError::from))
+        .and_then(|()| m.save_state_from(own).map_err(CprError::from))
         .and_then(|state| {
             let mut manifest = fds::manifest(m.ram(), &f.chardevs)?;
             manifest.extend(fds::vfio_manifest(m.vfio())?);

@@ -537,6 +537,33 @@ impl Machine {
         &self.shared.devices.pci
     }
 
+    /// [`Machine::pause`] for a save: each vCPU's thread reads the state only that vCPU
+    /// changes as soon as it stops, while the others are still stopping, and the save
+    /// (`save_state_from`) reads only the rest. Returns what the threads read, in vCPU
+    /// order (`None` where a vCPU was not running or its read failed).
+    pub fn pause_saving_own(&mut self) -> Result<Vec<Option<vcpu::OwnState>>, MachineError> {
+        for h in &self.vcpus {
+            h.ctl.save_own_on_stop(true);
+        }
+        let paused = self.pause();
+        let own = self
+            .vcpus
+            .iter()
+            .map(|h| h.ctl.save_own_on_stop(false))
+            .collect();
+        paused.map(|()| own)
+    }
+
+    /// When the last vCPU that was running at `since` (CLOCK_MONOTONIC ns) stopped running
+    /// guest code; `None` if none was.
+    pub fn stopped_since(&self, since: u64) -> Option<u64> {
+        self.vcpus
+            .iter()
+            .map(|h| devices::lock(&h.ctl.ctl).stopped_at)
+            .filter(|t| *t >= since)
+            .max()
+    }
+
     fn stop_vcpus(&self) {
         for h in &self.vcpus {
             h.ctl.request(vcpu_thread::Want::Pause);

@@ -74,6 +74,20 @@ pub struct FreshVcpu {
     pub events: VcpuEvents,
 }
 
+/// The part of a stopped vCPU's state that no other vCPU can change ([`Vcpu::save_own`]).
+#[derive(Debug)]
+pub struct OwnState {
+    mp_state: MpState,
+    regs: Regs,
+    sregs: Sregs,
+    fpu: Fpu,
+    xsave: Xsave,
+    xcrs: Xcrs,
+    debugregs: DebugRegs,
+    cpuid: Vec<CpuidEntry>,
+    tsc_khz: u32,
+}
+
 pub struct Vcpu {
     pub index: u32,
     pub fd: VcpuFd,
@@ -319,9 +333,16 @@ impl Vcpu {
     /// Reads every piece of KVM state of this vCPU. The vCPU must be stopped.
     ///
     /// Order: MP_STATE first (reading it makes KVM settle pending INIT/SIPI events into it),
-    /// the x87/SSE state from the XSAVE area when that is exact, VCPU_EVENTS last (so it reflects any exception or interrupt state the earlier reads
-    /// could touch).
+    /// the x87/SSE state from the XSAVE area when that is exact, VCPU_EVENTS last (so it
+    /// reflects any exception or interrupt state the earlier reads could touch).
     pub fn save(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
+        let own = self.save_own()?;
+        self.save_rest(own, msr_list)
+    }
+
+    /// The state of this stopped vCPU that only the vCPU itself changes, read by its own
+    /// thread as it stops, while other vCPUs may still run (see [`Vcpu::save_after`]).
+    pub fn save_own(&self) -> Result<OwnState, VcpuError> {
         let mp_state = MpState::from(
             &self
                 .fd
@@ -347,7 +368,6 @@ impl Vcpu {
                 .get_debug_regs()
                 .map_err(self.io("KVM_GET_DEBUGREGS"))?,
         );
-        let lapic = Lapic::from(&self.fd.get_lapic().map_err(self.io("KVM_GET_LAPIC"))?);
         let cpuid = self
             .fd
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
@@ -357,6 +377,42 @@ impl Vcpu {
             .map(CpuidEntry::from)
             .collect();
         let tsc_khz = self.tsc_khz()?;
+        Ok(OwnState {
+            mp_state,
+            regs,
+            sregs,
+            fpu,
+            xsave,
+            xcrs,
+            debugregs,
+            cpuid,
+            tsc_khz,
+        })
+    }
+
+    /// The whole state, from `own` read by [`Vcpu::save_own`] when this vCPU stopped and
+    /// other vCPUs may have run since. They can only have reached this one through its
+    /// local APIC (an IPI, a timer it armed firing), a pending NMI, or INIT/SIPI: the
+    /// LAPIC, MSRs (the TSC deadline is cleared when the timer fires) and events are read
+    /// now, and if the MP state moved (INIT or SIPI accepted, which rewrites registers),
+    /// everything is.
+    pub fn save_after(&self, own: OwnState, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
+        let mp_state = MpState::from(
+            &self
+                .fd
+                .get_mp_state()
+                .map_err(self.io("KVM_GET_MP_STATE"))?,
+        );
+        let own = match mp_state == own.mp_state {
+            true => own,
+            false => self.save_own()?,
+        };
+        self.save_rest(own, msr_list)
+    }
+
+    /// [`Vcpu::save_own`]'s state and what other vCPUs can change: LAPIC, MSRs, events.
+    fn save_rest(&self, own: OwnState, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
+        let lapic = Lapic::from(&self.fd.get_lapic().map_err(self.io("KVM_GET_LAPIC"))?);
         let msrs = self.get_msrs(msr_list)?;
         let events = VcpuEvents::from(
             &self
@@ -366,16 +422,16 @@ impl Vcpu {
         );
         Ok(VcpuState {
             index: self.index,
-            mp_state,
-            regs,
-            sregs,
-            fpu,
-            xsave,
-            xcrs,
-            debugregs,
+            mp_state: own.mp_state,
+            regs: own.regs,
+            sregs: own.sregs,
+            fpu: own.fpu,
+            xsave: own.xsave,
+            xcrs: own.xcrs,
+            debugregs: own.debugregs,
             lapic,
-            cpuid,
-            tsc_khz,
+            cpuid: own.cpuid,
+            tsc_khz: own.tsc_khz,
             msrs,
             events,
         })

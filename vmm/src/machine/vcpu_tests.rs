@@ -265,3 +265,96 @@ fn restore_fresh_gives_the_same_vcpu_as_restore_whether_or_not_pieces_are_skippe
         (&fresh.debugregs, &fresh.xcrs, &fresh.events)
     );
 }
+
+/// 64-bit guest: x2APIC on, one IPI through the ICR MSR to APIC id 1 (ICR low word
+/// patched in at byte 20), then `out 0x80, al`.
+const SEND_IPI: [u8; 32] = [
+    0xb9, 0x1b, 0x00, 0x00, 0x00, // mov ecx, IA32_APIC_BASE
+    0x0f, 0x32, // rdmsr
+    0x0d, 0x00, 0x0c, 0x00, 0x00, // or eax, EN | EXTD (x2APIC)
+    0x0f, 0x30, // wrmsr
+    0xb9, 0x30, 0x08, 0x00, 0x00, // mov ecx, x2APIC ICR
+    0xb8, 0, 0, 0, 0, // mov eax, ICR low (patched)
+    0xba, 0x01, 0x00, 0x00, 0x00, // mov edx, 1: destination APIC id
+    0x0f, 0x30, // wrmsr
+    0xe6, // out 0x80, al (second byte below)
+];
+const IPI_VECTOR: u32 = 0x40;
+/// Fixed delivery of IPI_VECTOR, level assert.
+const ICR_FIXED: u32 = 0x4000 | IPI_VECTOR;
+/// INIT, level assert.
+const ICR_INIT: u32 = 0x4500;
+/// Offset of the local APIC's interrupt request register (IRR) in the register page.
+const APIC_IRR: usize = 0x200;
+const APIC_SVR: usize = 0xf0;
+
+/// vCPU 0 of a fresh VM sends `icr` to vCPU 1 while vCPU 1 stands stopped; returns vCPU 1's
+/// state read as `save` does and as its thread does at its stop followed by `save_after`.
+fn state_of_a_vcpu_sent(icr: u32) -> (VcpuState, VcpuState) {
+    let s = vm_with_ram();
+    let mem = s.ram.memory();
+    let mut code = SEND_IPI.to_vec();
+    code[20..24].copy_from_slice(&icr.to_le_bytes());
+    code.push(0x80);
+    mem.write_slice(&code, GuestAddress(CODE)).unwrap();
+    let mut sender = vcpu(&s, 0);
+    let target = vcpu(&s, 1);
+    // The target's APIC is software-enabled (SVR bit 8), as the guest's OS would do:
+    // fixed IPIs to a disabled APIC are dropped.
+    let mut lapic = Lapic::from(&target.fd.get_lapic().unwrap());
+    lapic.set_reg(APIC_SVR, 0x1ff);
+    target.fd.set_lapic(&(&lapic).into()).unwrap();
+    target.set_runnable().unwrap();
+    // Registers an INIT resets: what the target's own thread read must not survive one.
+    target
+        .set_regs(&Regs {
+            rax: 0x1234,
+            rip: 0x8000,
+            rflags: 2,
+            ..Regs::default()
+        })
+        .unwrap();
+    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
+    let (msrs, _) = target.readable_msrs(&index).unwrap();
+    // Read as the target's thread would when it stopped, before the IPI.
+    let own = target.save_own().unwrap();
+    let mut sregs = boot::setup_long_mode(mem, &sender.get_sregs().unwrap()).unwrap();
+    sregs.cr4 |= CR4_SSE;
+    sender.set_sregs(&sregs).unwrap();
+    sender.set_regs(&boot::boot_regs(CODE)).unwrap();
+    sender.set_runnable().unwrap();
+    match sender.fd.run() {
+        Ok(VcpuExit::IoOut(0x80, _)) => {}
+        other => panic!("sender did not reach its port exit: {other:?}"),
+    }
+    let after = target.save_after(own, &msrs).unwrap();
+    let whole = target.save(&msrs).unwrap();
+    (whole, after)
+}
+
+fn irr_has(state: &VcpuState, vector: u32) -> bool {
+    let word = state.lapic.reg(APIC_IRR + 0x10 * (vector as usize / 32));
+    word & (1 << (vector % 32)) != 0
+}
+
+#[test]
+fn an_ipi_to_a_vcpu_after_its_own_state_was_read_is_in_the_save() {
+    let (whole, after) = state_of_a_vcpu_sent(ICR_FIXED);
+    assert!(irr_has(&whole, IPI_VECTOR), "the IPI did not arrive at all");
+    assert!(irr_has(&after, IPI_VECTOR), "save_after lost the IPI");
+    assert_eq!(after.lapic, whole.lapic);
+    assert_eq!(after.regs, whole.regs);
+    assert_eq!(after.mp_state, whole.mp_state);
+}
+
+#[test]
+fn an_init_to_a_vcpu_after_its_own_state_was_read_rereads_all_of_it() {
+    let (whole, after) = state_of_a_vcpu_sent(ICR_INIT);
+    // KVM_MP_STATE_INIT_RECEIVED: the INIT was accepted, which resets the registers.
+    assert_eq!(whole.mp_state.mp_state, 2, "the INIT did not arrive");
+    assert_eq!(whole.regs.rax, 0, "the INIT did not reset the registers");
+    assert_eq!(after.mp_state, whole.mp_state);
+    assert_eq!(after.regs, whole.regs);
+    assert_eq!(after.sregs, whole.sregs);
+    assert_eq!(after.events, whole.events);
+}

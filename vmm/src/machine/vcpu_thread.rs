@@ -20,7 +20,7 @@ use kvm_ioctls::VcpuExit;
 use vmm_sys_util::signal::{register_signal_handler, unblock_signal, SIGRTMIN};
 
 use super::devices::{lock, Devices, IoAction, PmRequest};
-use super::vcpu::Vcpu;
+use super::vcpu::{OwnState, Vcpu};
 use super::{MachineEvent, RunState};
 
 /// The signal that kicks a vCPU thread out of KVM_RUN: SIGRTMIN + 0. The front end must not
@@ -81,6 +81,13 @@ pub struct Ctl {
     /// When the thread last went Running (CLOCK_MONOTONIC ns, 0 = never): the end of a
     /// live update's pause is when a vCPU really runs, not when it was told to.
     pub ran_at: u64,
+    /// When the thread last left KVM_RUN to stop (CLOCK_MONOTONIC ns, 0 = never): the
+    /// start of a live update's pause is when the last vCPU stopped running guest code.
+    pub stopped_at: u64,
+    /// Asked for by a save: read [`OwnState`] as soon as the vCPU stops.
+    save_own: bool,
+    /// What the thread read when it stopped, while `save_own` was set.
+    own: Option<OwnState>,
 }
 
 /// Control block of one vCPU thread, shared by the machine and the thread.
@@ -102,6 +109,9 @@ impl VcpuCtl {
                 pthread: None,
                 tid: 0,
                 ran_at: 0,
+                stopped_at: 0,
+                save_own: false,
+                own: None,
             }),
             cv: Condvar::new(),
             stop: AtomicBool::new(true),
@@ -141,6 +151,14 @@ impl VcpuCtl {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Asks the thread to read its vCPU's [`OwnState`] the next time it stops, or drops
+    /// the request (`false`) and returns what it read.
+    pub fn save_own_on_stop(&self, on: bool) -> Option<OwnState> {
+        let mut c = lock(&self.ctl);
+        c.save_own = on;
+        c.own.take()
     }
 
     pub fn state(&self) -> (Is, i32) {
@@ -268,6 +286,21 @@ pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>
         v.fd.set_kvm_immediate_exit(1);
         let _ = v.fd.run();
         v.fd.set_kvm_immediate_exit(0);
+        let save_own = {
+            let mut c = lock(&ctl.ctl);
+            c.stopped_at = monotonic_ns();
+            c.save_own
+        };
+        // Read here, on this thread, while other vCPUs may still be stopping: this part
+        // of the state is only changed by this vCPU (see `Vcpu::save_after`). A failed
+        // read leaves the save to read everything itself.
+        if save_own {
+            let own = v.save_own().ok();
+            let mut c = lock(&ctl.ctl);
+            if c.save_own {
+                c.own = own;
+            }
+        }
     }
 }
 
