@@ -574,17 +574,8 @@ impl Machine {
     }
 
     fn set_running(&self) {
-        // Tell a kvmclock guest it was paused (KVM_KVMCLOCK_CTRL), so its soft-lockup
-        // watchdog does not fire for the time it spent stopped. KVM refuses this with EINVAL
-        // when the guest has not enabled kvmclock (our test guests): nothing to do then.
-        for h in &self.vcpus {
-            if matches!(
-                h.ctl.state().0,
-                vcpu_thread::Is::Stopped | vcpu_thread::Is::Starting
-            ) {
-                let _ = devices::lock(&h.vcpu).fd.kvmclock_ctrl();
-            }
-        }
+        // Each vCPU thread tells a kvmclock guest it was stopped as it resumes
+        // (`vcpu_thread::run`).
         *devices::lock(&self.shared.run_state) = RunState::Running;
         for h in &self.vcpus {
             h.ctl.request(vcpu_thread::Want::Run);

@@ -269,10 +269,19 @@ pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>
                 }
             }
             c.is = Is::Running;
+        }
+        let mut v = lock(&vcpu);
+        // Tell a kvmclock guest it was stopped (KVM_KVMCLOCK_CTRL), so its soft-lockup
+        // watchdog does not fire for the time it spent stopped; KVM refuses with EINVAL when
+        // the guest has not enabled kvmclock (our test guests): nothing to do then. Each
+        // vCPU does it for itself as it resumes: the machine doing it for all of them
+        // before any runs kept that many ioctls inside a live update's pause.
+        let _ = v.fd.kvmclock_ctrl();
+        {
+            let mut c = lock(&ctl.ctl);
             c.ran_at = monotonic_ns();
             ctl.cv.notify_all();
         }
-        let mut v = lock(&vcpu);
         v.fd.set_kvm_immediate_exit(0);
         while !ctl.stop.load(Ordering::SeqCst) {
             if let Err(msg) = run_once(&mut v, &shared) {
