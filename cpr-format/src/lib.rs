@@ -124,7 +124,7 @@ pub use schema::{
     SectionState, StructSchema,
 };
 pub use section::Section;
-pub use writer::{ImageWriter, SectionInfo, WriteStats};
+pub use writer::{EncodedSection, ImageWriter, SectionInfo, WriteStats};
 
 #[doc(hidden)]
 pub mod __private {

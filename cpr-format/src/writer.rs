@@ -31,6 +31,49 @@ pub struct SectionInfo {
     pub required: bool,
 }
 
+/// A typed section encoded and checked apart from any writer: on another thread, say,
+/// while the next state is being read. [`ImageWriter::add_encoded`] adds it as
+/// [`ImageWriter::add_section`] would have.
+#[derive(Debug)]
+pub struct EncodedSection {
+    info: SectionInfo,
+    payload: Vec<u8>,
+    name: &'static str,
+    type_name: &'static str,
+    schema: fn() -> SectionSchema,
+    /// What the payload was checked against.
+    limits: Limits,
+}
+
+impl EncodedSection {
+    /// Encodes `state` as section instance `instance` and checks it against the default
+    /// limits and the strict profile.
+    pub fn new<T: SectionState>(instance: &str, state: &T) -> Result<EncodedSection> {
+        let info = section_info::<T>(instance);
+        let payload = encode(state, &section_loc(&info))?;
+        let limits = Limits::default();
+        check_payload(&limits, &info, &payload)?;
+        Ok(EncodedSection {
+            info,
+            payload,
+            name: T::NAME,
+            type_name: std::any::type_name::<T>(),
+            schema: T::schema,
+            limits,
+        })
+    }
+}
+
+fn section_info<T: SectionState>(instance: &str) -> SectionInfo {
+    SectionInfo {
+        name: T::NAME.to_owned(),
+        instance: instance.to_owned(),
+        version: T::VERSION,
+        min_version: T::MIN_VERSION,
+        required: T::REQUIRED,
+    }
+}
+
 /// What [`ImageWriter::write_atomic`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteStats {
@@ -95,22 +138,41 @@ impl ImageWriter {
 
     /// Add a typed section; its schema is embedded.
     pub fn add_section<T: SectionState>(&mut self, instance: &str, state: &T) -> Result<&mut Self> {
-        let info = SectionInfo {
-            name: T::NAME.to_owned(),
-            instance: instance.to_owned(),
-            version: T::VERSION,
-            min_version: T::MIN_VERSION,
-            required: T::REQUIRED,
-        };
+        let info = section_info::<T>(instance);
         let payload = encode(state, &section_loc(&info))?;
+        check_payload(&self.limits, &info, &payload)?;
+        self.push_typed(
+            info,
+            payload,
+            T::NAME,
+            std::any::type_name::<T>(),
+            T::schema,
+        )
+    }
+
+    /// Add a section encoded by [`EncodedSection::new`], as `add_section` would.
+    pub fn add_encoded(&mut self, s: EncodedSection) -> Result<&mut Self> {
+        if s.limits != self.limits {
+            check_payload(&self.limits, &s.info, &s.payload)?;
+        }
+        self.push_typed(s.info, s.payload, s.name, s.type_name, s.schema)
+    }
+
+    /// A checked typed payload, with its type's schema unless the table has it.
+    fn push_typed(
+        &mut self,
+        info: SectionInfo,
+        payload: Vec<u8>,
+        name: &'static str,
+        type_name: &'static str,
+        schema: fn() -> SectionSchema,
+    ) -> Result<&mut Self> {
         // Building a schema costs more than encoding a payload: once per type is enough.
-        let type_name = std::any::type_name::<T>();
-        if self.typed.get(T::NAME) == Some(&type_name) {
-            self.check_payload(&info, &payload)?;
+        if self.typed.get(name) == Some(&type_name) {
             return self.push_checked(info, payload, None);
         }
-        self.push_section(info, T::schema(), payload)?;
-        self.typed.insert(T::NAME, type_name);
+        self.push_schema(info, schema(), payload)?;
+        self.typed.insert(name, type_name);
         Ok(self)
     }
 
@@ -137,38 +199,23 @@ impl ImageWriter {
         self.push_section(info, schema, payload)
     }
 
-    /// Size bound, a map at the top, strict profile: what the reader will demand.
-    fn check_payload(&self, info: &SectionInfo, payload: &[u8]) -> Result<()> {
-        let loc = || section_loc(info);
-        if payload.len() as u64 > self.limits.max_section_len {
-            return Err(Error::Encode {
-                location: loc(),
-                reason: format!(
-                    "payload is {} bytes, limit {}",
-                    payload.len(),
-                    self.limits.max_section_len
-                ),
-            });
-        }
-        if payload.first().map(|b| b >> 5) != Some(MAJOR_MAP) {
-            return Err(Error::Encode {
-                location: loc(),
-                reason: "payload must be a CBOR map".into(),
-            });
-        }
-        cbor::check_item(payload, 0, self.limits.max_depth).map_err(|e| Error::Encode {
-            location: loc(),
-            reason: format!("payload is outside the strict CBOR profile: {e:?}"),
-        })
-    }
-
     fn push_section(
         &mut self,
         info: SectionInfo,
         schema: SectionSchema,
         payload: Vec<u8>,
     ) -> Result<&mut Self> {
-        self.check_payload(&info, &payload)?;
+        check_payload(&self.limits, &info, &payload)?;
+        self.push_schema(info, schema, payload)
+    }
+
+    /// A checked payload with its schema.
+    fn push_schema(
+        &mut self,
+        info: SectionInfo,
+        schema: SectionSchema,
+        payload: Vec<u8>,
+    ) -> Result<&mut Self> {
         let loc = section_loc(&info);
         if schema.name != info.name
             || schema.version != info.version
@@ -522,6 +569,31 @@ fn append_encoded<T: Serialize + ?Sized>(
     ciborium::ser::into_writer(v, &mut *out).map_err(|e| Error::Encode {
         location: Location::Element(elem),
         reason: e.to_string(),
+    })
+}
+
+/// Size bound, a map at the top, strict profile: what the reader will demand.
+fn check_payload(limits: &Limits, info: &SectionInfo, payload: &[u8]) -> Result<()> {
+    let loc = || section_loc(info);
+    if payload.len() as u64 > limits.max_section_len {
+        return Err(Error::Encode {
+            location: loc(),
+            reason: format!(
+                "payload is {} bytes, limit {}",
+                payload.len(),
+                limits.max_section_len
+            ),
+        });
+    }
+    if payload.first().map(|b| b >> 5) != Some(MAJOR_MAP) {
+        return Err(Error::Encode {
+            location: loc(),
+            reason: "payload must be a CBOR map".into(),
+        });
+    }
+    cbor::check_item(payload, 0, limits.max_depth).map_err(|e| Error::Encode {
+        location: loc(),
+        reason: format!("payload is outside the strict CBOR profile: {e:?}"),
     })
 }
 

@@ -268,3 +268,60 @@ fn writer_refuses_duplicates_and_non_strict_values() {
     ));
     w.add_value_section(info, schema, &ok).unwrap();
 }
+
+/// Sections encoded apart (`EncodedSection`, e.g. on another thread) give the same image,
+/// byte for byte, as the same sections added with `add_section`.
+#[test]
+fn sections_encoded_apart_give_the_same_image() {
+    let direct = {
+        let mut w = ImageWriter::new(sample::header());
+        for i in 0..3u64 {
+            let (regs, sregs, ext) = sample::vcpu(i);
+            w.add_section(&i.to_string(), &regs).unwrap();
+            w.add_section(&i.to_string(), &sregs).unwrap();
+            w.add_section(&i.to_string(), &ext).unwrap();
+        }
+        w.to_bytes().unwrap()
+    };
+    let apart = {
+        let encoded: Vec<EncodedSection> = std::thread::spawn(|| {
+            (0..3u64)
+                .flat_map(|i| {
+                    let (regs, sregs, ext) = sample::vcpu(i);
+                    let id = i.to_string();
+                    [
+                        EncodedSection::new(&id, &regs).unwrap(),
+                        EncodedSection::new(&id, &sregs).unwrap(),
+                        EncodedSection::new(&id, &ext).unwrap(),
+                    ]
+                })
+                .collect()
+        })
+        .join()
+        .unwrap();
+        let mut w = ImageWriter::new(sample::header());
+        for e in encoded {
+            w.add_encoded(e).unwrap();
+        }
+        w.to_bytes().unwrap()
+    };
+    assert_eq!(apart, direct);
+    let img = Image::from_bytes(&apart).unwrap();
+    assert_eq!(img.sections_of::<RegsState>().unwrap().len(), 3);
+}
+
+#[test]
+fn an_encoded_section_added_twice_is_refused() {
+    let (regs, _, _) = sample::vcpu(0);
+    let mut w = ImageWriter::new(sample::header());
+    w.add_encoded(EncodedSection::new("0", &regs).unwrap())
+        .unwrap();
+    let err = match w.add_encoded(EncodedSection::new("0", &regs).unwrap()) {
+        Ok(_) => panic!("the second instance 0 was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("duplicate section instance"),
+        "{err}"
+    );
+}

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use cpr_format::{
-    DeviceDesc, FdEntry, Header, HostInfo, Image, ImageWriter, MachineDesc, Mode, Producer,
-    RamBacking, Schema,
+    DeviceDesc, EncodedSection, FdEntry, Header, HostInfo, Image, ImageWriter, MachineDesc, Mode,
+    Producer, RamBacking, Schema,
 };
 
 use crate::cli::{RamSpec, VmmConfig};
@@ -242,7 +242,8 @@ pub fn ram_state(descs: &[RamBlockDesc]) -> Vec<RamBlockState> {
 }
 
 /// Writes the image of a stopped machine: header, one section per vCPU, irqchip, PIT,
-/// clock, devices, the machine's run state and RAM layout, and the fd manifest.
+/// clock, devices, the machine's run state and RAM layout, and the fd manifest. `vcpus`,
+/// if given, are the vCPU sections already encoded (`VcpuEncoder`), one per vCPU in order.
 pub fn write(
     path: &Path,
     header: Header,
@@ -250,12 +251,13 @@ pub fn write(
     running: bool,
     manifest: &[FdEntry],
     vfio: Option<&VfioSaved>,
+    vcpus: Option<Vec<EncodedSection>>,
 ) -> Result<(), ImageError> {
     let err = |source| ImageError::Write {
         path: path.display().to_string(),
         source: Box::new(source),
     };
-    let w = writer(path, header, state, running, manifest, vfio)?;
+    let w = build(header, state, running, manifest, vfio, vcpus).map_err(err)?;
     w.write_atomic(path).map_err(err)?;
     Ok(())
 }
@@ -269,7 +271,7 @@ pub fn to_bytes(
     manifest: &[FdEntry],
     vfio: Option<&VfioSaved>,
 ) -> Result<Vec<u8>, cpr_format::Error> {
-    build(header, state, running, manifest, vfio)?.to_bytes()
+    build(header, state, running, manifest, vfio, None)?.to_bytes()
 }
 
 /// The image of [`write`], not yet written: reboot mode adds its RAM sections and regions.
@@ -281,7 +283,7 @@ pub fn writer(
     manifest: &[FdEntry],
     vfio: Option<&VfioSaved>,
 ) -> Result<ImageWriter, ImageError> {
-    build(header, state, running, manifest, vfio).map_err(|source| ImageError::Write {
+    build(header, state, running, manifest, vfio, None).map_err(|source| ImageError::Write {
         path: path.display().to_string(),
         source: Box::new(source),
     })
@@ -293,6 +295,7 @@ fn build(
     running: bool,
     manifest: &[FdEntry],
     vfio: Option<&VfioSaved>,
+    vcpus: Option<Vec<EncodedSection>>,
 ) -> Result<ImageWriter, cpr_format::Error> {
     let mut w = ImageWriter::new(header);
     w.add_section(
@@ -303,8 +306,17 @@ fn build(
             ram: ram_state(&state.ram),
         },
     )?;
-    for v in &state.vcpus {
-        w.add_section(&v.index.to_string(), v)?;
+    match vcpus.filter(|e| e.len() == state.vcpus.len()) {
+        Some(encoded) => {
+            for e in encoded {
+                w.add_encoded(e)?;
+            }
+        }
+        None => {
+            for v in &state.vcpus {
+                w.add_section(&v.index.to_string(), v)?;
+            }
+        }
     }
     w.add_section(ONE, &state.irqchip)?;
     w.add_section(ONE, &state.pit)?;
@@ -551,6 +563,32 @@ mod tests {
         assert!(img.schema().get("rtc.mc146818").is_none());
         assert!(cpr_format::compat::check(img.schema(), &reader_schema()).is_compatible());
         assert_eq!(machine_state(&img).unwrap().0, state);
+    }
+
+    /// The vCPU sections from `VcpuEncoder`'s helper make the same image as those the
+    /// writer encodes itself; a count that does not match is not used.
+    #[test]
+    fn vcpu_sections_encoded_by_the_helper_make_the_same_image() {
+        let c = config(16 << 20, 3);
+        let state = saved_state(&c);
+        // One header: it carries the time it was made.
+        let h = header(&c, Mode::Restart);
+        let image_with = |vcpus| {
+            build(h.clone(), &state, true, &[], None, vcpus)
+                .and_then(|w| w.to_bytes())
+                .unwrap()
+        };
+        let mut encoder = super::super::vcpu_encoder::VcpuEncoder::start();
+        for v in &state.vcpus {
+            encoder.send(v);
+        }
+        let encoded = encoder.finish().expect("the helper encodes every vCPU");
+        assert_eq!(encoded.len(), 3);
+        assert_eq!(image_with(Some(encoded)), image_with(None));
+        let mut short = super::super::vcpu_encoder::VcpuEncoder::start();
+        short.send(&state.vcpus[0]);
+        let one = short.finish().unwrap();
+        assert_eq!(image_with(Some(one)), image_with(None));
     }
 
     #[test]

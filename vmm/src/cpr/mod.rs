@@ -44,6 +44,7 @@ pub mod timing;
 pub mod transfer;
 pub mod transfer_timing;
 mod transfer_vfio;
+mod vcpu_encoder;
 
 pub use incoming::{adopt, load, Preread, Vm};
 
@@ -340,6 +341,9 @@ pub fn save(
         RunState::Shutdown => return Err(CprError::BadState("shutdown")),
         RunState::InternalError => return Err(CprError::BadState("internal-error")),
     };
+    // With more than one vCPU, each one's section is encoded on a helper while the next
+    // vCPU is read (started now, before the guest stops).
+    let mut encoder = (m.config().vcpus > 1).then(vcpu_encoder::VcpuEncoder::start);
     let mut t = Timestamps {
         stop_requested: now_ns(),
         ..Timestamps::default()
@@ -358,7 +362,14 @@ pub fn save(
         None => Ok(()),
     };
     let written = prepared
-        .and_then(|()| m.save_state_from(own).map_err(CprError::from))
+        .and_then(|()| {
+            m.save_state_from(own, |v| {
+                if let Some(e) = &mut encoder {
+                    e.send(v)
+                }
+            })
+            .map_err(CprError::from)
+        })
         .and_then(|state| {
             let mut manifest = fds::manifest(m.ram(), &f.chardevs)?;
             manifest.extend(fds::vfio_manifest(m.vfio())?);
@@ -370,6 +381,7 @@ pub fn save(
                 resume_after,
                 &manifest,
                 vfio.as_ref(),
+                encoder.and_then(vcpu_encoder::VcpuEncoder::finish),
             )?;
             Ok(())
         });

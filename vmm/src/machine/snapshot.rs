@@ -48,15 +48,16 @@ impl Machine {
     /// Reads the whole machine state. Only while paused (or before start): every vCPU must
     /// be stopped at an exit.
     pub fn save_state(&self) -> Result<MachineState, MachineError> {
-        self.save_state_from(Vec::new())
+        self.save_state_from(Vec::new(), |_| {})
     }
 
     /// [`Machine::save_state`] right after [`Machine::pause_saving_own`], with what the
     /// vCPU threads read as they stopped (`own`, in vCPU order; a missing or `None` entry
-    /// is read in full here).
+    /// is read in full here). `each` sees every vCPU's state as soon as it is read.
     pub fn save_state_from(
         &self,
         own: Vec<Option<OwnState>>,
+        mut each: impl FnMut(&VcpuState),
     ) -> Result<MachineState, MachineError> {
         let state = self.run_state();
         if !matches!(
@@ -78,10 +79,12 @@ impl Machine {
             .iter()
             .map(|h: &VcpuHandle| {
                 let v = devices::lock(&h.vcpu);
-                match own.next().flatten() {
+                let state = match own.next().flatten() {
                     Some(o) => v.save_after(o, &self.msr_list),
                     None => v.save(&self.msr_list),
-                }
+                }?;
+                each(&state);
+                Ok::<_, MachineError>(state)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let irqchip = vm::get_irqchip(&self.vm)?;
