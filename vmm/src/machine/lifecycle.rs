@@ -281,8 +281,16 @@ pub(super) fn boot(config: &MachineConfig, ram: &GuestRam, bsp: &Vcpu) -> Result
     Ok(())
 }
 
+/// What [`finish`] builds the machine for.
+pub(super) enum Purpose {
+    /// A machine to boot (Prelaunch).
+    Boot,
+    /// A parked machine (Paused) waiting for a restore's state. Its UART is a placeholder
+    /// whose irqfd is not registered: the restore registers the guest's.
+    Incoming,
+}
+
 /// Wires the devices, starts the (stopped) vCPU threads and returns the machine.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn finish(
     config: &MachineConfig,
     parts: Parts,
@@ -290,18 +298,21 @@ pub(super) fn finish(
     serial_irq: EventFd,
     pm: PmControl,
     events: std::sync::mpsc::Sender<MachineEvent>,
-    run_state: RunState,
-    paused_while_suspended: bool,
+    purpose: Purpose,
 ) -> Result<Machine, MachineError> {
-    // Registered after the irqchip state is final: an interrupt the UART raised while being
-    // restored is already latched in the eventfd and KVM injects it at registration.
-    parts
-        .vm
-        .register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
-        .map_err(|source| MachineError::Irqfd {
-            gsi: devices::serial::COM1_IRQ,
-            source,
-        })?;
+    let run_state = match purpose {
+        Purpose::Boot => {
+            parts
+                .vm
+                .register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
+                .map_err(|source| MachineError::Irqfd {
+                    gsi: devices::serial::COM1_IRQ,
+                    source,
+                })?;
+            RunState::Prelaunch
+        }
+        Purpose::Incoming => RunState::Paused,
+    };
     let devices = Arc::new(Devices {
         serial: Mutex::new(serial),
         pm: Mutex::new(pm),
@@ -350,7 +361,7 @@ pub(super) fn finish(
         msr_list: parts.msr_list,
         unsaved_msrs: parts.unsaved_msrs,
         boot_state: parts.boot_state,
-        paused_while_suspended,
+        paused_while_suspended: false,
         boot_pending: false,
     };
     // The threads start parked (`want` is Pause) and are not waited for: starting eight of

@@ -203,8 +203,7 @@ impl Machine {
             serial_irq,
             devices::PmControl::default(),
             events,
-            RunState::Prelaunch,
-            false,
+            lifecycle::Purpose::Boot,
         )
     }
 
@@ -226,8 +225,7 @@ impl Machine {
             serial_irq,
             devices::PmControl::default(),
             events,
-            RunState::Prelaunch,
-            false,
+            lifecycle::Purpose::Boot,
         )?;
         m.boot_pending = true;
         Ok(m)

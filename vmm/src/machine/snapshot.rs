@@ -155,17 +155,8 @@ impl Machine {
             serial_irq,
             PmControl::default(),
             events,
-            RunState::Paused,
-            false,
+            lifecycle::Purpose::Incoming,
         )?;
-        // The placeholder UART never interrupts: its irqfd goes now, outside any pause.
-        machine
-            .vm
-            .unregister_irqfd(&machine.serial_irq, devices::serial::COM1_IRQ)
-            .map_err(|source| MachineError::Irqfd {
-                gsi: devices::serial::COM1_IRQ,
-                source,
-            })?;
         Ok(IncomingMachine {
             machine,
             fresh,
