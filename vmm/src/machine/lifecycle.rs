@@ -36,22 +36,6 @@ pub(super) struct Parts {
     pub unsaved_msrs: Vec<u32>,
     /// `None` for a restored machine until its first reset needs it.
     pub boot_state: Option<BootSnapshot>,
-    /// Restore only: what every untouched vCPU of this VM holds (read before any was set).
-    pub fresh: Option<FreshVcpu>,
-    /// Restore only: the state the vCPUs were given as they were created, if it all went in.
-    pub early: Option<Arc<MachineState>>,
-}
-
-/// How `create` prepares the new vCPUs.
-pub(super) enum Prepare<'a> {
-    /// Firmware-like boot configuration, snapshotted for reset.
-    Boot,
-    /// Nothing: saved state will overwrite it all. Skipping the boot configuration keeps
-    /// ~0.5 ms (KVM_GET_SUPPORTED_CPUID, the MSR probe and the snapshot) out of a live
-    /// update's pause. `early` is asked for the saved state once the VM exists (restart
-    /// mode decodes the image meanwhile); given one, each vCPU gets its state as soon as it
-    /// is created (see [`create_restoring`]).
-    Restore { early: Option<Box<EarlyState<'a>>> },
 }
 
 fn kvm_io(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> MachineError {
@@ -88,39 +72,47 @@ fn create_vcpus(vm: &VmFd, count: u32) -> Result<Vec<Vcpu>, MachineError> {
     (0..count).map(|i| maker.make(vm, i)).collect()
 }
 
-/// The VM over `ram` and its vCPUs for restore, with what a fresh vCPU holds. With
-/// `early`, each vCPU gets its saved state as soon as it exists and the state is decoded,
-/// on a second thread while this one creates the next (KVM_CREATE_VCPU is serialised by
-/// KVM, a vCPU's own ioctls are not). Returns the VM, the vCPUs, what a fresh one holds
-/// while they all still do, and the state if all of it went in (if a restore failed, the
-/// load that follows restores every vCPU in full and reports the error).
-#[allow(clippy::type_complexity)]
-fn create_restoring(
-    kvm: &Kvm,
-    ram: &GuestRam,
-    count: u32,
+/// What a machine built for restore holds besides itself ([`create_incoming`]).
+pub(super) struct Incoming {
+    /// What every untouched vCPU of this VM holds (read before any was set), while they
+    /// all still are untouched.
+    pub fresh: Option<FreshVcpu>,
+    /// The state every vCPU was given as it was created, if all of it went in.
+    pub early: Option<Arc<MachineState>>,
+}
+
+/// A paused machine over `ram` waiting for a restore's state: new VM, placeholder devices
+/// (the UART's irqfd is not registered: the restore registers the guest's), and each vCPU
+/// with its (parked) thread started as soon as the vCPU is created. With `early`, each
+/// vCPU also gets its saved state, once the image is decoded, on a helper thread while
+/// this one creates and starts the next (KVM_CREATE_VCPU is serialised by KVM, a vCPU's
+/// own ioctls are not; see `fanout::pipeline`). If a state write fails, the vCPUs are left
+/// for the load to restore in full, which reports the error.
+pub(super) fn create_incoming(
+    config: &MachineConfig,
+    ram: GuestRam,
     early: Option<Box<EarlyState<'_>>>,
-) -> Result<
-    (
-        VmFd,
-        Vec<Vcpu>,
-        Option<FreshVcpu>,
-        Option<Arc<MachineState>>,
-    ),
-    MachineError,
-> {
-    let Some(early) = early else {
-        let vm = vm::create_vm(kvm, Some(ram))?;
-        let vcpus = create_vcpus(&vm, count)?;
-        let fresh = match vcpus.first() {
-            Some(v) => Some(v.fresh_state()?),
-            None => None,
-        };
-        return Ok((vm, vcpus, fresh, None));
-    };
+) -> Result<(Machine, Incoming), MachineError> {
+    if config.vcpus == 0 || config.vcpus == u8::MAX {
+        return Err(MachineError::VcpuCount { got: config.vcpus });
+    }
+    vcpu_thread::install_kick_handler().map_err(MachineError::Signal)?;
+    let kvm = Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))?;
+    let count = u32::from(config.vcpus);
+    let (serial, serial_irq) = SerialDevice::new(Box::new(std::io::sink()))?;
+    // Nobody listens to a parked machine; `restore` installs the front end's sender.
+    let (events, _) = std::sync::mpsc::channel();
+    let shared = wire(
+        count,
+        serial,
+        PmControl::default(),
+        events,
+        RunState::Paused,
+    );
     // Asked by the helper as it starts (the image is being decoded meanwhile), or by this
     // thread if there is no helper.
-    let early = Mutex::new(Some(early));
+    let has_early = early.is_some();
+    let early = Mutex::new(early);
     let state = std::sync::OnceLock::new();
     let state_of = || {
         state
@@ -131,89 +123,106 @@ fn create_restoring(
             })
             .as_ref()
     };
-    // Read from vCPU 0 before any vCPU is set; the workers need it.
+    // Read from vCPU 0 before any vCPU is set; the helper needs it.
     let fresh = std::sync::OnceLock::new();
     let mut maker = VcpuMaker::default();
+    // Started threads, to be told to exit if building the machine fails half-way.
+    let started: Mutex<Vec<Arc<VcpuCtl>>> = Mutex::new(Vec::new());
     let made = super::fanout::pipeline(
-        count as usize,
-        || Ok(vm::create_vm(kvm, Some(ram))?),
+        if has_early { count as usize } else { 1 },
+        || Ok(Arc::new(vm::create_vm(&kvm, Some(&ram))?)),
         || {
             let _ = state_of();
         },
-        |vm, i| {
-            let v = maker.make(vm, i as u32)?;
-            if i == 0 {
-                let _ = fresh.set(v.fresh_state()?);
+        |vm: &Arc<VmFd>, i| {
+            // Without a state there is nothing to overlap: every vCPU is made here.
+            let indices = match has_early {
+                true => i as u32..i as u32 + 1,
+                false => 0..count,
+            };
+            let mut handles = Vec::new();
+            for index in indices {
+                let v = maker.make(vm, index)?;
+                if index == 0 {
+                    let _ = fresh.set(v.fresh_state()?);
+                }
+                let ctl = shared.vcpus[index as usize].clone();
+                let handle = spawn_vcpu(v, ctl.clone(), &shared)?;
+                devices::lock(&started).push(ctl);
+                handles.push(handle);
             }
-            Ok(v)
+            Ok(handles)
         },
-        // `None`: no state to restore; `Some(false)`: the restore failed.
-        |v: &Vcpu| {
+        // `None`: no state to restore; `Some(false)`: the write failed.
+        |handles: &Vec<VcpuHandle>| {
             let s = state_of()?;
             let fresh = fresh.get()?;
-            Some(v.restore_fresh(&s.vcpus[v.index as usize], fresh).is_ok())
+            let ok = handles.iter().all(|h| {
+                let v = devices::lock(&h.vcpu);
+                v.restore_fresh(&s.vcpus[v.index as usize], fresh).is_ok()
+            });
+            Some(ok)
         },
         |index| MachineError::VcpuLost {
             index: index as u32,
         },
-    )?;
-    let (vm, made) = made;
-    let outcome: Vec<_> = made.iter().map(|(_, w)| *w).collect();
-    let vcpus = made.into_iter().map(|(v, _)| v).collect();
+    );
+    let (vm, made) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            for ctl in devices::lock(&started).iter() {
+                ctl.request(vcpu_thread::Want::Exit);
+            }
+            return Err(e);
+        }
+    };
+    let written: Vec<_> = made.iter().map(|(_, w)| *w).collect();
+    let handles = made.into_iter().flat_map(|(h, _)| h).collect();
     let fresh = fresh.into_inner();
-    Ok(match state_of() {
-        None => (vm, vcpus, fresh, None),
-        Some(s) if outcome.iter().all(|w| *w == Some(true)) => (vm, vcpus, None, Some(s.clone())),
-        Some(_) => (vm, vcpus, None, None),
-    })
+    let incoming = match (has_early, state_of()) {
+        (true, Some(s)) if written.iter().all(|w| *w == Some(true)) => Incoming {
+            fresh: None,
+            early: Some(s.clone()),
+        },
+        // Some vCPUs hold part of a state: none counts as fresh.
+        (true, Some(_)) => Incoming {
+            fresh: None,
+            early: None,
+        },
+        _ => Incoming { fresh, early: None },
+    };
+    let machine = assemble(
+        config,
+        vm,
+        ram,
+        shared,
+        handles,
+        serial_irq,
+        (Vec::new(), Vec::new(), None),
+    );
+    Ok((machine, incoming))
 }
 
-/// Creates the VM over `ram` and its vCPUs. Writes nothing into guest RAM.
-pub(super) fn create(
-    config: &MachineConfig,
-    ram: GuestRam,
-    prepare: Prepare<'_>,
-) -> Result<Parts, MachineError> {
+/// Creates the VM over `ram` and its vCPUs with their boot configuration. Writes nothing
+/// into guest RAM.
+pub(super) fn create(config: &MachineConfig, ram: GuestRam) -> Result<Parts, MachineError> {
     if config.vcpus == 0 || config.vcpus == u8::MAX {
         return Err(MachineError::VcpuCount { got: config.vcpus });
     }
     vcpu_thread::install_kick_handler().map_err(MachineError::Signal)?;
     let kvm = Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))?;
-    let count = u32::from(config.vcpus);
-    let parts = match prepare {
-        Prepare::Boot => {
-            let vm = vm::create_vm(&kvm, Some(&ram))?;
-            let vcpus = create_vcpus(&vm, count)?;
-            let (msr_list, unsaved_msrs, snapshot) = configure_boot(&kvm, &vm, &vcpus)?;
-            Parts {
-                _kvm: kvm,
-                vm,
-                ram,
-                vcpus,
-                msr_list,
-                unsaved_msrs,
-                boot_state: Some(snapshot),
-                fresh: None,
-                early: None,
-            }
-        }
-        Prepare::Restore { early } => {
-            let (vm, vcpus, fresh, early) = create_restoring(&kvm, &ram, count, early)?;
-            Parts {
-                _kvm: kvm,
-                vm,
-                ram,
-                vcpus,
-                // The MSRs the state carries are the ones later saves read (`restore`).
-                msr_list: Vec::new(),
-                unsaved_msrs: Vec::new(),
-                boot_state: None,
-                fresh,
-                early,
-            }
-        }
-    };
-    Ok(parts)
+    let vm = vm::create_vm(&kvm, Some(&ram))?;
+    let vcpus = create_vcpus(&vm, u32::from(config.vcpus))?;
+    let (msr_list, unsaved_msrs, snapshot) = configure_boot(&kvm, &vm, &vcpus)?;
+    Ok(Parts {
+        _kvm: kvm,
+        vm,
+        ram,
+        vcpus,
+        msr_list,
+        unsaved_msrs,
+        boot_state: Some(snapshot),
+    })
 }
 
 /// Gives fresh vCPUs their firmware-like boot configuration (CPUID, MSRs, LAPIC LINT pins,
@@ -281,16 +290,8 @@ pub(super) fn boot(config: &MachineConfig, ram: &GuestRam, bsp: &Vcpu) -> Result
     Ok(())
 }
 
-/// What [`finish`] builds the machine for.
-pub(super) enum Purpose {
-    /// A machine to boot (Prelaunch).
-    Boot,
-    /// A parked machine (Paused) waiting for a restore's state. Its UART is a placeholder
-    /// whose irqfd is not registered: the restore registers the guest's.
-    Incoming,
-}
-
-/// Wires the devices, starts the (stopped) vCPU threads and returns the machine.
+/// Wires the devices, starts the (stopped) vCPU threads and returns the machine, in
+/// Prelaunch.
 pub(super) fn finish(
     config: &MachineConfig,
     parts: Parts,
@@ -298,21 +299,50 @@ pub(super) fn finish(
     serial_irq: EventFd,
     pm: PmControl,
     events: std::sync::mpsc::Sender<MachineEvent>,
-    purpose: Purpose,
 ) -> Result<Machine, MachineError> {
-    let run_state = match purpose {
-        Purpose::Boot => {
-            parts
-                .vm
-                .register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
-                .map_err(|source| MachineError::Irqfd {
-                    gsi: devices::serial::COM1_IRQ,
-                    source,
-                })?;
-            RunState::Prelaunch
-        }
-        Purpose::Incoming => RunState::Paused,
-    };
+    parts
+        .vm
+        .register_irqfd(&serial_irq, devices::serial::COM1_IRQ)
+        .map_err(|source| MachineError::Irqfd {
+            gsi: devices::serial::COM1_IRQ,
+            source,
+        })?;
+    let shared = wire(
+        parts.vcpus.len() as u32,
+        serial,
+        pm,
+        events,
+        RunState::Prelaunch,
+    );
+    let handles = parts
+        .vcpus
+        .into_iter()
+        .zip(shared.vcpus.clone())
+        .map(|(v, ctl)| spawn_vcpu(v, ctl, &shared))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The threads start parked (`want` is Pause) and are not waited for: starting eight of
+    // them took 2-5 ms on a busy 2-core host, which a live update would pay inside its
+    // pause. A thread still starting counts as stopped (it never ran its vCPU), and restore
+    // takes the same vCPU mutex the thread takes while it starts.
+    Ok(assemble(
+        config,
+        Arc::new(parts.vm),
+        parts.ram,
+        shared,
+        handles,
+        serial_irq,
+        (parts.msr_list, parts.unsaved_msrs, parts.boot_state),
+    ))
+}
+
+/// The devices and what the vCPU threads share with the machine, for `count` vCPUs.
+fn wire(
+    count: u32,
+    serial: SerialDevice,
+    pm: PmControl,
+    events: std::sync::mpsc::Sender<MachineEvent>,
+    run_state: RunState,
+) -> Arc<MachineShared> {
     let devices = Arc::new(Devices {
         serial: Mutex::new(serial),
         pm: Mutex::new(pm),
@@ -322,53 +352,62 @@ pub(super) fn finish(
         rtc: Mutex::new(devices::Rtc::default()),
         pci: Arc::new(crate::pci::PciBus::new()),
     });
-    let vm = Arc::new(parts.vm);
-    let ctls: Vec<Arc<VcpuCtl>> = parts
-        .vcpus
-        .iter()
-        .map(|v| Arc::new(VcpuCtl::new(v.index)))
-        .collect();
-    let shared = Arc::new(MachineShared {
+    Arc::new(MachineShared {
         run_state: Mutex::new(run_state),
         events: Mutex::new(events),
-        vcpus: ctls.clone(),
+        vcpus: (0..count).map(|i| Arc::new(VcpuCtl::new(i))).collect(),
         devices,
-    });
-    let mut handles = Vec::new();
-    for (v, ctl) in parts.vcpus.into_iter().zip(ctls) {
-        let index = v.index;
-        let vcpu = Arc::new(Mutex::new(v));
-        let (tv, tc, ts) = (vcpu.clone(), ctl.clone(), shared.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || vcpu_thread::run(tv, tc, ts))
-            .map_err(|source| MachineError::SpawnThread { index, source })?;
-        handles.push(VcpuHandle {
-            vcpu,
-            ctl,
-            thread: Some(thread),
-        });
-    }
-    let machine = Machine {
+    })
+}
+
+/// Starts vCPU `v`'s thread, parked.
+fn spawn_vcpu(
+    v: Vcpu,
+    ctl: Arc<VcpuCtl>,
+    shared: &Arc<MachineShared>,
+) -> Result<VcpuHandle, MachineError> {
+    let index = v.index;
+    let vcpu = Arc::new(Mutex::new(v));
+    let (tv, tc, ts) = (vcpu.clone(), ctl.clone(), shared.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        .spawn(move || vcpu_thread::run(tv, tc, ts))
+        .map_err(|source| MachineError::SpawnThread { index, source })?;
+    Ok(VcpuHandle {
+        vcpu,
+        ctl,
+        thread: Some(thread),
+    })
+}
+
+/// The machine from its parts. `msrs`: the MSRs saves read, the unreadable ones, and the
+/// boot snapshot.
+#[allow(clippy::type_complexity)]
+fn assemble(
+    config: &MachineConfig,
+    vm: Arc<VmFd>,
+    ram: GuestRam,
+    shared: Arc<MachineShared>,
+    handles: Vec<VcpuHandle>,
+    serial_irq: EventFd,
+    msrs: (Vec<u32>, Vec<u32>, Option<BootSnapshot>),
+) -> Machine {
+    let (msr_list, unsaved_msrs, boot_state) = msrs;
+    Machine {
         config: config.clone(),
         vcpus: handles,
         shared,
         gsi_router: Arc::new(crate::pci::GsiRouter::new(vm.clone())),
         vm,
-        ram: parts.ram,
+        ram,
         vfio: None,
         serial_irq,
-        msr_list: parts.msr_list,
-        unsaved_msrs: parts.unsaved_msrs,
-        boot_state: parts.boot_state,
+        msr_list,
+        unsaved_msrs,
+        boot_state,
         paused_while_suspended: false,
         boot_pending: false,
-    };
-    // The threads start parked (`want` is Pause) and are not waited for: starting eight of
-    // them took 2-5 ms on a busy 2-core host, which a live update would pay inside its
-    // pause. A thread still starting counts as stopped (it never ran its vCPU), and restore
-    // takes the same vCPU mutex the thread takes while it starts.
-    Ok(machine)
+    }
 }
 
 /// Returns vCPUs, irqchip, PIT and devices to boot state and reloads the kernel. The caller

@@ -191,7 +191,7 @@ impl Machine {
         serial_out: SerialOutput,
         events: Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
-        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Boot)?;
+        let parts = lifecycle::create(config, ram)?;
         if let Some(bsp) = parts.vcpus.first() {
             lifecycle::boot(config, &parts.ram, bsp)?;
         }
@@ -203,7 +203,6 @@ impl Machine {
             serial_irq,
             devices::PmControl::default(),
             events,
-            lifecycle::Purpose::Boot,
         )
     }
 
@@ -216,7 +215,7 @@ impl Machine {
         events: Sender<MachineEvent>,
     ) -> Result<Machine, MachineError> {
         let ram = GuestRam::new(&config.ram, config.mem_size)?;
-        let parts = lifecycle::create(config, ram, lifecycle::Prepare::Boot)?;
+        let parts = lifecycle::create(config, ram)?;
         let (serial, serial_irq) = devices::SerialDevice::new(serial_out)?;
         let mut m = lifecycle::finish(
             config,
@@ -225,7 +224,6 @@ impl Machine {
             serial_irq,
             devices::PmControl::default(),
             events,
-            lifecycle::Purpose::Boot,
         )?;
         m.boot_pending = true;
         Ok(m)

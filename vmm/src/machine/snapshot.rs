@@ -3,10 +3,11 @@
 //! Save (all vCPUs stopped, pending I/O completed by the stop protocol): every vCPU
 //! (`Vcpu::save` order), then PIC master/slave and IOAPIC, PIT, kvmclock, then devices.
 //! Restore into a NEW VM over RAM that already holds guest memory: create VM, TSS, memslots,
-//! irqchip, PIT, vCPUs (`lifecycle::create`); then each vCPU's state (`Vcpu::restore`);
-//! irqchip, PIT and clock after the vCPUs (restoring the LAPICs can inject into the
-//! irqchip, which the saved state must override); devices last, and the UART's irqfd only
-//! after the irqchip state is in place (`lifecycle::finish`).
+//! irqchip, PIT, vCPUs and their parked threads (`lifecycle::create_incoming`); each
+//! vCPU's state (`Vcpu::restore`), there as each vCPU is created when the state is already
+//! being decoded, else in `IncomingMachine::restore`; irqchip, PIT and clock after the
+//! vCPUs (restoring the LAPICs can inject into the irqchip, which the saved state must
+//! override); devices last, and the UART's irqfd only after the irqchip state is in place.
 
 use std::sync::Arc;
 
@@ -143,24 +144,11 @@ impl Machine {
         ram: GuestRam,
         early: Option<Box<EarlyState<'_>>>,
     ) -> Result<IncomingMachine, MachineError> {
-        let mut parts = lifecycle::create(config, ram, lifecycle::Prepare::Restore { early })?;
-        let (fresh, early) = (parts.fresh.take().map(Box::new), parts.early.take());
-        let (serial, serial_irq) = SerialDevice::new(Box::new(std::io::sink()))?;
-        // Nobody listens to a parked machine; `restore` installs the front end's sender.
-        let (events, _) = std::sync::mpsc::channel();
-        let machine = lifecycle::finish(
-            config,
-            parts,
-            serial,
-            serial_irq,
-            PmControl::default(),
-            events,
-            lifecycle::Purpose::Incoming,
-        )?;
+        let (machine, incoming) = lifecycle::create_incoming(config, ram, early)?;
         Ok(IncomingMachine {
             machine,
-            fresh,
-            early,
+            fresh: incoming.fresh.map(Box::new),
+            early: incoming.early,
         })
     }
 }
