@@ -268,11 +268,13 @@ pub fn transfer(
         // 3. state, 4. restored: the pause starts.
         boost = Some(Boost::realtime());
         t.stop_requested = now_ns();
-        m.pause()?;
-        t.vcpus_stopped = now_ns();
+        // As in cpr-save: each vCPU's thread reads what only its vCPU changes as it stops,
+        // and the pause starts when the last one stopped running guest code.
+        let own = m.pause_saving_own()?;
+        t.vcpus_stopped = m.stopped_since(t.stop_requested).unwrap_or_else(now_ns);
         // Interrupts latch in the eventfds from here; the successor attaches them at `go`.
         transfer_vfio::detach(m)?;
-        let state = m.save_state()?;
+        let state = m.save_state_from(own, |_| {})?;
         let vfio = m.vfio().map(|v| v.save());
         let irqs = transfer_vfio::state_fds(m)?;
         let img = image::to_bytes(
