@@ -31,10 +31,18 @@ pub(super) struct Parts {
     pub vm: VmFd,
     pub ram: GuestRam,
     pub vcpus: Vec<Vcpu>,
+    pub boot: BootConfig,
+}
+
+/// What a booted machine knows of its vCPUs' boot configuration; empty for a machine built
+/// for a restore (the restore sets `msr_list` from the state; a first reset makes the
+/// snapshot).
+#[derive(Default)]
+pub(super) struct BootConfig {
+    /// The MSRs a save reads.
     pub msr_list: Vec<u32>,
     /// MSRs KVM lists but cannot read for this guest's CPUID (not saved).
     pub unsaved_msrs: Vec<u32>,
-    /// `None` for a restored machine until its first reset needs it.
     pub boot_state: Option<BootSnapshot>,
 }
 
@@ -109,10 +117,82 @@ pub(super) fn create_incoming(
         events,
         RunState::Paused,
     );
+    // Read from vCPU 0 before any vCPU is set; restore_fresh needs it.
+    let fresh = std::sync::OnceLock::new();
+    let mut maker = VcpuMaker::default();
+    // Started threads, to be told to exit if building the machine fails half-way.
+    let started: Mutex<Vec<Arc<VcpuCtl>>> = Mutex::new(Vec::new());
+    let mut start_vcpu = |vm: &VmFd, index: u32| -> Result<VcpuHandle, MachineError> {
+        let v = maker.make(vm, index)?;
+        if index == 0 {
+            let _ = fresh.set(v.fresh_state()?);
+        }
+        let ctl = shared.vcpus[index as usize].clone();
+        let handle = spawn_vcpu(v, ctl.clone(), &shared)?;
+        devices::lock(&started).push(ctl);
+        Ok(handle)
+    };
+    let built = match early {
+        None => vm::create_vm(&kvm, Some(&ram))
+            .map_err(MachineError::from)
+            .and_then(|vm| {
+                let handles = (0..count)
+                    .map(|i| start_vcpu(&vm, i))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((Arc::new(vm), handles, None))
+            }),
+        Some(early) => restore_as_created(&kvm, &ram, count, early, &fresh, start_vcpu),
+    };
+    let (vm, handles, early) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            for ctl in devices::lock(&started).iter() {
+                ctl.request(vcpu_thread::Want::Exit);
+            }
+            return Err(e);
+        }
+    };
+    let incoming = Incoming {
+        // Untouched vCPUs only: with a state, some or all of it went in.
+        fresh: fresh.into_inner().filter(|_| early.is_none()),
+        early: early.and_then(|e| e),
+    };
+    let machine = assemble(
+        config,
+        vm,
+        ram,
+        shared,
+        handles,
+        serial_irq,
+        BootConfig::default(),
+    );
+    Ok((machine, incoming))
+}
+
+/// The VM and its started vCPUs, each given its saved state from `early` as soon as it
+/// exists and the state is decoded, on the pipeline's helper while this thread creates
+/// and starts the next. The last value: `None` if there was no state for these vCPUs
+/// (they are untouched), `Some(None)` if a write failed, `Some(Some(state))` if all of
+/// it went in.
+#[allow(clippy::type_complexity)]
+fn restore_as_created(
+    kvm: &Kvm,
+    ram: &GuestRam,
+    count: u32,
+    early: Box<EarlyState<'_>>,
+    fresh: &std::sync::OnceLock<FreshVcpu>,
+    mut start_vcpu: impl FnMut(&VmFd, u32) -> Result<VcpuHandle, MachineError>,
+) -> Result<
+    (
+        Arc<VmFd>,
+        Vec<VcpuHandle>,
+        Option<Option<Arc<MachineState>>>,
+    ),
+    MachineError,
+> {
     // Asked by the helper as it starts (the image is being decoded meanwhile), or by this
     // thread if there is no helper.
-    let has_early = early.is_some();
-    let early = Mutex::new(early);
+    let early = Mutex::new(Some(early));
     let state = std::sync::OnceLock::new();
     let state_of = || {
         state
@@ -123,84 +203,30 @@ pub(super) fn create_incoming(
             })
             .as_ref()
     };
-    // Read from vCPU 0 before any vCPU is set; the helper needs it.
-    let fresh = std::sync::OnceLock::new();
-    let mut maker = VcpuMaker::default();
-    // Started threads, to be told to exit if building the machine fails half-way.
-    let started: Mutex<Vec<Arc<VcpuCtl>>> = Mutex::new(Vec::new());
-    let made = super::fanout::pipeline(
-        if has_early { count as usize } else { 1 },
-        || Ok(Arc::new(vm::create_vm(&kvm, Some(&ram))?)),
+    let (vm, made) = super::fanout::pipeline(
+        count as usize,
+        || Ok(Arc::new(vm::create_vm(kvm, Some(ram))?)),
         || {
             let _ = state_of();
         },
-        |vm: &Arc<VmFd>, i| {
-            // Without a state there is nothing to overlap: every vCPU is made here.
-            let indices = match has_early {
-                true => i as u32..i as u32 + 1,
-                false => 0..count,
-            };
-            let mut handles = Vec::new();
-            for index in indices {
-                let v = maker.make(vm, index)?;
-                if index == 0 {
-                    let _ = fresh.set(v.fresh_state()?);
-                }
-                let ctl = shared.vcpus[index as usize].clone();
-                let handle = spawn_vcpu(v, ctl.clone(), &shared)?;
-                devices::lock(&started).push(ctl);
-                handles.push(handle);
-            }
-            Ok(handles)
-        },
+        |vm: &Arc<VmFd>, i| start_vcpu(vm, i as u32),
         // `None`: no state to restore; `Some(false)`: the write failed.
-        |handles: &Vec<VcpuHandle>| {
+        |h: &VcpuHandle| {
             let s = state_of()?;
-            let fresh = fresh.get()?;
-            let ok = handles.iter().all(|h| {
-                let v = devices::lock(&h.vcpu);
-                v.restore_fresh(&s.vcpus[v.index as usize], fresh).is_ok()
-            });
-            Some(ok)
+            let v = devices::lock(&h.vcpu);
+            Some(
+                v.restore_fresh(&s.vcpus[v.index as usize], fresh.get()?)
+                    .is_ok(),
+            )
         },
         |index| MachineError::VcpuLost {
             index: index as u32,
         },
-    );
-    let (vm, made) = match made {
-        Ok(m) => m,
-        Err(e) => {
-            for ctl in devices::lock(&started).iter() {
-                ctl.request(vcpu_thread::Want::Exit);
-            }
-            return Err(e);
-        }
-    };
-    let written: Vec<_> = made.iter().map(|(_, w)| *w).collect();
-    let handles = made.into_iter().flat_map(|(h, _)| h).collect();
-    let fresh = fresh.into_inner();
-    let incoming = match (has_early, state_of()) {
-        (true, Some(s)) if written.iter().all(|w| *w == Some(true)) => Incoming {
-            fresh: None,
-            early: Some(s.clone()),
-        },
-        // Some vCPUs hold part of a state: none counts as fresh.
-        (true, Some(_)) => Incoming {
-            fresh: None,
-            early: None,
-        },
-        _ => Incoming { fresh, early: None },
-    };
-    let machine = assemble(
-        config,
-        vm,
-        ram,
-        shared,
-        handles,
-        serial_irq,
-        (Vec::new(), Vec::new(), None),
-    );
-    Ok((machine, incoming))
+    )?;
+    let all_in = made.iter().all(|(_, w)| *w == Some(true));
+    let handles = made.into_iter().map(|(h, _)| h).collect();
+    let outcome = state_of().map(|s| all_in.then(|| s.clone()));
+    Ok((vm, handles, outcome))
 }
 
 /// Creates the VM over `ram` and its vCPUs with their boot configuration. Writes nothing
@@ -219,9 +245,11 @@ pub(super) fn create(config: &MachineConfig, ram: GuestRam) -> Result<Parts, Mac
         vm,
         ram,
         vcpus,
-        msr_list,
-        unsaved_msrs,
-        boot_state: Some(snapshot),
+        boot: BootConfig {
+            msr_list,
+            unsaved_msrs,
+            boot_state: Some(snapshot),
+        },
     })
 }
 
@@ -331,7 +359,7 @@ pub(super) fn finish(
         shared,
         handles,
         serial_irq,
-        (parts.msr_list, parts.unsaved_msrs, parts.boot_state),
+        parts.boot,
     ))
 }
 
@@ -380,9 +408,7 @@ fn spawn_vcpu(
     })
 }
 
-/// The machine from its parts. `msrs`: the MSRs saves read, the unreadable ones, and the
-/// boot snapshot.
-#[allow(clippy::type_complexity)]
+/// The machine from its parts.
 fn assemble(
     config: &MachineConfig,
     vm: Arc<VmFd>,
@@ -390,9 +416,13 @@ fn assemble(
     shared: Arc<MachineShared>,
     handles: Vec<VcpuHandle>,
     serial_irq: EventFd,
-    msrs: (Vec<u32>, Vec<u32>, Option<BootSnapshot>),
+    boot: BootConfig,
 ) -> Machine {
-    let (msr_list, unsaved_msrs, boot_state) = msrs;
+    let BootConfig {
+        msr_list,
+        unsaved_msrs,
+        boot_state,
+    } = boot;
     Machine {
         config: config.clone(),
         vcpus: handles,

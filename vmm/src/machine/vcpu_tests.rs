@@ -97,6 +97,18 @@ fn vcpu_with_fpu_state() -> (Setup, Vcpu) {
     (s, v)
 }
 
+/// The MSRs a save of `v` reads.
+fn saveable_msrs(s: &Setup, v: &Vcpu) -> Vec<u32> {
+    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
+    v.readable_msrs(&index).unwrap().0
+}
+
+/// `state` without the TSC, which runs on between two saves.
+fn no_tsc(mut state: VcpuState) -> VcpuState {
+    state.msrs.retain(|m| m.index != MSR_IA32_TSC);
+    state
+}
+
 fn xsave_of(v: &Vcpu) -> Xsave {
     Xsave::from(&v.fd.get_xsave().unwrap())
 }
@@ -147,16 +159,14 @@ fn with_x87_and_sse_in_init_state_save_writes_what_kvm_get_fpu_gives() {
     let kvm = Fpu::from(&v.fd.get_fpu().unwrap());
     assert_eq!(kvm, fpu);
     assert_ne!(Fpu::from_xsave(&xsave.region).unwrap(), kvm);
-    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
-    let (msrs, _) = v.readable_msrs(&index).unwrap();
+    let msrs = saveable_msrs(&s, &v);
     assert_eq!(v.save(&msrs).unwrap().fpu, kvm);
 }
 
 #[test]
 fn save_writes_the_fpu_field_kvm_get_fpu_gives() {
     let (s, v) = vcpu_with_fpu_state();
-    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
-    let (msrs, _) = v.readable_msrs(&index).unwrap();
+    let msrs = saveable_msrs(&s, &v);
     let state = v.save(&msrs).unwrap();
     assert_eq!(state.fpu, Fpu::from(&v.fd.get_fpu().unwrap()));
     assert_eq!(state.fpu.xmm[1], XMM1);
@@ -165,8 +175,7 @@ fn save_writes_the_fpu_field_kvm_get_fpu_gives() {
 #[test]
 fn restore_without_kvm_set_fpu_gives_the_same_vcpu_as_with_it() {
     let (s, v) = vcpu_with_fpu_state();
-    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
-    let (msrs, _) = v.readable_msrs(&index).unwrap();
+    let msrs = saveable_msrs(&s, &v);
     let saved = v.save(&msrs).unwrap();
     // An image from an older version: its `fpu` disagrees with its XSAVE area (as stale
     // kernel bytes can), which KVM_SET_XSAVE must override either way.
@@ -193,10 +202,6 @@ fn restore_without_kvm_set_fpu_gives_the_same_vcpu_as_with_it() {
             Fpu::from(&old.fd.get_fpu().unwrap())
         );
         // The TSC ran on between the two saves; everything else must match.
-        let no_tsc = |mut s: VcpuState| {
-            s.msrs.retain(|m| m.index != MSR_IA32_TSC);
-            s
-        };
         let (a, b) = (new.save(&msrs).unwrap(), old.save(&msrs).unwrap());
         assert_eq!(no_tsc(a.clone()), no_tsc(VcpuState { index: 0, ..b }));
         assert_eq!(a.fpu, saved.fpu);
@@ -209,8 +214,7 @@ fn the_remembered_tsc_rate_is_what_kvm_reports() {
     let fresh = vcpu(&s, 1);
     fresh.assume_fresh_tsc_khz(v.tsc_khz().unwrap());
     assert_eq!(fresh.tsc_khz().unwrap(), fresh.fd.get_tsc_khz().unwrap());
-    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
-    let (msrs, _) = v.readable_msrs(&index).unwrap();
+    let msrs = saveable_msrs(&s, &v);
     let mut state = v.save(&msrs).unwrap();
     assert_eq!(state.tsc_khz, v.fd.get_tsc_khz().unwrap());
     // A rate this host cannot give (no KVM_CAP_TSC_CONTROL here) is refused, and the
@@ -228,8 +232,7 @@ fn the_remembered_tsc_rate_is_what_kvm_reports() {
 #[test]
 fn restore_fresh_gives_the_same_vcpu_as_restore_whether_or_not_pieces_are_skipped() {
     let (s, v) = vcpu_with_fpu_state();
-    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
-    let (msrs, _) = v.readable_msrs(&index).unwrap();
+    let msrs = saveable_msrs(&s, &v);
     let saved = v.save(&msrs).unwrap();
     // The same guest with debug registers, XCR0 and NMI masking of its own: nothing of
     // these may be skipped then.
@@ -238,10 +241,6 @@ fn restore_fresh_gives_the_same_vcpu_as_restore_whether_or_not_pieces_are_skippe
     own.debugregs.dr7 = 0x401;
     own.xcrs.xcrs[0].value = 3;
     own.events.nmi.masked = 1;
-    let no_tsc = |mut s: VcpuState| {
-        s.msrs.retain(|m| m.index != MSR_IA32_TSC);
-        s
-    };
     for state in [&saved, &own] {
         let t = vm_with_ram();
         let (skipping, full) = (vcpu(&t, 0), vcpu(&t, 1));
@@ -314,8 +313,7 @@ fn state_of_a_vcpu_sent(icr: u32) -> (VcpuState, VcpuState) {
             ..Regs::default()
         })
         .unwrap();
-    let index: Vec<u32> = s.kvm.get_msr_index_list().unwrap().as_slice().to_vec();
-    let (msrs, _) = target.readable_msrs(&index).unwrap();
+    let msrs = saveable_msrs(&s, &target);
     // Read as the target's thread would when it stopped, before the IPI.
     let own = target.save_own().unwrap();
     let mut sregs = boot::setup_long_mode(mem, &sender.get_sregs().unwrap()).unwrap();
