@@ -437,12 +437,11 @@ impl Preread {
             })
     }
 
-    fn wait(&mut self) {
+    /// Waits for the reading thread: by polling (yielding) for up to `poll` before
+    /// sleeping in join.
+    fn wait(&mut self, poll: std::time::Duration) {
         if let Some(t) = self.reading.take() {
-            // Polls (yielding) for a while before sleeping in join: the reading thread
-            // ends inside the pause, and a thread sleeping on the other CPU took ~0.1 ms to
-            // wake here.
-            let deadline = std::time::Instant::now() + PREREAD_POLL;
+            let deadline = std::time::Instant::now() + poll;
             while !t.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::yield_now();
             }
@@ -451,17 +450,22 @@ impl Preread {
     }
 
     /// The machine state, once read; `None` if the image could not be read or decoded
-    /// (the load reports why).
+    /// (the load reports why). Sleeps until then: the machine asks on a helper thread
+    /// while its own thread builds the VM, usually on the CPU the reading thread needs
+    /// (polling there slowed the read in traces at 8 vCPUs), and the helper has nothing
+    /// to restore before the first vCPU exists.
     fn machine_state(&mut self) -> Option<Arc<MachineState>> {
-        self.wait();
+        self.wait(std::time::Duration::ZERO);
         match &self.read {
             Some(Ok((_, state, _))) => Some(state.clone()),
             _ => None,
         }
     }
 
+    /// The whole read; polls first: the load waits for nothing else, and a thread
+    /// sleeping on the other CPU took ~0.1 ms to wake here.
     fn into_read(mut self) -> Option<Result<Decoded, image::ImageError>> {
-        self.wait();
+        self.wait(PREREAD_POLL);
         self.read
     }
 }

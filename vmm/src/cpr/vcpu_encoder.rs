@@ -13,9 +13,11 @@ use cpr_format::EncodedSection;
 
 use crate::machine::vcpu_state::VcpuState;
 
-/// How long the helper polls for the next state before it sleeps: a sleeping thread on the
-/// other CPU took up to ~0.2 ms to wake here, longer than a vCPU's encode.
-const POLL: Duration = Duration::from_micros(300);
+/// How long the helper polls for the next state before it sleeps. The first state comes
+/// only once every vCPU has stopped (~0.5 ms at 8 vCPUs here), so this outlasts that: a
+/// helper that had gone to sleep was woken on the main thread's CPU and encoded nothing
+/// until the reads were done. Polling yields, so the stopping vCPU threads still run.
+const POLL: Duration = Duration::from_millis(3);
 /// The helper gives up if no state comes for this long (a save that never got to the
 /// vCPUs); `finish` then encodes nothing here.
 const IDLE: Duration = Duration::from_secs(10);

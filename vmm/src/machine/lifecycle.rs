@@ -390,16 +390,17 @@ fn wire(
 
 /// Starts vCPU `v`'s thread, parked.
 fn spawn_vcpu(
-    v: Vcpu,
+    mut v: Vcpu,
     ctl: Arc<VcpuCtl>,
     shared: &Arc<MachineShared>,
 ) -> Result<VcpuHandle, MachineError> {
     let index = v.index;
+    let run_ptr = vcpu_thread::KvmRunPtr::of(&mut v);
     let vcpu = Arc::new(Mutex::new(v));
     let (tv, tc, ts) = (vcpu.clone(), ctl.clone(), shared.clone());
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || vcpu_thread::run(tv, tc, ts))
+        .spawn(move || vcpu_thread::run(tv, run_ptr, tc, ts))
         .map_err(|source| MachineError::SpawnThread { index, source })?;
     Ok(VcpuHandle {
         vcpu,

@@ -538,14 +538,15 @@ impl Machine {
     /// (`save_state_from`) reads only the rest. Returns what the threads read, in vCPU
     /// order (`None` where a vCPU was not running or its read failed).
     pub fn pause_saving_own(&mut self) -> Result<Vec<Option<vcpu::OwnState>>, MachineError> {
+        let msrs: Arc<[u32]> = self.msr_list.as_slice().into();
         for h in &self.vcpus {
-            h.ctl.save_own_on_stop(true);
+            h.ctl.save_own_on_stop(Some(msrs.clone()));
         }
         let paused = self.pause();
         let own = self
             .vcpus
             .iter()
-            .map(|h| h.ctl.save_own_on_stop(false))
+            .map(|h| h.ctl.save_own_on_stop(None))
             .collect();
         paused.map(|()| own)
     }

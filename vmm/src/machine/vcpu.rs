@@ -78,6 +78,7 @@ pub struct FreshVcpu {
 #[derive(Debug)]
 pub struct OwnState {
     mp_state: MpState,
+    msrs: Vec<MsrEntry>,
     regs: Regs,
     sregs: Sregs,
     fpu: Fpu,
@@ -336,13 +337,14 @@ impl Vcpu {
     /// the x87/SSE state from the XSAVE area when that is exact, VCPU_EVENTS last (so it
     /// reflects any exception or interrupt state the earlier reads could touch).
     pub fn save(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
-        let own = self.save_own()?;
-        self.save_rest(own, msr_list)
+        let own = self.save_own(msr_list)?;
+        self.save_rest(own)
     }
 
     /// The state of this stopped vCPU that only the vCPU itself changes, read by its own
-    /// thread as it stops, while other vCPUs may still run (see [`Vcpu::save_after`]).
-    pub fn save_own(&self) -> Result<OwnState, VcpuError> {
+    /// thread as it stops, while other vCPUs may still run (see [`Vcpu::save_after`]):
+    /// registers, FPU/XSAVE, XCRs, debug registers, CPUID and the MSRs of `msr_list`.
+    pub fn save_own(&self, msr_list: &[u32]) -> Result<OwnState, VcpuError> {
         let mp_state = MpState::from(
             &self
                 .fd
@@ -377,8 +379,10 @@ impl Vcpu {
             .map(CpuidEntry::from)
             .collect();
         let tsc_khz = self.tsc_khz()?;
+        let msrs = self.get_msrs(msr_list)?;
         Ok(OwnState {
             mp_state,
+            msrs,
             regs,
             sregs,
             fpu,
@@ -392,10 +396,11 @@ impl Vcpu {
 
     /// The whole state, from `own` read by [`Vcpu::save_own`] when this vCPU stopped and
     /// other vCPUs may have run since. They can only have reached this one through its
-    /// local APIC (an IPI, a timer it armed firing), a pending NMI, or INIT/SIPI: the
-    /// LAPIC, MSRs (the TSC deadline is cleared when the timer fires) and events are read
-    /// now, and if the MP state moved (INIT or SIPI accepted, which rewrites registers),
-    /// everything is.
+    /// local APIC (an IPI), a pending NMI, or INIT/SIPI: the LAPIC and events are read
+    /// now, and if the MP state moved (INIT or SIPI accepted, which rewrites registers and
+    /// MSRs), everything is. Its MSRs stay as read: a stopped vCPU's timer firing only
+    /// marks the interrupt pending; the TSC deadline is cleared when the interrupt is
+    /// injected, inside KVM_RUN.
     pub fn save_after(&self, own: OwnState, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
         let mp_state = MpState::from(
             &self
@@ -405,15 +410,14 @@ impl Vcpu {
         );
         let own = match mp_state == own.mp_state {
             true => own,
-            false => self.save_own()?,
+            false => self.save_own(msr_list)?,
         };
-        self.save_rest(own, msr_list)
+        self.save_rest(own)
     }
 
-    /// [`Vcpu::save_own`]'s state and what other vCPUs can change: LAPIC, MSRs, events.
-    fn save_rest(&self, own: OwnState, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
+    /// [`Vcpu::save_own`]'s state and what other vCPUs can change: LAPIC and events.
+    fn save_rest(&self, own: OwnState) -> Result<VcpuState, VcpuError> {
         let lapic = Lapic::from(&self.fd.get_lapic().map_err(self.io("KVM_GET_LAPIC"))?);
-        let msrs = self.get_msrs(msr_list)?;
         let events = VcpuEvents::from(
             &self
                 .fd
@@ -432,7 +436,7 @@ impl Vcpu {
             lapic,
             cpuid: own.cpuid,
             tsc_khz: own.tsc_khz,
-            msrs,
+            msrs: own.msrs,
             events,
         })
     }

@@ -315,7 +315,7 @@ fn state_of_a_vcpu_sent(icr: u32) -> (VcpuState, VcpuState) {
         .unwrap();
     let msrs = saveable_msrs(&s, &target);
     // Read as the target's thread would when it stopped, before the IPI.
-    let own = target.save_own().unwrap();
+    let own = target.save_own(&msrs).unwrap();
     let mut sregs = boot::setup_long_mode(mem, &sender.get_sregs().unwrap()).unwrap();
     sregs.cr4 |= CR4_SSE;
     sender.set_sregs(&sregs).unwrap();

@@ -84,8 +84,8 @@ pub struct Ctl {
     /// When the thread last left KVM_RUN to stop (CLOCK_MONOTONIC ns, 0 = never): the
     /// start of a live update's pause is when the last vCPU stopped running guest code.
     pub stopped_at: u64,
-    /// Asked for by a save: read [`OwnState`] as soon as the vCPU stops.
-    save_own: bool,
+    /// Asked for by a save: read [`OwnState`] (with these MSRs) as soon as the vCPU stops.
+    save_own: Option<Arc<[u32]>>,
     /// What the thread read when it stopped, while `save_own` was set.
     own: Option<OwnState>,
 }
@@ -110,7 +110,7 @@ impl VcpuCtl {
                 tid: 0,
                 ran_at: 0,
                 stopped_at: 0,
-                save_own: false,
+                save_own: None,
                 own: None,
             }),
             cv: Condvar::new(),
@@ -153,11 +153,11 @@ impl VcpuCtl {
         }
     }
 
-    /// Asks the thread to read its vCPU's [`OwnState`] the next time it stops, or drops
-    /// the request (`false`) and returns what it read.
-    pub fn save_own_on_stop(&self, on: bool) -> Option<OwnState> {
+    /// Asks the thread to read its vCPU's [`OwnState`], with the MSRs of `msrs`, the next
+    /// time it stops, or drops the request (`None`) and returns what it read.
+    pub fn save_own_on_stop(&self, msrs: Option<Arc<[u32]>>) -> Option<OwnState> {
         let mut c = lock(&self.ctl);
-        c.save_own = on;
+        c.save_own = msrs;
         c.own.take()
     }
 
@@ -232,15 +232,34 @@ impl MachineShared {
     }
 }
 
-/// Body of a vCPU thread.
-pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>) {
+/// A vCPU's kvm_run mapping, taken before its thread starts: the thread then need not lock
+/// the vCPU to find it (a vCPU is often being restored on another thread as its thread
+/// starts, and waiting for that lock cost a sleep and a wake-up each).
+pub struct KvmRunPtr(*mut kvm_run);
+
+// SAFETY: the pointer is only dereferenced by the one vCPU thread it is sent to (from its
+// kick handler), which keeps the vCPU, and so the mapping, alive while it may be used.
+unsafe impl Send for KvmRunPtr {}
+
+impl KvmRunPtr {
+    /// `v`'s kvm_run mapping (it lives as long as `v`).
+    pub fn of(v: &mut Vcpu) -> KvmRunPtr {
+        KvmRunPtr(v.fd.get_kvm_run())
+    }
+}
+
+/// Body of a vCPU thread; `run_ptr` is `vcpu`'s own ([`KvmRunPtr::of`]).
+pub fn run(
+    vcpu: Arc<Mutex<Vcpu>>,
+    run_ptr: KvmRunPtr,
+    ctl: Arc<VcpuCtl>,
+    shared: Arc<MachineShared>,
+) {
     // The thread inherits its creator's signal mask; the kick must get through whatever the
     // front end blocked. Unblocking an unblocked signal cannot fail.
     let _ = unblock_signal(kick_signal());
     {
-        let mut v = lock(&vcpu);
-        let ptr: *mut kvm_run = v.fd.get_kvm_run();
-        KVM_RUN_PTR.with(|p| p.set(ptr));
+        KVM_RUN_PTR.with(|p| p.set(run_ptr.0));
         let mut c = lock(&ctl.ctl);
         // SAFETY: pthread_self has no preconditions.
         c.pthread = Some(unsafe { libc::pthread_self() });
@@ -298,15 +317,15 @@ pub fn run(vcpu: Arc<Mutex<Vcpu>>, ctl: Arc<VcpuCtl>, shared: Arc<MachineShared>
         let save_own = {
             let mut c = lock(&ctl.ctl);
             c.stopped_at = monotonic_ns();
-            c.save_own
+            c.save_own.clone()
         };
         // Read here, on this thread, while other vCPUs may still be stopping: this part
         // of the state is only changed by this vCPU (see `Vcpu::save_after`). A failed
         // read leaves the save to read everything itself.
-        if save_own {
-            let own = v.save_own().ok();
+        if let Some(msrs) = save_own {
+            let own = v.save_own(&msrs).ok();
             let mut c = lock(&ctl.ctl);
-            if c.save_own {
+            if c.save_own.is_some() {
                 c.own = own;
             }
         }
