@@ -29,6 +29,7 @@ fn quick_run_writes_table_csv_json_and_plot() {
         "restart",
         "restart-3-commands",
         "restart-teardown-in-exec",
+        "restart-vcpus",
         "floor",
         "floor-deferred-teardown",
         "reboot-in-place",
@@ -42,7 +43,7 @@ fn quick_run_writes_table_csv_json_and_plot() {
     // Every restart row has a pause figure and its phases.
     for r in rows
         .iter()
-        .filter(|r| r[0] == "restart" || r[0] == "restart-3-commands")
+        .filter(|r| ["restart", "restart-3-commands", "restart-vcpus"].contains(&r[0]))
     {
         assert!(r[5].parse::<f64>().is_ok(), "no pause median in {r:?}");
         assert!(r[12].contains("exec="), "no phases in {r:?}");
@@ -57,10 +58,20 @@ fn quick_run_writes_table_csv_json_and_plot() {
         .as_array()
         .expect("rows")
         .iter()
-        .filter(|r| r["scenario"] == "restart")
+        .filter(|r| r["scenario"] == "restart-vcpus")
         .filter_map(|r| r["vcpus"].as_u64())
         .collect();
-    assert!(vcpus.contains(&1) && vcpus.contains(&2), "{vcpus:?}");
+    assert_eq!(vcpus, [1, 2], "the vCPU series, every count");
+    let per = &json["per-extra-vcpu"];
+    assert_eq!(
+        (&per["from-vcpus"], &per["to-vcpus"]),
+        (&1.into(), &2.into())
+    );
+    assert!(
+        per["ms-90-low"].as_f64() <= per["ms-90-high"].as_f64(),
+        "{per}"
+    );
+    assert!(stdout.contains("per extra vCPU (restart-vcpus, 2 against 1 vCPU): "));
 
     let png = std::fs::read(out.join("pause-vs-ram.png")).expect("plot written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

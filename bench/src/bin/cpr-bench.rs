@@ -13,7 +13,7 @@ use std::process::Command;
 use vmm_bench::host::{self, HugePages, ShmemThp};
 use vmm_bench::report::{self, Row};
 use vmm_bench::scenario::{self, Env, Flow, Pages, Samples};
-use vmm_bench::stats::summarize;
+use vmm_bench::stats::{self, summarize};
 
 struct Args {
     quick: bool,
@@ -186,7 +186,17 @@ fn row(scenario: &str, mib: u64, vcpus: u8, pages: Pages) -> Row {
 
 /// One restart-mode scenario and its floors, all measured now. With `ab` (4 KiB pages),
 /// also the vmm with the old mm freed inside execve, and the floor with it deferred.
-fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: bool) -> Vec<Row> {
+/// Without `one_command`, the one-command row is left out (the vCPU series measures it
+/// interleaved, see [`vcpu_series`]).
+fn restart_pair(
+    env: &Env,
+    args: &Args,
+    mib: u64,
+    vcpus: u8,
+    pages: Pages,
+    ab: bool,
+    one_command: bool,
+) -> Vec<Row> {
     let runs = runs_for(args, mib);
     let mut r = row("restart", mib, vcpus, pages);
     let mut f = row("floor", mib, vcpus, pages);
@@ -229,16 +239,21 @@ fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: b
         x.floor = classic;
         x.floor_deferred = deferred;
     }
-    for (x, flow) in [
-        (&mut r, Flow::OneCommand),
-        (&mut three, Flow::ThreeCommands),
-    ] {
+    let mut flows = vec![(&mut three, Flow::ThreeCommands)];
+    if one_command {
+        flows.insert(0, (&mut r, Flow::OneCommand));
+    }
+    for (x, flow) in flows {
         match scenario::restart(env, mib, vcpus, pages, runs, false, flow) {
             Ok(s) => x.samples = s,
             Err(e) => x.note = format!("failed: {e}"),
         }
     }
-    let mut rows = vec![r, three];
+    let mut rows = if one_command {
+        vec![r, three]
+    } else {
+        vec![three]
+    };
     if ab {
         match scenario::restart(env, mib, vcpus, pages, runs, true, Flow::OneCommand) {
             Ok(s) => old.samples = s,
@@ -255,6 +270,69 @@ fn restart_pair(env: &Env, args: &Args, mib: u64, vcpus: u8, pages: Pages, ab: b
         }
     }
     rows
+}
+
+/// The one-command pause at each vCPU count (`restart-vcpus` rows, floors from `rows`),
+/// measured interleaved: rounds of a few updates per count, each count in turn, so that
+/// the host's load drifting over the series is not read as per-vCPU cost (measured one
+/// count after another, the series varied by more between runs than the cost per vCPU).
+fn vcpu_series(env: &Env, args: &Args, mib: u64, rows: &[Row]) -> Vec<Row> {
+    const PER_ROUND: usize = 4;
+    let floor_of = |name: &str, v: u8| {
+        rows.iter()
+            .find(|r| r.scenario == name && r.ram_mib == mib && r.vcpus == v && r.pages == "4k")
+            .and_then(Row::pause)
+    };
+    let mut series: Vec<Row> = args
+        .vcpus
+        .iter()
+        .map(|&v| {
+            let mut r = row("restart-vcpus", mib, v, Pages::Small);
+            r.floor = floor_of("floor", v);
+            r.floor_deferred = floor_of("floor-deferred-teardown", v);
+            r
+        })
+        .collect();
+    eprintln!(
+        "restart {mib} MiB, vCPUs {:?} interleaved, {} runs each (load {:.1})",
+        args.vcpus,
+        args.runs,
+        host::load_avg()
+    );
+    let mut left = args.runs;
+    while left > 0 {
+        let n = left.min(PER_ROUND);
+        for r in series.iter_mut().filter(|r| r.note.is_empty()) {
+            match scenario::restart(env, mib, r.vcpus, Pages::Small, n, false, Flow::OneCommand) {
+                Ok(s) => {
+                    r.samples.pause_ms.extend(s.pause_ms);
+                    for (k, v) in s.phases_ms {
+                        r.samples.phases_ms.entry(k).or_default().extend(v);
+                    }
+                }
+                Err(e) => {
+                    r.note = format!("failed: {e}");
+                    eprintln!("  restart-vcpus {}: {}", r.vcpus, r.note);
+                }
+            }
+        }
+        left -= n;
+    }
+    series
+}
+
+/// What each vCPU adds to the pause over the series: fewest against most vCPUs.
+fn per_extra_vcpu(series: &[Row]) -> Option<(u8, u8, stats::PerExtra)> {
+    let measured: Vec<&Row> = series.iter().filter(|r| r.note.is_empty()).collect();
+    let one = measured.iter().min_by_key(|r| r.vcpus)?;
+    let many = measured.iter().max_by_key(|r| r.vcpus)?;
+    let p = stats::per_extra(
+        &one.samples.pause_ms,
+        one.vcpus,
+        &many.samples.pause_ms,
+        many.vcpus,
+    )?;
+    Some((one.vcpus, many.vcpus, p))
 }
 
 fn main() {
@@ -321,21 +399,30 @@ fn run(args: &Args) -> Result<(), String> {
                     1,
                     pages,
                     pages == Pages::Small,
+                    true,
                 ));
             }
         }
     }
+    let mut per_vcpu = None;
     if want("vcpus") {
         let mib = if args.quick { 256 } else { 1024 };
+        // Floors and the three-command form per count (not again for a count the RAM
+        // series measured).
         for &v in &args.vcpus {
-            // 1 vCPU at this size is already in the RAM series.
             let done = rows.iter().any(|r| {
-                r.scenario == "restart" && r.ram_mib == mib && r.vcpus == v && r.pages == "4k"
+                r.scenario == "restart-3-commands"
+                    && r.ram_mib == mib
+                    && r.vcpus == v
+                    && r.pages == "4k"
             });
             if !done {
-                rows.extend(restart_pair(&env, args, mib, v, Pages::Small, false));
+                rows.extend(restart_pair(&env, args, mib, v, Pages::Small, false, false));
             }
         }
+        let series = vcpu_series(&env, args, mib, &rows);
+        per_vcpu = per_extra_vcpu(&series);
+        rows.extend(series);
     }
     if want("reboot") {
         let sizes: Vec<u64> = if args.quick {
@@ -384,9 +471,25 @@ fn run(args: &Args) -> Result<(), String> {
         machine["mem-gib"],
         machine["kernel"].as_str().unwrap_or("?"),
     );
-    println!("{}", report::table(&rows));
-    let json = report::json(&rows, &machine, &command);
-    report::write_results(&out, &rows, &json, &report::table(&rows))?;
+    let mut markdown = report::table(&rows);
+    let mut json = report::json(&rows, &machine, &command);
+    if let Some((one, many, p)) = per_vcpu {
+        let line = format!(
+            "\nper extra vCPU (restart-vcpus, {many} against {one} vCPU): {:.3} ms \
+             (90% bootstrap interval {:.3}-{:.3} ms)",
+            p.estimate, p.low, p.high
+        );
+        markdown.push_str(&line);
+        json["per-extra-vcpu"] = serde_json::json!({
+            "from-vcpus": one,
+            "to-vcpus": many,
+            "ms": p.estimate,
+            "ms-90-low": p.low,
+            "ms-90-high": p.high,
+        });
+    }
+    println!("{markdown}");
+    report::write_results(&out, &rows, &json, &markdown)?;
     if let Err(e) = report::plot(&rows, &out.join("pause-vs-ram.png")) {
         eprintln!("cpr-bench: no plot: {e}");
     }
