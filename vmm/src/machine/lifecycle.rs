@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::devices::{self, DebugExit, Devices, PmControl, SerialDevice};
 use super::memory::GuestRam;
+use super::os_thread::OsThread;
 use super::snapshot::{EarlyState, MachineState};
 use super::vcpu::{FreshVcpu, Vcpu};
 use super::vcpu_state::VcpuState;
@@ -398,10 +399,10 @@ fn spawn_vcpu(
     let run_ptr = vcpu_thread::KvmRunPtr::of(&mut v);
     let vcpu = Arc::new(Mutex::new(v));
     let (tv, tc, ts) = (vcpu.clone(), ctl.clone(), shared.clone());
-    let thread = std::thread::Builder::new()
-        .name(format!("vcpu{index}"))
-        .spawn(move || vcpu_thread::run(tv, run_ptr, tc, ts))
-        .map_err(|source| MachineError::SpawnThread { index, source })?;
+    let thread = OsThread::spawn(&format!("vcpu{index}"), move || {
+        vcpu_thread::run(tv, run_ptr, tc, ts)
+    })
+    .map_err(|source| MachineError::SpawnThread { index, source })?;
     Ok(VcpuHandle {
         vcpu,
         ctl,

@@ -25,6 +25,7 @@ mod fanout;
 mod lifecycle;
 pub mod memory;
 pub mod mptable;
+mod os_thread;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vcpu_state;
@@ -35,7 +36,6 @@ pub mod vm_state;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
@@ -145,7 +145,7 @@ pub enum MachineError {
 struct VcpuHandle {
     vcpu: Arc<Mutex<vcpu::Vcpu>>,
     ctl: Arc<vcpu_thread::VcpuCtl>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<os_thread::OsThread>,
 }
 
 pub struct Machine {
