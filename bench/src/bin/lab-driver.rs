@@ -1,7 +1,8 @@
 //! Runs INSIDE the lab host (bench/lab/l1-init): starts the vmm with the guest's serial
 //! console on a pipe and QMP on a UNIX socket, waits for the guest, then does N restart-mode
-//! live updates back to back over QMP (cpr-save restart, cpr-exec of the same vmm with -S,
-//! cpr-load), with no shell in the update. After each one it checks the guest is alive and
+//! live updates back to back over QMP, each one command as users do it (`cpr-exec` of the
+//! same vmm with `-incoming IMAGE`: save, exec and load; see docs/LIVE-UPDATE.md), with no
+//! shell in the update. After each one it checks the guest is alive and
 //! prints one `lab-bench-run {JSON}` line (pause and phases from query-cpr; see
 //! vmm_bench::lab). Built statically for the lab's initramfs by `lab-bench`.
 //!
@@ -338,15 +339,13 @@ fn updates(lab: &mut Lab, a: &Args, args: &[String], img: &str) -> Result<(), St
     );
     let mut argv = vec![a.vmm.clone()];
     argv.extend(args.iter().cloned());
-    argv.push("-S".into());
+    argv.extend(["-incoming".to_string(), img.to_string()]);
     for i in a.first_run..a.first_run + a.runs {
         let before = last_iteration(&lab.console.since(0))?;
         let count_before = counts(&lab.console.since(0)).last().copied();
         let from = lab.console.len();
-        lab.qmp
-            .cmd("cpr-save", json!({"filename": img, "mode": "restart"}))?;
+        // Answered by the new vmm once the guest runs again (or with why not).
         lab.qmp.cmd("cpr-exec", json!({ "argv": argv }))?;
-        lab.qmp.cmd("cpr-load", json!({ "filename": img }))?;
         let reply = lab.qmp.cmd("query-cpr", json!({}))?;
         let mut run = Run::from_query_cpr(scenario.name(), i, &reply)?;
         run.check = match scenario {
