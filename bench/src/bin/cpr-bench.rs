@@ -274,8 +274,9 @@ fn restart_pair(
 
 /// The one-command pause at each vCPU count (`restart-vcpus` rows, floors from `rows`),
 /// measured interleaved: rounds of a few updates per count, each count in turn, so that
-/// the host's load drifting over the series is not read as per-vCPU cost (measured one
-/// count after another, the series varied by more between runs than the cost per vCPU).
+/// the host's speed drifting over the series is not read as per-vCPU cost (on the build
+/// machines it drifts over minutes: one build's cost per vCPU ranged 0.16-0.21 ms from one
+/// run to the next).
 fn vcpu_series(env: &Env, args: &Args, mib: u64, rows: &[Row]) -> Vec<Row> {
     const PER_ROUND: usize = 4;
     let floor_of = |name: &str, v: u8| {
