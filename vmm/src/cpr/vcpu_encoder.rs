@@ -1,8 +1,8 @@
 //! cpr-save's vCPU sections, encoded on a helper thread while the next vCPU is read.
 //!
-//! After the last vCPU stops, the save reads each vCPU's remaining state (four ioctls,
-//! ~27 us each vCPU on the build machines) and the image encodes each `cpu` section
-//! (~26 us): on one thread that is ~53 us per vCPU inside the pause. The helper, started
+//! After the last vCPU stops, the save reads what other vCPUs could have changed of each
+//! vCPU (three ioctls, ~25 us a vCPU on the build machines) and the image encodes each
+//! `cpu` section (~35 us in the pause): on one thread that is ~60 us per vCPU. The helper, started
 //! before the guest stops, encodes vCPU n while the main thread reads vCPU n+1.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};

@@ -81,6 +81,20 @@ fn create_vcpus(vm: &VmFd, count: u32) -> Result<Vec<Vcpu>, MachineError> {
     (0..count).map(|i| maker.make(vm, i)).collect()
 }
 
+fn open_kvm() -> Result<Kvm, MachineError> {
+    Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))
+}
+
+/// /dev/kvm for a machine of `config`'s vCPU count (refused if KVM cannot have it), with
+/// the vCPU threads' kick handler installed.
+fn open_kvm_for(config: &MachineConfig) -> Result<Kvm, MachineError> {
+    if config.vcpus == 0 || config.vcpus == u8::MAX {
+        return Err(MachineError::VcpuCount { got: config.vcpus });
+    }
+    vcpu_thread::install_kick_handler().map_err(MachineError::Signal)?;
+    open_kvm()
+}
+
 /// What a machine built for restore holds besides itself ([`create_incoming`]).
 pub(super) struct Incoming {
     /// What every untouched vCPU of this VM holds (read before any was set), while they
@@ -102,11 +116,7 @@ pub(super) fn create_incoming(
     ram: GuestRam,
     early: Option<Box<EarlyState<'_>>>,
 ) -> Result<(Machine, Incoming), MachineError> {
-    if config.vcpus == 0 || config.vcpus == u8::MAX {
-        return Err(MachineError::VcpuCount { got: config.vcpus });
-    }
-    vcpu_thread::install_kick_handler().map_err(MachineError::Signal)?;
-    let kvm = Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))?;
+    let kvm = open_kvm_for(config)?;
     let count = u32::from(config.vcpus);
     let (serial, serial_irq) = SerialDevice::new(Box::new(std::io::sink()))?;
     // Nobody listens to a parked machine; `restore` installs the front end's sender.
@@ -233,11 +243,7 @@ fn restore_as_created(
 /// Creates the VM over `ram` and its vCPUs with their boot configuration. Writes nothing
 /// into guest RAM.
 pub(super) fn create(config: &MachineConfig, ram: GuestRam) -> Result<Parts, MachineError> {
-    if config.vcpus == 0 || config.vcpus == u8::MAX {
-        return Err(MachineError::VcpuCount { got: config.vcpus });
-    }
-    vcpu_thread::install_kick_handler().map_err(MachineError::Signal)?;
-    let kvm = Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))?;
+    let kvm = open_kvm_for(config)?;
     let vm = vm::create_vm(&kvm, Some(&ram))?;
     let vcpus = create_vcpus(&vm, u32::from(config.vcpus))?;
     let (msr_list, unsaved_msrs, snapshot) = configure_boot(&kvm, &vm, &vcpus)?;
@@ -295,7 +301,7 @@ fn configure_boot(
 /// The boot snapshot of a machine like `config`, taken in a scratch VM without RAM (for
 /// the first reset of a restored machine, whose own VM never held boot state).
 fn scratch_boot_snapshot(config: &MachineConfig) -> Result<BootSnapshot, MachineError> {
-    let kvm = Kvm::new().map_err(|e| MachineError::Vm(vm::VmError::OpenKvm(e)))?;
+    let kvm = open_kvm()?;
     let vm = vm::create_vm(&kvm, None)?;
     let vcpus = create_vcpus(&vm, u32::from(config.vcpus))?;
     Ok(configure_boot(&kvm, &vm, &vcpus)?.2)

@@ -242,6 +242,15 @@ impl Vcpu {
             .map_err(self.io("KVM_SET_SREGS"))
     }
 
+    fn get_mp_state(&self) -> Result<MpState, VcpuError> {
+        Ok(MpState::from(
+            &self
+                .fd
+                .get_mp_state()
+                .map_err(self.io("KVM_GET_MP_STATE"))?,
+        ))
+    }
+
     pub fn get_regs(&self) -> Result<Regs, VcpuError> {
         Ok(Regs::from(
             &self.fd.get_regs().map_err(self.io("KVM_GET_REGS"))?,
@@ -345,12 +354,7 @@ impl Vcpu {
     /// thread as it stops, while other vCPUs may still run (see [`Vcpu::save_after`]):
     /// registers, FPU/XSAVE, XCRs, debug registers, CPUID and the MSRs of `msr_list`.
     pub fn save_own(&self, msr_list: &[u32]) -> Result<OwnState, VcpuError> {
-        let mp_state = MpState::from(
-            &self
-                .fd
-                .get_mp_state()
-                .map_err(self.io("KVM_GET_MP_STATE"))?,
-        );
+        let mp_state = self.get_mp_state()?;
         let regs = self.get_regs()?;
         let sregs = self.get_sregs()?;
         let xsave = self.get_xsave()?;
@@ -402,12 +406,7 @@ impl Vcpu {
     /// marks the interrupt pending; the TSC deadline is cleared when the interrupt is
     /// injected, inside KVM_RUN.
     pub fn save_after(&self, own: OwnState, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
-        let mp_state = MpState::from(
-            &self
-                .fd
-                .get_mp_state()
-                .map_err(self.io("KVM_GET_MP_STATE"))?,
-        );
+        let mp_state = self.get_mp_state()?;
         let own = match mp_state == own.mp_state {
             true => own,
             false => self.save_own(msr_list)?,
